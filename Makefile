@@ -1,0 +1,39 @@
+# One entry point for set-up, the main job and the tests. Every target creates .venv if missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+MODEL  ?= lenet5
+ARGS   ?=
+
+.PHONY: setup data search test bench clean-venv
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package where apt-get is usable; elsewhere torchvision downloads it
+# at first use (python -m search.train prints how if that fails).
+data:
+	@if [ -f $(FMNIST) ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	  || echo "warning: apt-get could not install dataset-fashion-mnist; torchvision will download it"; \
+	else echo "note: Fashion-MNIST will be downloaded by torchvision at first use"; fi
+
+search: setup
+	$(PY) -m search.run --model $(MODEL) $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/throughput.py
+	$(PY) bench/prune_cost.py
+
+clean-venv:
+	rm -rf $(VENV)

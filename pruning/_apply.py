@@ -1,0 +1,129 @@
+"""Applying a plan: real structural surgery through Torch-Pruning's dependency graph."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from pruning._errors import PlanError
+from pruning._units import DEFAULT_MAX_RATIO, Unit, build_graph, channels_to_keep, validate_plan
+
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+History = list  # [[module name, is_out_channel_pruning, [channel indices]], ...]
+
+
+@dataclass
+class PruningRecord:
+    """What a plan removed: the full surgery history (replayable on a fresh base model), the plan,
+    and the channels of every unit before and after."""
+
+    history: History
+    plan: dict[str, float]
+    channels_before: dict[str, int] = field(default_factory=dict)
+    channels_after: dict[str, int] = field(default_factory=dict)
+
+
+def _importance(name: str) -> tp.importance.Importance:
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "random":
+        return tp.importance.RandomImportance()
+    raise PlanError(f"unknown importance {name!r}; choose one of: {', '.join(IMPORTANCES)}")
+
+
+def _accumulate_gradients(model: nn.Module, batches: Iterable) -> None:
+    """Gradients of the loss on a few training batches, for first-order Taylor importance."""
+    model.zero_grad(set_to_none=True)
+    model.eval()  # keep BatchNorm statistics as they are
+    with torch.enable_grad():
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+
+
+def _select(graph: tp.DependencyGraph, model: nn.Module, unit: Unit, n_remove: int,
+            importance: tp.importance.Importance) -> list[int]:
+    """Indices of the ``n_remove`` least important channels of ``unit``."""
+    root = model.get_submodule(unit.root)
+    pruner = graph.get_pruner_of_module(root)
+    channels = pruner.get_out_channels(root)
+    group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(channels)))
+    scores = importance(group)
+    if scores is None:  # e.g. bn_scale on a unit without BatchNorm: fall back to L1 magnitude
+        scores = tp.importance.GroupMagnitudeImportance(p=1)(group)
+    return sorted(torch.argsort(scores.float().cpu(), stable=True)[:n_remove].tolist())
+
+
+def apply_plan(model: nn.Module, plan: Mapping[str, float], *, example_input: torch.Tensor,
+               importance: str = "l1", round_to: int | None = None, steps: int = 1,
+               between_steps: Callable[[nn.Module, int], None] | None = None,
+               calibration: Iterable | None = None, history: History = (),
+               max_ratio: float = DEFAULT_MAX_RATIO, seed: int = 0) -> tuple[nn.Module, PruningRecord]:
+    """Prune a copy of ``model`` by ``plan`` (unit name -> fraction of its channels to remove).
+
+    Args:
+        example_input: a batch the model accepts, used to trace the dependency graph.
+        importance: channel criterion, one of ``IMPORTANCES``; ``taylor`` needs ``calibration``.
+        round_to: keep channel counts at multiples of this (tensor-core friendly).
+        steps: reach the plan in this many equal steps (iterative pruning), calling
+            ``between_steps(model, step)`` (e.g. a short fine-tune) after every step but the last.
+        calibration: (x, y) training batches for ``taylor``.
+        history: the surgery history of ``model`` itself when it is already pruned.
+        seed: seed of ``random`` importance.
+
+    Returns:
+        The pruned copy and a :class:`PruningRecord` whose history includes ``history``.
+    """
+    if steps < 1:
+        raise PlanError(f"steps must be at least 1, got {steps}")
+    if importance == "taylor" and calibration is None:
+        raise PlanError("taylor importance needs calibration batches")
+    scorer = _importance(importance)
+    pruned = copy.deepcopy(model)
+    graph, units = build_graph(pruned, example_input)
+    plan = validate_plan(units, plan, max_ratio=max_ratio)
+    before = {u.name: u.channels for u in units}
+    target = {u.name: channels_to_keep(u.channels, plan[u.name], round_to) for u in units}
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for step in range(1, steps + 1):
+            _prune_step(graph, pruned, units, before, target, step, steps, scorer,
+                        calibration if importance == "taylor" else None)
+            if step < steps and between_steps is not None:
+                between_steps(pruned, step)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    pruned.zero_grad(set_to_none=True)
+    new = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in graph.pruning_history()]
+    record = PruningRecord(history=[list(h) for h in history] + new, plan=plan,
+                           channels_before=before, channels_after=dict(target))
+    return pruned, record
+
+
+def _prune_step(graph, model, units, before, target, step, steps, scorer, calibration) -> None:
+    if calibration is not None:
+        _accumulate_gradients(model, calibration)
+    selections = []
+    for unit in units:  # score every unit first, so the result does not depend on unit order
+        root = model.get_submodule(unit.root)
+        current = graph.get_pruner_of_module(root).get_out_channels(root)
+        goal = before[unit.name] - round((before[unit.name] - target[unit.name]) * step / steps)
+        if current > goal:
+            selections.append((root, _select(graph, model, unit, current - goal, scorer)))
+    for root, idxs in selections:
+        pruner = graph.get_pruner_of_module(root)
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs)
+        if not graph.check_pruning_group(group):
+            raise PlanError(f"pruning {len(idxs)} channels of {graph._module2name[root]} would empty a layer")
+        group.prune()

@@ -1,0 +1,123 @@
+"""Checkpoints: state dict + surgery history + plain metadata, never a pickled module."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+import torchvision
+from torch import nn
+
+from models import UnknownModelError, create_model
+from pruning._apply import History, PruningRecord
+from pruning._errors import CheckpointError
+
+FORMAT = "automl-prune-checkpoint"
+VERSION = 1
+_BUILD_KEYS = ("model", "num_classes", "in_channels")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model, its surgery history and its metadata."""
+
+    model: nn.Module
+    history: History
+    metadata: dict[str, Any]
+
+
+def library_versions() -> dict[str, str]:
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "torch_pruning": str(tp.__version__)}
+
+
+def save_pruned(path: str | Path, model: nn.Module, record: PruningRecord | None,
+                metadata: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (temp file + rename).
+
+    ``metadata`` holds plain values and must name the build arguments ``model``, ``num_classes``
+    and ``in_channels``; anything else (dataset, metrics, ...) is kept as given. ``record`` is
+    ``None`` for an unpruned model.
+    """
+    missing = [k for k in _BUILD_KEYS if k not in metadata]
+    if missing:
+        raise CheckpointError(f"metadata must name the build arguments; missing {', '.join(missing)}")
+    payload = {
+        "format": FORMAT, "version": VERSION,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "history": record.history if record else [],
+        "plan": record.plan if record else {},
+        "metadata": {**metadata, "versions": library_versions()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise CheckpointError(f"{path} holds pickled Python objects that a checkpoint never needs; "
+                              f"refused to load it ({detail})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: "
+                              f"{type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no {FORMAT!r} format tag); "
+                              f"use a file written by search.train, search.run or search.pick")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')!r}; this code reads {VERSION}")
+    return payload
+
+
+def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> Checkpoint:
+    """Read a checkpoint with ``torch.load(weights_only=True)``, rebuild the base model, replay the
+    surgery history and load the weights. ``expect_model`` refuses a checkpoint of another model."""
+    path = Path(path)
+    payload = _read(path)
+    meta = payload["metadata"]
+    if expect_model is not None and meta.get("model") != expect_model:
+        raise CheckpointError(f"{path} is a {meta.get('model')!r} checkpoint, not {expect_model!r}")
+    try:
+        model = create_model(meta["model"], num_classes=int(meta["num_classes"]),
+                             in_channels=int(meta["in_channels"]))
+    except (KeyError, UnknownModelError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from None
+    history = payload["history"]
+    if history:
+        graph = tp.DependencyGraph().build_dependency(
+            model.eval(), example_inputs=torch.zeros(1, int(meta["in_channels"]), 32, 32), verbose=False)
+        try:
+            graph.load_pruning_history([list(h) for h in history])
+        except (AttributeError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: its pruning history does not fit {meta['model']} ({exc})") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the rebuilt {meta['model']} "
+                              f"({str(exc).splitlines()[0][:160]})") from None
+    return Checkpoint(model=model, history=[list(h) for h in history],
+                      metadata={**meta, "plan": payload.get("plan", {})})
+
+
+def load_pruned(path: str | Path) -> nn.Module:
+    """The pruned (or baseline) model stored at ``path``, ready to use in eval mode."""
+    return load_checkpoint(path).model.eval()

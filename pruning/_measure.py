@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Exact size of a model, and optionally its latency.
+
+    Attributes:
+        params: number of parameters.
+        macs: multiply-accumulates of one forward pass of one image (MACs, not FLOPs).
+        size_mb: bytes of the saved fp32 weights (parameters and floating buffers) / 10^6.
+        latency_ms: batch size -> median milliseconds per forward pass, when measured.
+    """
+
+    params: int
+    macs: int
+    size_mb: float
+    latency_ms: dict[int, float] | None = None
+
+
+def size_mb(model: nn.Module) -> float:
+    """MB (10^6 bytes) of the fp32 state dict: parameters and floating-point buffers."""
+    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point()) / 1e6
+
+
+def measure(model: nn.Module, example_input: torch.Tensor, *, latency: bool = False,
+            batch_sizes: tuple[int, ...] = (1, 64), repeats: int = 20, warmup: int = 5) -> Measurement:
+    """Parameters, MACs (per image) and size in MB; latency on request, on the model's device."""
+    one = example_input[:1]
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, one)
+    timings = _latency(model, one, batch_sizes, repeats, warmup) if latency else None
+    model.train(was_training)
+    return Measurement(params=int(params), macs=int(macs), size_mb=size_mb(model), latency_ms=timings)
+
+
+@torch.no_grad()
+def _latency(model: nn.Module, one: torch.Tensor, batch_sizes, repeats: int, warmup: int) -> dict[int, float]:
+    device = next(model.parameters()).device
+    result = {}
+    for bs in batch_sizes:
+        x = one.to(device).expand(bs, *one.shape[1:]).contiguous()
+        samples = []
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                samples.append((time.perf_counter() - start) * 1000)
+        result[bs] = statistics.median(samples)
+    return result
