@@ -89,3 +89,26 @@ def start_point(cfg: StudyConfig, data: Dataset, *, progress: bool = True) -> tu
                               f"and {data.num_classes}")
     ckpt.model = prepare(ckpt.model, data.device).eval()
     return ckpt, reference_of(ckpt, data.example_input(1))
+
+
+def existing_study(cfg: StudyConfig, *, download: bool = True):
+    """Open a study that ``search.run`` wrote, with its data, starting model and reference figures.
+
+    Returns (study, data, start checkpoint, reference); writes nothing.
+    """
+    from dataclasses import replace
+
+    from search._cli import UsageError
+    from search._study import journal_path, open_storage, open_study
+
+    if cfg.storage is None and not journal_path(cfg).exists():
+        raise UsageError(f"no study in {cfg.out_dir}; run python -m search.run --model {cfg.model} first "
+                         f"(or pass the --out / --budget it used)")
+    study = open_study(cfg, open_storage(cfg), base="", create=False)
+    base = study.user_attrs.get("base", "baseline")
+    if base == "baseline" and not baseline_path(cfg).exists():
+        raise UsageError(f"{baseline_path(cfg)} is missing; the study's baseline is needed for its reference figures")
+    data = load_data(cfg, download=download)
+    start, reference = start_point(replace(cfg, from_checkpoint=None if base == "baseline" else base), data,
+                                   progress=False)
+    return study, data, start, reference
