@@ -71,6 +71,9 @@ def save_pruned(path: str | Path, model: nn.Module, record: PruningRecord | None
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt, "
+                              f"or not written by torch.save)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
