@@ -61,8 +61,11 @@ def open_study(cfg: StudyConfig, storage: BaseStorage, *, base: str, create: boo
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if cfg.study_name not in names and not create:
         raise UsageError(f"no study {cfg.study_name!r} in {cfg.storage or journal_path(cfg)}; run search.run first")
-    study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=make_sampler(cfg),
-                                directions=["maximize", "minimize"], load_if_exists=True)
+    if cfg.study_name in names:  # load_study reads; create_study(load_if_exists) would append to the journal
+        study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=make_sampler(cfg))
+    else:
+        study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=make_sampler(cfg),
+                                    directions=["maximize", "minimize"])
     if create:
         known = study.user_attrs.get("base")
         if known is not None and known != base:

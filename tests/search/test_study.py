@@ -20,9 +20,13 @@ from tests.conftest import REPO
 from tests.search.conftest import PYTHON, TINY_LENET, base_args, cli, write_config
 
 
-def _study(out) -> optuna.Study:
+def _study_of(out, name: str) -> optuna.Study:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "journal.log")))
-    return optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _study(out) -> optuna.Study:
+    return _study_of(out, "lenet5-fashion-mnist")
 
 
 @pytest.fixture(scope="module")
