@@ -1,0 +1,27 @@
+"""What the benchmarks share: device description and median/spread formatting."""
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def spread(values: list[float]) -> str:
+    """'median (min-max, n=N)'."""
+    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g}, n={len(values)})"
+
+
+def header(title: str, device: torch.device) -> None:
+    print(f"# {title}\n# command: {' '.join([Path(sys.executable).name] + sys.argv)}\n"
+          f"# device: {device_name(device)}; torch {torch.__version__}")

@@ -1,0 +1,79 @@
+"""Per model: seconds to apply a plan, to recalibrate BatchNorm (K batches of 128) and to fine-tune
+one epoch of Fashion-MNIST (54,000 images), plus measuring and checkpointing.
+
+    python bench/prune_cost.py [--models ...] [--repeats 3] [--bn-batches 50] [--finetune-steps N]
+
+On a CPU the large models cannot do 50 BN batches or an epoch in reasonable time, so by default
+they run fewer batches / steps and the figure is scaled to the full amount (marked "scaled").
+Goal for the search on a GPU: pruning + measuring + checkpointing < 20 % of a trial's time.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401
+import torch
+
+from models import create_model, list_models
+from pruning import apply_plan, finetune, measure, prunable_units, recalibrate_bn, save_pruned
+from pruning._data import Dataset, synthetic_splits
+from pruning._train import prepare
+
+EPOCH_IMAGES = 54000
+CPU_LIMITS = {"lenet5": (50, None), "vgg16": (4, 4), "resnet50": (2, 2), "densenet121": (2, 2)}
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bn-batches", type=int, help="default 50 (fewer for large models on CPU, scaled)")
+    parser.add_argument("--finetune-steps", type=int, help="default one epoch (fewer on CPU, scaled)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _common.header("cost of the pruning steps of one trial (uniform plan 0.5, l1)", device)
+    (trx, tr_y), (tex, tey) = synthetic_splits(train=8192, test=256, channels=1)
+    data = Dataset("synthetic", trx, tr_y, tex, tey, tex, tey, 10, (0.5,), (0.25,), augment=False).to(device)
+    batch, per_epoch = 128, EPOCH_IMAGES // 128
+    print(f"{'model':<12} {'apply s':>20} {'measure+save s':>20} {'BN(50x128) s':>24} {'finetune epoch s':>26} {'share':>6}")
+    for name in args.models:
+        cpu_bn, cpu_ft = CPU_LIMITS[name] if device.type == "cpu" else (None, None)
+        bn_k = args.bn_batches or cpu_bn or 50
+        ft_steps = args.finetune_steps or cpu_ft or per_epoch
+        model = prepare(create_model(name, num_classes=10, in_channels=1), device).eval()
+        x = data.example_input(1)
+        plan = {u.name: 0.5 for u in prunable_units(model, x)}
+        batches = [data.normalize(data.train_x[i * batch:(i + 1) * batch]) for i in range(min(bn_k, 64))]
+        batches = (batches * (bn_k // len(batches) + 1))[:bn_k]
+        apply_s, overhead_s, bn_s, ft_s = [], [], [], []
+        for _ in range(args.repeats):
+            holder = {}
+            apply_s.append(timed(lambda: holder.update(zip(("m", "r"), apply_plan(model, plan, example_input=x)))))
+            with tempfile.TemporaryDirectory() as tmp:
+                overhead_s.append(timed(lambda: (measure(holder["m"], x), save_pruned(
+                    Path(tmp) / "c.pt", holder["m"], holder["r"], {"model": name, "num_classes": 10, "in_channels": 1}))))
+            bn_s.append(timed(lambda: recalibrate_bn(holder["m"], batches)) * 50 / bn_k)
+            ft_s.append(timed(lambda: finetune(holder["m"], data, steps=ft_steps)) * per_epoch / ft_steps)
+        scaled = " (scaled)" if bn_k != 50 or ft_steps != per_epoch else ""
+        med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+        share = (med(apply_s) + med(overhead_s)) / (med(apply_s) + med(overhead_s) + med(bn_s) + med(ft_s))
+        print(f"{name:<12} {_common.spread(apply_s):>20} {_common.spread(overhead_s):>20} "
+              f"{_common.spread(bn_s):>24} {_common.spread(ft_s) + scaled:>26} {share:>6.1%}", flush=True)
+    print("share = (apply + measure + save) / (those + BN recalibration + one fine-tune epoch)")
+
+
+if __name__ == "__main__":
+    main()
