@@ -19,7 +19,9 @@ def device_name(device: torch.device) -> str:
 
 def spread(values: list[float]) -> str:
     """'median (min-max, n=N)'."""
-    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g}, n={len(values)})"
+    med = statistics.median(values)
+    fmt = (lambda v: f"{v:,.0f}") if med >= 100 else (lambda v: f"{v:.3g}")
+    return f"{fmt(med)} ({fmt(min(values))}-{fmt(max(values))}, n={len(values)})"
 
 
 def header(title: str, device: torch.device) -> None:

@@ -18,7 +18,7 @@ from models import create_model, list_models
 from pruning import TrainConfig, load_dataset, train
 from pruning._train import autocast, prepare
 
-DEFAULT_STEPS_CPU = {"lenet5": 200, "vgg16": 6, "resnet50": 3, "densenet121": 3}
+DEFAULT_STEPS_CPU = {"lenet5": 400, "vgg16": 6, "resnet50": 3, "densenet121": 3}
 
 
 def bare(model, x, y, steps: int, device) -> float:

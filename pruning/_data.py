@@ -70,10 +70,9 @@ class Dataset:
         return replace(self, train_x=tx, train_y=ty, val_x=vx, val_y=vy, test_x=sx, test_y=sy)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> normalized float32."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float().div_(255) - mean) / std
+        """uint8 images -> normalized float32 (one fused affine map: x * scale + shift)."""
+        scale, shift = _affine(self.mean, self.std, x.device)
+        return x.float().mul_(scale).add_(shift)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A normalized batch of training images, for tracing and measuring."""
@@ -83,6 +82,18 @@ class Dataset:
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}; choose train, val or test")
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
+
+
+_AFFINE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    key = (mean, std, str(device))
+    if key not in _AFFINE:
+        m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        _AFFINE[key] = (1.0 / (255.0 * s), -m / s)
+    return _AFFINE[key]
 
 
 def train_batches(data: Dataset, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -104,19 +115,28 @@ def eval_batches(data: Dataset, split: str, batch_size: int) -> Iterator[tuple[t
         yield data.normalize(x[start:start + batch_size]), y[start:start + batch_size]
 
 
+_SHIFT_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+def _shift_table(h: int, w: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Flat source indices into a padded image for every (flip, dy, dx): (2 * (2 * pad + 1) ** 2, h * w)."""
+    key = (h, w, pad, str(device))
+    if key not in _SHIFT_TABLES:
+        rows, cols, width = torch.arange(h)[:, None], torch.arange(w)[None, :], w + 2 * pad
+        _SHIFT_TABLES[key] = torch.stack([
+            ((rows + dy) * width + (c + dx)).reshape(-1)
+            for c in (cols, cols.flip(-1)) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+        ]).to(device)
+    return _SHIFT_TABLES[key]
+
+
 def _crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random pad-crop and horizontal flip of a whole batch with tensor indexing."""
+    """Random pad-crop and horizontal flip of a whole batch: one gather from a padded copy."""
     b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])[:, None, None, :]
-    flip = torch.rand(b, generator=generator).to(x.device) < 0.5
-    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
+    table = _shift_table(h, w, pad, x.device)
+    choice = torch.randint(0, table.shape[0], (b,), generator=generator).to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad)).reshape(b, c, -1)
+    return padded.gather(2, table[choice].unsqueeze(1).expand(b, c, h * w)).view(b, c, h, w)
 
 
 def load_dataset(name: str, *, data_dir: str | Path = "data", val_fraction: float = 0.1,

@@ -127,3 +127,21 @@ def test_crop_flip_keeps_shape_and_moves_pixels():
     out = data_mod._crop_flip(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
     assert not torch.equal(out, x)
+
+
+def test_crop_flip_without_padding_is_identity_or_mirror():
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = data_mod._crop_flip(x, torch.Generator().manual_seed(1), pad=0)
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+
+
+def test_crop_shifts_by_at_most_the_padding():
+    x = torch.zeros(32, 1, 8, 8, dtype=torch.uint8)
+    x[:, :, 4, 4] = 255  # one bright pixel
+    out = data_mod._crop_flip(x, torch.Generator().manual_seed(2), pad=2)
+    for img in out[:, 0]:
+        if img.max() > 0:
+            r, c = (img == 255).nonzero()[0].tolist()
+            assert abs(r - 4) <= 2 and (abs(c - 4) <= 2 or abs(c - 3) <= 2)
