@@ -7,9 +7,9 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  ?= lenet5
 ARGS   ?=
 
-.PHONY: setup data search test bench clean-venv
+.PHONY: setup data postgres search test bench clean-venv
 
-setup: $(STAMP) data
+setup: $(STAMP) data postgres
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ data:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	  || echo "warning: apt-get could not install dataset-fashion-mnist; torchvision will download it"; \
 	else echo "note: Fashion-MNIST will be downloaded by torchvision at first use"; fi
+
+# PostgreSQL server binaries for the multi-worker storage test (a throwaway server the test starts).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "warning: could not install postgresql; its test will be skipped"; \
+	else echo "note: install PostgreSQL for the multi-worker storage test"; fi
 
 search: setup
 	$(PY) -m search.run --model $(MODEL) $(ARGS)

@@ -79,8 +79,11 @@ class Objective:
     def __init__(self, ctx: SearchContext, *, early_stop: bool = True) -> None:
         self.ctx = ctx
         self.early_stop = early_stop
+        self.on_start = None  # called once the trial exists in storage (releases the study lock)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        if self.on_start is not None:
+            self.on_start()
         try:
             return self._run(trial)
         except CATCH as exc:

@@ -1,6 +1,8 @@
 """Opening, seeding and running the Optuna study of a (model, dataset) pair."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import time
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
@@ -28,17 +30,32 @@ def artifact_dir(cfg: StudyConfig) -> Path:
     return cfg.out_dir / "artifacts"
 
 
-def open_storage(cfg: StudyConfig) -> BaseStorage:
-    """The journal file of the study folder, or the RDB at ``--storage`` (heartbeats on, so a
-    killed worker's trial is failed and retried)."""
+def open_storage(cfg: StudyConfig, *, heartbeat_s: int = 60) -> BaseStorage:
+    """The journal file of the study folder, or the RDB at ``--storage`` with heartbeats every
+    ``heartbeat_s`` seconds: a worker silent for twice that long has its trial failed, and the
+    trial is enqueued again (up to twice)."""
     if cfg.storage is None:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(journal_path(cfg))))
     try:
-        return RDBStorage(cfg.storage, heartbeat_interval=10, grace_period=30)
+        return RDBStorage(cfg.storage, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot open storage {cfg.storage!r}: {first}") from None
+
+
+@contextlib.contextmanager
+def study_lock(cfg: StudyConfig):
+    """Serialize the workers of one machine around seeding and starting trials (an advisory file
+    lock in the study folder), so that ``--trials`` stays the total and no seed is enqueued twice."""
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.out_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def dashboard_command(cfg: StudyConfig) -> str:
@@ -77,7 +94,12 @@ def open_study(cfg: StudyConfig, storage: BaseStorage, *, base: str, create: boo
 
 
 def fail_stale_trials(study: optuna.Study) -> int:
-    """Mark trials RUNNING under a process of this host that no longer exists as FAIL (a killed run)."""
+    """Fail trials whose worker is gone: RUNNING under a process of this host that no longer exists
+    (a killed run), or, on an RDB storage with heartbeats, silent past the grace period."""
+    heartbeat = getattr(study._storage, "is_heartbeat_enabled", None)  # RDB storages (maybe cached)
+    if heartbeat is not None and heartbeat():
+        optuna.storages.fail_stale_trials(study)  # heartbeats cover every host, and retry the trial
+        return 0
     host, failed = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
@@ -115,31 +137,48 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def run_trials(study: optuna.Study, objective: Objective, total: int, *, progress: bool = True) -> None:
-    """Run until the study holds ``total`` finished trials (complete or pruned), with a progress bar
-    showing the front size and the best accuracy at the smallest size."""
-    done = finished(study)
-    if done >= total:
-        return
-    bar = tqdm(total=total, initial=done, desc="trials", unit="trial", disable=not progress)
+def occupied(study: optuna.Study) -> int:
+    """Trials that count towards the total: finished, or running now."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,)))
+
+
+def run_trials(study: optuna.Study, objective: Objective, cfg: StudyConfig, *, progress: bool = True,
+               poll_s: float = 1.0) -> None:
+    """Run trials until the study holds ``cfg.total_trials`` finished ones (complete or pruned),
+    cooperating with other workers on the same storage, with a progress bar showing the front size
+    and the best accuracy at the smallest size."""
+    total = cfg.total_trials
+    bar = tqdm(total=total, initial=finished(study), desc="trials", unit="trial", disable=not progress)
     start = time.perf_counter()
 
     def update(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         front = study.best_trials
         postfix = {"front": len(front)}
         if front:
-            smallest = min(front, key=lambda t: t.values[1])
-            postfix["acc@smallest"] = f"{smallest.values[0]:.3f}"
+            postfix["acc@smallest"] = f"{min(front, key=lambda t: t.values[1]).values[0]:.3f}"
         bar.set_postfix(postfix)
         bar.n = finished(study)
         bar.refresh()
-        if finished(study) >= total:
-            study.stop()
 
     try:
-        study.optimize(objective, n_trials=total - done, catch=CATCH, callbacks=[update],
-                       gc_after_trial=True, show_progress_bar=False)
+        while True:
+            gate = contextlib.ExitStack()
+            gate.enter_context(study_lock(cfg))  # held until this worker's next trial exists
+            try:
+                fail_stale_trials(study)
+                if finished(study) >= total:
+                    break
+                if occupied(study) >= total:  # the rest is running elsewhere; wait in case a worker dies
+                    gate.close()
+                    time.sleep(poll_s)
+                    continue
+                objective.on_start = gate.close
+                study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[update],
+                               gc_after_trial=True, show_progress_bar=False)
+            finally:
+                objective.on_start = None
+                gate.close()
     finally:
         bar.close()
     if progress:
-        print(f"{finished(study)} trials finished in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"{finished(study)} trials finished; this run took {time.perf_counter() - start:.0f} s", flush=True)

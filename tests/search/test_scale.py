@@ -1,0 +1,168 @@
+"""Scaling out with real components: several worker processes on one journal, Ray Tune, PostgreSQL."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import REPO
+from tests.search.conftest import PYTHON, TINY_LENET, base_args, write_config
+from tests.search.test_study import _study
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _check_finished(study: optuna.Study, total: int) -> None:
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == total
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def _slow_config(tmp_path, steps: int = 300):
+    slow = {**TINY_LENET, "budgets": {"smoke": {**TINY_LENET["budgets"]["smoke"], "finetune_steps": steps}}}
+    return write_config(tmp_path / "slow.yaml", slow)
+
+
+def test_workers_flag_shares_one_journal(tmp_path, fashion_mnist):
+    out = tmp_path / "out"
+    config = _slow_config(tmp_path)  # trials long enough that the second process joins in
+    result = _run(["search.run"] + base_args(config, out) + ["--quiet", "--trials", "5", "--workers", "2",
+                                                            "--no-early-stop"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = _study(out)
+    _check_finished(study, 5)
+    assert not study.get_trials(states=(TrialState.FAIL,))
+    workers = {t.user_attrs["worker"] for t in study.get_trials(states=FINISHED)}
+    assert len(workers) == 2, f"both processes should have run trials: {workers}"
+    assert (out / "report.md").exists()
+
+
+def test_independent_commands_cooperate(tmp_path, tiny_config, fashion_mnist):
+    out = tmp_path / "out"
+    cmd = [PYTHON, "-m", "search.run"] + base_args(tiny_config, out) + ["--quiet", "--trials", "6"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    study = _study(out)
+    _check_finished(study, 6)
+    uniform = [t.user_attrs["uniform"] for t in study.trials if "uniform" in t.user_attrs]
+    assert sorted(uniform) == [0.2, 0.5, 0.8]  # each seed enqueued once
+
+
+def test_default_path_never_imports_ray(tmp_path, tiny_config, fashion_mnist):
+    script = ("import sys; from search import run, pick, report; "
+              f"run.main({base_args(tiny_config, tmp_path / 'out') + ['--quiet', '--trials', '2']!r}); "
+              "assert 'ray' not in sys.modules, 'ray was imported'")
+    result = subprocess.run([PYTHON, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_ray_backend_runs_the_study(tmp_path, tiny_config, fashion_mnist):
+    out = tmp_path / "out"
+    result = _run(["search.run"] + base_args(tiny_config, out) +
+                  ["--quiet", "--trials", "5", "--backend", "ray", "--cpus-per-trial", "1", "--max-concurrent", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = _study(out)
+    _check_finished(study, 5)
+    front = study.best_trials
+    assert front and all((out / "artifacts" / t.user_attrs["checkpoint_artifact"]).exists() for t in front)
+    assert sorted(t.user_attrs["uniform"] for t in study.get_trials(states=FINISHED) if "uniform" in t.user_attrs) \
+        == [0.2, 0.5, 0.8]
+    assert (out / "ray").is_dir() and (out / "report.md").exists()
+    picked = _run(["search.pick"] + base_args(tiny_config, out) + ["--max-drop", "100", "--save", str(tmp_path / "p.pt")])
+    assert picked.returncode == 0, picked.stderr[-2000:]
+    assert '"test_accuracy"' in picked.stdout
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback (Debian's postgresql package), stopped afterwards."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; `make test` installs Debian's postgresql package")
+        pytest.skip("PostgreSQL server binaries are not installed")
+    root = tempfile.mkdtemp(prefix="pgtest-")
+    os.chmod(root, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = os.path.join(root, "data")
+    subprocess.run(_as_postgres([initdb, "-D", data, "-U", "study", "--auth=trust"]), check=True,
+                   capture_output=True, timeout=120)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    subprocess.run(_as_postgres([pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(root, "log"), "-w", "start"]),
+                   check=True, capture_output=True, timeout=120)
+    try:
+        yield f"postgresql://study@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres([pg_ctl, "-D", data, "-m", "immediate", "stop"]), capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, fashion_mnist):
+    config = _slow_config(tmp_path)
+    out = tmp_path / "out"
+    trained = _run(["search.train"] + base_args(config, out) + ["--epochs", "1"])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    cmd = [PYTHON, "-m", "search.run"] + base_args(config, out) + [
+        "--quiet", "--trials", "6", "--storage", postgres_url, "--heartbeat-s", "1", "--no-early-stop"]
+    victim = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    survivor = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    storage = optuna.storages.RDBStorage(postgres_url)
+    try:
+        deadline, killed = time.time() + 300, None
+        while time.time() < deadline and killed is None:
+            time.sleep(0.5)
+            try:
+                study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
+            except KeyError:
+                continue
+            mine = [t for t in study.get_trials(states=(TrialState.RUNNING,))
+                    if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+            if mine and study.get_trials(states=FINISHED):
+                victim.send_signal(signal.SIGKILL)
+                killed = mine[0].number
+        assert killed is not None, "the victim never ran a trial"
+        _, err = survivor.communicate(timeout=600)
+        assert survivor.returncode == 0, err[-2000:]
+    finally:
+        for p in (victim, survivor):
+            if p.poll() is None:
+                p.kill()
+    study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
+    _check_finished(study, 6)
+    assert study.trials[killed].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1 and retries[0].state in FINISHED
+    assert retries[0].params == study.trials[killed].params
