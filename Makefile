@@ -9,7 +9,7 @@ ARGS   ?=
 
 .PHONY: setup data postgres search test bench clean-venv
 
-setup: $(STAMP) data postgres
+setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ postgres:
 search: setup
 	$(PY) -m search.run --model $(MODEL) $(ARGS)
 
-test: setup
+test: setup postgres
 	$(PY) -m pytest -q tests
 
 bench: setup
