@@ -109,7 +109,9 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Modu
     batches = itertools.islice(itertools.chain.from_iterable(epochs), total)
     model.train()
     running = torch.zeros((), device=device)
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False, mininterval=0.5)
+    per_epoch = max(1, data.train_x.shape[0] // cfg.batch_size)
+    epochs_label = f" epoch 1/{math.ceil(total / per_epoch)}" if total > per_epoch else ""
+    bar = tqdm(total=total, desc=desc + epochs_label, unit="step", disable=not progress, leave=False, mininterval=0.5)
     start, loss_value, seen = time.perf_counter(), float("nan"), 0
     for step, (x, y) in enumerate(batches, 1):
         if device.type == "cuda":
@@ -133,6 +135,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Modu
                 raise TrainingDiverged(f"loss became {loss_value} at step {step} of {desc}")
             bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
         bar.update(1)
+        if step % per_epoch == 0 and step < total:
+            bar.set_description(f"{desc} epoch {step // per_epoch + 1}/{math.ceil(total / per_epoch)}")
     bar.close()
     seconds = time.perf_counter() - start
     return TrainResult(steps=total, seconds=seconds, images_per_s=seen / max(seconds, 1e-9), final_loss=loss_value)

@@ -100,7 +100,7 @@ class Objective:
             ctx.base, plan, example_input=ctx.example, importance=space.importance, round_to=space.round_to,
             history=ctx.base_history, max_ratio=space.max_ratio, seed=cfg.seed + trial.number,
             calibration=ctx.calibration if space.importance == "taylor" else None)
-        m = measure(pruned, ctx.example, latency=space.objective == "latency")
+        m = measure(pruned, ctx.example, latency=space.objective == "latency", batch_sizes=(1,))
         size = objective_value(m, space.objective)
         self._record_size(trial, plan, m, size)
         recalibrate_bn(pruned, ctx.calibration)

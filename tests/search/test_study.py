@@ -154,3 +154,46 @@ def _has_study(out) -> bool:
         return False
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "journal.log")))
     return any(s.study_name == "lenet5-fashion-mnist" for s in optuna.get_all_study_summaries(storage))
+
+
+def test_pick_with_recovery_finetune(finished_study, tmp_path, capsys):
+    config, out, study = finished_study
+    saved = tmp_path / "recovered.pt"
+    code, stdout, _ = cli(pick, base_args(config, out) + ["--max-drop", "100", "--finetune-epochs", "0.5",
+                                                          "--save", str(saved)], capsys)
+    assert code == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["finetune_epochs"] == 0.5
+    data = load_data(load_config("lenet5", path=config, budget="smoke", data_dir=str(REPO / "data")))
+    assert evaluate(load_pruned(saved), data, "test") == result["test_accuracy"]
+
+
+def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, tiny_config, fashion_mnist, monkeypatch):
+    import search._objective as objective
+    from pruning import TrainingDiverged
+
+    real = objective.finetune
+    calls = []
+
+    def flaky(model, data, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise TrainingDiverged("loss became nan at step 3 of finetune")
+        return real(model, data, **kw)
+
+    monkeypatch.setattr(objective, "finetune", flaky)
+    out = tmp_path / "out"
+    assert run.main(base_args(tiny_config, out) + ["--quiet", "--trials", "4", "--no-early-stop"]) == 0
+    study = _study(out)
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    assert failed.user_attrs["fail_reason"] == "TrainingDiverged: loss became nan at step 3 of finetune"
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
+
+
+def test_latency_objective(tmp_path, tiny_config, fashion_mnist):
+    out = tmp_path / "out"
+    assert run.main(base_args(tiny_config, out) + ["--quiet", "--trials", "2", "--objective", "latency"]) == 0
+    study = _study(out)
+    assert study.metric_names == ["val_accuracy", "latency_ms"]
+    assert all(t.values[1] > 0 and t.values[1] == t.user_attrs["latency_ms"] for t in study.get_trials(
+        states=(TrialState.COMPLETE,)))
