@@ -96,29 +96,38 @@ def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> Che
     surgery history and load the weights. ``expect_model`` refuses a checkpoint of another model."""
     path = Path(path)
     payload = _read(path)
-    meta = payload["metadata"]
+    meta = payload.get("metadata")
+    if not isinstance(meta, dict) or not all(k in meta for k in _BUILD_KEYS):
+        raise CheckpointError(f"{path} has no build arguments ({', '.join(_BUILD_KEYS)}) in its metadata")
     if expect_model is not None and meta.get("model") != expect_model:
         raise CheckpointError(f"{path} is a {meta.get('model')!r} checkpoint, not {expect_model!r}")
     try:
-        model = create_model(meta["model"], num_classes=int(meta["num_classes"]),
-                             in_channels=int(meta["in_channels"]))
-    except (KeyError, UnknownModelError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from None
-    history = payload["history"]
-    if history:
+        model = _rebuild(payload, meta)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} does not rebuild into a {meta['model']!r} model ({detail})") from None
+    return Checkpoint(model=model, history=[list(h) for h in payload["history"]],
+                      metadata={**meta, "plan": payload.get("plan", {})})
+
+
+def _rebuild(payload: dict, meta: dict) -> nn.Module:
+    """A fresh base model with the surgery history replayed and the weights loaded."""
+    try:
+        model = create_model(meta["model"], num_classes=int(meta["num_classes"]), in_channels=int(meta["in_channels"]))
+    except UnknownModelError as exc:
+        raise CheckpointError(str(exc)) from None
+    if payload["history"]:
         graph = tp.DependencyGraph().build_dependency(
             model.eval(), example_inputs=torch.zeros(1, int(meta["in_channels"]), 32, 32), verbose=False)
-        try:
-            graph.load_pruning_history([list(h) for h in history])
-        except (AttributeError, IndexError, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: its pruning history does not fit {meta['model']} ({exc})") from None
+        graph.load_pruning_history([list(h) for h in payload["history"]])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the rebuilt {meta['model']} "
+        raise CheckpointError(f"weights do not match the rebuilt {meta['model']} "
                               f"({str(exc).splitlines()[0][:160]})") from None
-    return Checkpoint(model=model, history=[list(h) for h in history],
-                      metadata={**meta, "plan": payload.get("plan", {})})
+    return model
 
 
 def load_pruned(path: str | Path) -> nn.Module:

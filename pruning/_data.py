@@ -300,13 +300,23 @@ def _load_imagefolder(data_dir: Path):
         if not (data_dir / sub).is_dir():
             raise DatasetError(f"imagefolder needs {data_dir / sub}/<class>/<image> folders; "
                                f"pass --data-dir pointing at a folder with train/ and test/")
-    train, test = ImageFolder(str(data_dir / "train")), ImageFolder(str(data_dir / "test"))
+    try:
+        train, test = ImageFolder(str(data_dir / "train")), ImageFolder(str(data_dir / "test"))
+    except (FileNotFoundError, OSError) as exc:
+        raise DatasetError(f"{data_dir}: {exc}") from None
     if train.classes != test.classes:
         raise DatasetError(f"{data_dir}: train/ and test/ have different class folders")
+    if len(train.classes) < 2:
+        raise DatasetError(f"{data_dir}: an image classification set needs at least 2 class folders")
 
     def read(folder: ImageFolder):
-        xs = [torch.from_numpy(np.asarray(img.convert("RGB").resize((32, 32))).copy()).permute(2, 0, 1)
-              for img, _ in folder]
+        xs = []
+        for path, _ in folder.samples:
+            try:
+                img = folder.loader(path)
+            except OSError as exc:  # PIL's UnidentifiedImageError is one
+                raise DatasetError(f"cannot read image {path}: {exc}") from None
+            xs.append(torch.from_numpy(np.asarray(img.convert("RGB").resize((32, 32))).copy()).permute(2, 0, 1))
         return torch.stack(xs), torch.tensor(folder.targets, dtype=torch.int64)
     return read(train), read(test), len(train.classes)
 

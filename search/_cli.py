@@ -6,7 +6,7 @@ import sys
 from typing import Callable, NoReturn
 
 from models import UnknownModelError, list_models
-from pruning import DATASETS, PruningError
+from pruning import DATASETS, PruningError, TrainingDiverged
 from search._config import BUDGETS, ConfigError
 
 
@@ -14,7 +14,7 @@ class UsageError(ValueError):
     """A request that cannot be carried out as given (e.g. no front point meets a budget)."""
 
 
-USER_ERRORS = (ConfigError, PruningError, UnknownModelError, UsageError)
+USER_ERRORS = (ConfigError, PruningError, UnknownModelError, UsageError, TrainingDiverged)
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,7 +32,7 @@ def common_parser(prog: str, description: str) -> Parser:
                         help="default: the config's (fashion-mnist)")
     parser.add_argument("--config", help="YAML config (default: configs/<model>.yaml)")
     parser.add_argument("--budget", choices=BUDGETS, default="default")
-    parser.add_argument("--out", help="study folder (default: studies/<model>-<dataset>[-smoke])")
+    parser.add_argument("--out", help="study folder (default: studies/<model>-<dataset>[-smoke|-full])")
     parser.add_argument("--data-dir", default="data", help="where datasets are found or downloaded")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)

@@ -89,6 +89,12 @@ class StudyConfig:
     def total_trials(self) -> int:
         return self.trials if self.trials is not None else self.spend.trials
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a study cannot change once it has trials (their values would not compare)."""
+        s = self.search
+        return {"budget": self.budget, "objective": s.objective, "granularity": s.granularity,
+                "importance": s.importance, "max_ratio": s.max_ratio, "round_to": s.round_to}
+
     @property
     def study_name(self) -> str:
         return f"{self.model}-{self.dataset}"
@@ -97,7 +103,7 @@ class StudyConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        suffix = "-smoke" if self.budget == "smoke" else ""
+        suffix = "" if self.budget == "default" else f"-{self.budget}"
         return Path("studies") / f"{self.study_name}{suffix}"
 
     def to_yaml(self) -> str:
@@ -126,6 +132,20 @@ def _build(cls: type, data: Any, where: str):
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _check_budget(name: str, b: Budget) -> None:
+    def whole(value, key, low):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"budgets.{name}.{key} must be a whole number >= {low}, got {value!r}")
+    whole(b.trials, "trials", 1)
+    whole(b.finetune_steps, "finetune_steps", 1)
+    whole(b.bn_batches, "bn_batches", 0)
+    for key in ("batch_size", "train_subset", "val_subset", "test_subset"):
+        if getattr(b, key) is not None:
+            whole(getattr(b, key), key, 1)
+    if not isinstance(b.baseline_epochs, (int, float)) or b.baseline_epochs <= 0:
+        raise ConfigError(f"budgets.{name}.baseline_epochs must be a positive number, got {b.baseline_epochs!r}")
+
+
 def _check(cfg: StudyConfig) -> None:
     def choose(value, allowed, key):
         if value not in allowed:
@@ -140,6 +160,12 @@ def _check(cfg: StudyConfig) -> None:
     choose(cfg.device, ("auto", "cpu", "cuda"), "device")
     if cfg.budget not in cfg.budgets:
         raise ConfigError(f"the config has no budget {cfg.budget!r}; it has: {', '.join(cfg.budgets)}")
+    for name, budget in cfg.budgets.items():
+        _check_budget(name, budget)
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    if cfg.search.round_to is not None and (not isinstance(cfg.search.round_to, int) or cfg.search.round_to < 1):
+        raise ConfigError(f"search.round_to must be a whole number >= 1 or null, got {cfg.search.round_to!r}")
     if not 0 < cfg.search.max_ratio < 1:
         raise ConfigError(f"search.max_ratio must be in (0, 1), got {cfg.search.max_ratio}")
     for r in cfg.search.uniform_ratios:
@@ -174,6 +200,8 @@ def load_config(model: str, *, path: str | Path | None = None, **overrides: Any)
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {path}; allowed: {', '.join(sorted(allowed))}")
+    if not isinstance(raw.get("search") or {}, dict):
+        raise ConfigError(f"search in {path} must be a mapping of keys to values")
     search = dict(raw.get("search") or {})
     for key in ("granularity", "objective", "sampler", "importance"):
         if overrides.get(key) is not None:
@@ -181,23 +209,36 @@ def load_config(model: str, *, path: str | Path | None = None, **overrides: Any)
         else:
             overrides.pop(key, None)
     if "uniform_ratios" in search:
+        if not isinstance(search["uniform_ratios"], list):
+            raise ConfigError(f"search.uniform_ratios in {path} must be a list of ratios")
         search["uniform_ratios"] = tuple(search["uniform_ratios"])
     budgets = raw.get("budgets") or {}
     if not isinstance(budgets, dict):
         raise ConfigError(f"budgets in {path} must be a mapping")
     given = {k: v for k, v in overrides.items() if v is not None}
-    cfg = StudyConfig(
+    try:
+        cfg = _assemble(model, raw, search, budgets, given)
+        _check(cfg)
+    except TypeError as exc:  # e.g. a string where a number belongs
+        raise ConfigError(f"config {path}: a value has the wrong type ({exc})") from None
+    return cfg
+
+
+def _assemble(model: str, raw: dict, search: dict, budgets: dict, given: dict) -> StudyConfig:
+    try:
+        val_fraction = float(raw.get("val_fraction", 0.1))
+    except (TypeError, ValueError):
+        raise ConfigError(f"val_fraction must be a number, got {raw.get('val_fraction')!r}") from None
+    return StudyConfig(
         model=model,
         dataset=given.pop("dataset", raw.get("dataset", "fashion-mnist")),
-        val_fraction=float(raw.get("val_fraction", 0.1)),
+        val_fraction=val_fraction,
         baseline=_build(TrainConfig, raw.get("baseline") or {}, "baseline"),
         finetune=_build(FinetuneConfig, raw.get("finetune") or {}, "finetune"),
         search=_build(SearchSpace, search, "search"),
         budgets={k: _build(Budget, v, f"budgets.{k}") for k, v in budgets.items()},
         **_known_overrides(given),
     )
-    _check(cfg)
-    return cfg
 
 
 def _known_overrides(given: dict[str, Any]) -> dict[str, Any]:

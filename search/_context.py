@@ -81,6 +81,9 @@ def start_point(cfg: StudyConfig, data: Dataset, *, progress: bool = True) -> tu
     """The model a study prunes from (``--from`` or the cached baseline) and the reference figures."""
     if cfg.from_checkpoint:
         ckpt = load_checkpoint(cfg.from_checkpoint, expect_model=cfg.model)
+        if ckpt.metadata.get("dataset", cfg.dataset) != cfg.dataset:
+            raise CheckpointError(f"{cfg.from_checkpoint} was trained on {ckpt.metadata['dataset']!r}, "
+                                  f"not {cfg.dataset!r}")
     else:
         ckpt = ensure_baseline(cfg, data, progress=progress)
     if int(ckpt.metadata["in_channels"]) != data.in_channels or int(ckpt.metadata["num_classes"]) != data.num_classes:

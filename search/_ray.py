@@ -46,8 +46,11 @@ def ray_trial(config: dict, *, argv: tuple[str, ...]) -> dict:
     try:
         accuracy, size = Objective(ctx, early_stop=early_stop)(trial)
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)  # OptunaSearch cannot tell PRUNED for two objectives
-        return {"pruned": True}
+        # OptunaSearch cannot tell PRUNED for two objectives, so the worker does; Tune insists on the
+        # metric keys, and OptunaSearch's later tell of this finished trial is refused (and logged).
+        study.tell(trial, state=TrialState.PRUNED)
+        attrs = study._storage.get_trial(trial._trial_id).user_attrs
+        return {"val_accuracy": attrs.get("proxy_accuracy"), "size": attrs.get("objective_value"), "pruned": True}
     return {"val_accuracy": accuracy, "size": size}
 
 
@@ -68,6 +71,8 @@ def worker_argv(argv: list[str], ctx: SearchContext, config: str | None) -> tupl
     """The command line for workers, with every path absolute (Tune runs trials in their own folders)."""
     cfg = ctx.cfg
     extra = ["--out", str(cfg.out_dir.resolve()), "--data-dir", str(Path(cfg.data_dir).resolve())]
+    if cfg.storage and cfg.storage.startswith("sqlite:///") and not cfg.storage.startswith("sqlite:////"):
+        extra += ["--storage", "sqlite:///" + str(Path(cfg.storage[len("sqlite:///"):]).resolve())]
     if config:
         extra += ["--config", str(Path(config).resolve())]
     if cfg.from_checkpoint:

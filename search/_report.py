@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -47,10 +48,20 @@ def test_accuracies(cfg: StudyConfig, trials: list[FrozenTrial], data: Dataset) 
     return result
 
 
+def _atomic(path: Path, write) -> None:
+    """Write through a uniquely named temp file, then rename (several workers may report at once)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def front_table(cfg: StudyConfig, study: optuna.Study, data: Dataset, reference: dict) -> pd.DataFrame:
@@ -172,7 +183,5 @@ def plot_front(study: optuna.Study, table: pd.DataFrame, path: Path, cfg: StudyC
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)

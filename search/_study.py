@@ -20,6 +20,7 @@ from search._config import StudyConfig
 from search._objective import CATCH, METRIC_NAMES, Objective
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_FAILURES_IN_A_ROW = 5  # then the settings are wrong, not the candidates: stop instead of looping
 
 
 def journal_path(cfg: StudyConfig) -> Path:
@@ -87,8 +88,14 @@ def open_study(cfg: StudyConfig, storage: BaseStorage, *, base: str, create: boo
         known = study.user_attrs.get("base")
         if known is not None and known != base:
             raise UsageError(f"study {cfg.study_name!r} prunes from {known!r}, not {base!r}; use another --out")
+        settings = study.user_attrs.get("settings", cfg.fingerprint())
+        changed = [f"{k}={settings[k]!r}" for k in settings if settings[k] != cfg.fingerprint().get(k)]
+        if changed:
+            raise UsageError(f"study {cfg.study_name!r} was run with {', '.join(changed)}; resume it with the same "
+                             f"settings or use another --out")
         if known is None:
             study.set_user_attr("base", base)
+            study.set_user_attr("settings", cfg.fingerprint())
             study.set_metric_names(["val_accuracy", METRIC_NAMES[cfg.search.objective]])
     return study
 
@@ -149,9 +156,10 @@ def run_trials(study: optuna.Study, objective: Objective, cfg: StudyConfig, *, p
     and the best accuracy at the smallest size."""
     total = cfg.total_trials
     bar = tqdm(total=total, initial=finished(study), desc="trials", unit="trial", disable=not progress)
-    start = time.perf_counter()
+    start, failures, waiting = time.perf_counter(), [], False
 
     def update(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failures[:] = failures + [trial] if trial.state == TrialState.FAIL else []
         front = study.best_trials
         postfix = {"front": len(front)}
         if front:
@@ -168,7 +176,14 @@ def run_trials(study: optuna.Study, objective: Objective, cfg: StudyConfig, *, p
                 fail_stale_trials(study)
                 if finished(study) >= total:
                     break
+                if len(failures) >= MAX_FAILURES_IN_A_ROW:
+                    reason = failures[-1].user_attrs.get("fail_reason", "see the log")
+                    raise UsageError(f"{len(failures)} trials in a row failed (last: {reason}); "
+                                     f"check the fine-tune settings of the config")
                 if occupied(study) >= total:  # the rest is running elsewhere; wait in case a worker dies
+                    if progress and not waiting:
+                        bar.write(f"waiting for {occupied(study) - finished(study)} trial(s) running in other workers")
+                    waiting = True
                     gate.close()
                     time.sleep(poll_s)
                     continue

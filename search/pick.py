@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from optuna.trial import FrozenTrial
 
@@ -12,8 +13,9 @@ from pruning import evaluate, finetune, load_checkpoint, measure, save_pruned
 from pruning._apply import PruningRecord
 from search._cli import UsageError, common_parser, run_cli
 from search._config import load_config
-from search._context import existing_study
+from search._context import baseline_path, existing_study
 from search._report import checkpoint_path, front_trials
+from search._study import artifact_dir
 from search.run import quiet_optuna
 
 
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}")
     cfg = load_config(args.model, path=args.config, dataset=args.dataset, budget=args.budget, out=args.out,
                       data_dir=args.data_dir, device=args.device, seed=args.seed, storage=args.storage)
+    target = Path(args.save).resolve()
+    if target == baseline_path(cfg).resolve() or artifact_dir(cfg).resolve() in target.parents or target.is_dir():
+        raise UsageError(f"--save {args.save} would overwrite the study's own files or is a folder; save elsewhere")
     study, data, start, reference = existing_study(cfg)
     front = [t for t in front_trials(study) if "checkpoint_artifact" in t.user_attrs]
     if not front:

@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--workers and --heartbeat-s must be at least 1, got {args.workers} and {args.heartbeat_s}")
     if args.backend == "ray" and args.workers != 1:
         raise UsageError("--workers is for the optuna backend; with ray use --max-concurrent")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0 or (args.max_concurrent is not None and args.max_concurrent < 1):
+        raise UsageError("--cpus-per-trial must be > 0, --gpus-per-trial >= 0 and --max-concurrent >= 1")
     quiet_optuna()
     cfg = config_from_args(args)
     progress = not args.quiet

@@ -114,3 +114,18 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
 def test_no_file(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_pruned(tmp_path / "nothing.pt")
+
+
+@pytest.mark.parametrize("damage", ["no_metadata", "bad_history", "bad_classes"])
+def test_our_tag_with_a_malformed_body(pruned_resnet, tmp_path, damage):
+    raw = torch.load(pruned_resnet[2], weights_only=True)
+    if damage == "no_metadata":
+        del raw["metadata"]
+    elif damage == "bad_history":
+        raw["history"] = [["layer1.0.conv1", True]]  # an entry without channel indices
+    else:
+        raw["metadata"]["num_classes"] = "many"
+    path = tmp_path / f"{damage}.pt"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError):
+        load_pruned(path)

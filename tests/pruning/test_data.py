@@ -145,3 +145,16 @@ def test_crop_shifts_by_at_most_the_padding():
         if img.max() > 0:
             r, c = (img == 255).nonzero()[0].tolist()
             assert abs(r - 4) <= 2 and (abs(c - 4) <= 2 or abs(c - 3) <= 2)
+
+
+def test_imagefolder_needs_two_classes_and_readable_images(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split / "only").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "only" / "a.png")
+    with pytest.raises(DatasetError, match="at least 2 class folders"):
+        load_dataset("imagefolder", data_dir=tmp_path)
+    for split in ("train", "test"):
+        (tmp_path / split / "other").mkdir()
+        (tmp_path / split / "other" / "b.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="cannot read image"):
+        load_dataset("imagefolder", data_dir=tmp_path)

@@ -29,7 +29,12 @@ def study(tmp_path_factory, fashion_mnist):
     broken = root / "broken.yaml"
     broken.write_text("search: {granularity: unit\nbudgets: [")
     unknown_key = write_config(root / "unknown.yaml", {**TINY_LENET, "search": {"granularty": "unit"}})
-    return root, config, out, {"foreign": foreign, "broken": broken, "unknown": unknown_key}
+    zero_steps = write_config(root / "zero.yaml", {**TINY_LENET, "budgets": {
+        "smoke": {**TINY_LENET["budgets"]["smoke"], "finetune_steps": 0}}})
+    wrong_type = write_config(root / "type.yaml", {**TINY_LENET, "val_fraction": "a tenth"})
+    scalar_ratios = write_config(root / "ratios.yaml", {**TINY_LENET, "search": {"uniform_ratios": 0.5}})
+    return root, config, out, {"foreign": foreign, "broken": broken, "unknown": unknown_key, "zero": zero_steps,
+                               "type": wrong_type, "ratios": scalar_ratios}
 
 
 BAD_RUNS = {
@@ -47,6 +52,12 @@ BAD_RUNS = {
     "broken config": (["--config", "{broken}"], "is not valid YAML"),
     "unknown config key": (["--config", "{unknown}"], "unknown key search.granularty"),
     "missing config": (["--config", "{root}/none.yaml"], "cannot read config"),
+    "zero fine-tune steps": (["--config", "{zero}"], "budgets.smoke.finetune_steps must be a whole number >= 1"),
+    "wrong value type": (["--config", "{type}"], "val_fraction must be a number"),
+    "scalar uniform ratios": (["--config", "{ratios}"], "uniform_ratios"),
+    "changed objective on resume": (["--objective", "macs"], "was run with objective='size'"),
+    "changed granularity on resume": (["--granularity", "global"], "was run with granularity='unit'"),
+    "bad ray resources": (["--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
 }
 
 
@@ -99,3 +110,32 @@ def test_resume_from_another_base_is_refused(study, tmp_path, capsys):
     code, _, err = cli(run, base_args(config, out) + ["--quiet", "--from", str(out / "baseline.pt")], capsys)
     assert code == 2 and "prunes from 'baseline'" in err
     assert _fingerprint(out) == before
+
+
+def test_train_refuses_to_replace_a_studys_baseline(study, capsys):
+    root, config, out, _ = study
+    before = _fingerprint(out)
+    code, _, err = cli(train, base_args(config, out) + ["--epochs", "1"], capsys)
+    assert code == 2 and "holds a study pruned from its baseline" in err
+    assert _fingerprint(out) == before
+
+
+def test_pick_refuses_to_overwrite_the_study(study, capsys):
+    root, config, out, _ = study
+    before = _fingerprint(out)
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(out / "baseline.pt")], capsys)
+    assert code == 2 and "would overwrite the study's own files" in err
+    assert _fingerprint(out) == before
+
+
+def test_endless_failures_stop_with_one_line(tmp_path, capsys, monkeypatch, fashion_mnist):
+    import search._objective as objective
+    from pruning import TrainingDiverged
+
+    def always_diverges(model, data, **kw):
+        raise TrainingDiverged("loss became nan at step 1 of finetune")
+
+    monkeypatch.setattr(objective, "finetune", always_diverges)
+    config = write_config(tmp_path / "tiny.yaml", {**TINY_LENET, "search": {"uniform_ratios": []}})
+    code, _, err = cli(run, base_args(config, tmp_path / "out") + ["--quiet", "--trials", "20"], capsys)
+    assert code == 2 and "5 trials in a row failed (last: TrainingDiverged" in err
