@@ -74,19 +74,27 @@ def test_default_path_never_imports_ray(tmp_path, tiny_config, fashion_mnist):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_ray_backend_runs_the_study(tmp_path, tiny_config, fashion_mnist):
+def test_ray_backend_runs_the_study(tmp_path, fashion_mnist):
+    # An early-stop rule that stops every sampled candidate once any trial has finished, so the
+    # Ray path has to carry PRUNED trials (and keep them off the front).
+    eager = {**TINY_LENET, "search": {**TINY_LENET["search"], "early_stop_margin": -1.0,
+                                      "early_stop_size_tolerance": 100.0}}
+    config = write_config(tmp_path / "eager.yaml", eager)
     out = tmp_path / "out"
-    result = _run(["search.run"] + base_args(tiny_config, out) +
-                  ["--quiet", "--trials", "5", "--backend", "ray", "--cpus-per-trial", "1", "--max-concurrent", "2"])
+    result = _run(["search.run"] + base_args(config, out) +
+                  ["--quiet", "--trials", "6", "--backend", "ray", "--cpus-per-trial", "1", "--max-concurrent", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
     study = _study(out)
-    _check_finished(study, 5)
+    _check_finished(study, 6)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned and all("stopped_by" in t.user_attrs for t in pruned)
+    assert not {t.number for t in pruned} & {t.number for t in study.best_trials}
     front = study.best_trials
     assert front and all((out / "artifacts" / t.user_attrs["checkpoint_artifact"]).exists() for t in front)
     assert sorted(t.user_attrs["uniform"] for t in study.get_trials(states=FINISHED) if "uniform" in t.user_attrs) \
         == [0.2, 0.5, 0.8]
     assert (out / "ray").is_dir() and (out / "report.md").exists()
-    picked = _run(["search.pick"] + base_args(tiny_config, out) + ["--max-drop", "100", "--save", str(tmp_path / "p.pt")])
+    picked = _run(["search.pick"] + base_args(config, out) + ["--max-drop", "100", "--save", str(tmp_path / "p.pt")])
     assert picked.returncode == 0, picked.stderr[-2000:]
     assert '"test_accuracy"' in picked.stdout
 
