@@ -22,11 +22,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# The validation split never follows --seed: a baseline trained on one split and evaluated on another
+# would be scored on its own training images.
+VAL_SPLIT_SEED = 0
+
+
 def load_data(cfg: StudyConfig, *, download: bool = True) -> Dataset:
     """The study's dataset cut to the budget's subsets, on the study's device."""
     spend = cfg.spend
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
-                        seed=cfg.seed, download=download)
+                        seed=VAL_SPLIT_SEED, download=download)
     data = data.subset(train=spend.train_subset, val=spend.val_subset, test=spend.test_subset)
     return data.to(resolve_device(cfg.device))
 

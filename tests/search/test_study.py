@@ -9,6 +9,7 @@ import time
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -197,3 +198,9 @@ def test_latency_objective(tmp_path, tiny_config, fashion_mnist):
     assert study.metric_names == ["val_accuracy", "latency_ms"]
     assert all(t.values[1] > 0 and t.values[1] == t.user_attrs["latency_ms"] for t in study.get_trials(
         states=(TrialState.COMPLETE,)))
+
+
+def test_validation_split_does_not_follow_the_seed():
+    a = load_data(load_config("lenet5", budget="smoke", seed=0, data_dir=str(REPO / "data")))
+    b = load_data(load_config("lenet5", budget="smoke", seed=5, data_dir=str(REPO / "data")))
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)
