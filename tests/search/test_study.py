@@ -200,7 +200,7 @@ def test_latency_objective(tmp_path, tiny_config, fashion_mnist):
         states=(TrialState.COMPLETE,)))
 
 
-def test_validation_split_does_not_follow_the_seed():
+def test_validation_split_does_not_follow_the_seed(fashion_mnist):
     a = load_data(load_config("lenet5", budget="smoke", seed=0, data_dir=str(REPO / "data")))
     b = load_data(load_config("lenet5", budget="smoke", seed=5, data_dir=str(REPO / "data")))
     assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)
