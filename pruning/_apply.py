@@ -52,12 +52,13 @@ def _accumulate_gradients(model: nn.Module, batches: Iterable) -> None:
 
 
 def _select(graph: tp.DependencyGraph, model: nn.Module, unit: Unit, n_remove: int,
-            importance: tp.importance.Importance) -> list[int]:
-    """Indices of the ``n_remove`` least important channels of ``unit``."""
-    root = model.get_submodule(unit.root)
-    pruner = graph.get_pruner_of_module(root)
-    channels = pruner.get_out_channels(root)
-    group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(channels)))
+            importance: tp.importance.Importance, group=None) -> list[int]:
+    """Indices of the ``n_remove`` least important channels of ``unit`` (``group``: its full-width
+    group when one is at hand; building one is the costly part on DenseNet's concatenations)."""
+    if group is None:
+        root = model.get_submodule(unit.root)
+        pruner = graph.get_pruner_of_module(root)
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
     scores = importance(group)
     if scores is None:  # e.g. bn_scale on a unit without BatchNorm: fall back to L1 magnitude
         scores = tp.importance.GroupMagnitudeImportance(p=1)(group)
@@ -90,7 +91,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, float], *, example_input: to
         raise PlanError("taylor importance needs calibration batches")
     scorer = _importance(importance)
     pruned = copy.deepcopy(model)
-    graph, units = build_graph(pruned, example_input)
+    graph, units, groups = build_graph(pruned, example_input)
     plan = validate_plan(units, plan, max_ratio=max_ratio)
     before = {u.name: u.channels for u in units}
     target = {u.name: channels_to_keep(u.channels, plan[u.name], round_to) for u in units}
@@ -99,7 +100,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, float], *, example_input: to
     try:
         for step in range(1, steps + 1):
             _prune_step(graph, pruned, units, before, target, step, steps, scorer,
-                        calibration if importance == "taylor" else None)
+                        calibration if importance == "taylor" else None, groups if step == 1 else {})
             if step < steps and between_steps is not None:
                 between_steps(pruned, step)
     finally:
@@ -111,7 +112,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, float], *, example_input: to
     return pruned, record
 
 
-def _prune_step(graph, model, units, before, target, step, steps, scorer, calibration) -> None:
+def _prune_step(graph, model, units, before, target, step, steps, scorer, calibration, groups) -> None:
     if calibration is not None:
         _accumulate_gradients(model, calibration)
     selections = []
@@ -120,7 +121,7 @@ def _prune_step(graph, model, units, before, target, step, steps, scorer, calibr
         current = graph.get_pruner_of_module(root).get_out_channels(root)
         goal = before[unit.name] - round((before[unit.name] - target[unit.name]) * step / steps)
         if current > goal:
-            selections.append((root, _select(graph, model, unit, current - goal, scorer)))
+            selections.append((root, _select(graph, model, unit, current - goal, scorer, groups.get(unit.name))))
     for root, idxs in selections:
         pruner = graph.get_pruner_of_module(root)
         group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs)

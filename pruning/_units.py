@@ -46,8 +46,9 @@ def classifier_of(model: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-def build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.DependencyGraph, list[Unit]]:
-    """Trace ``model`` with Torch-Pruning and list its units in module order.
+def build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.DependencyGraph, list[Unit], dict]:
+    """Trace ``model`` with Torch-Pruning and list its units in module order, with each unit's
+    full-width group (unit name -> group; reusable for scoring until the model is first pruned).
 
     Tracing runs in eval mode so BatchNorm running statistics are not touched, with grad enabled
     because the graph is read from autograd.
@@ -60,7 +61,7 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.Depen
     finally:
         model.train(was_training)
     order = {m: i for i, (_, m) in enumerate(model.named_modules())}
-    units = []
+    units, groups = [], {}
     for group in graph.get_all_groups(ignored_layers=[classifier_of(model)],
                                       root_module_types=(nn.Conv2d, nn.Linear)):
         layers = sorted({dep.target.module for dep, _ in group
@@ -70,8 +71,10 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.Depen
         name = members[0] if len(members) == 1 else _common_prefix(members) + ".residual"
         channels = graph.get_out_channels(layers[0])
         units.append(Unit(name, channels, members, _stage_key(model, members[0], name)))
+        if group[0].dep.target.module is layers[0]:
+            groups[name] = group
     units.sort(key=lambda u: order[_module(model, u.root)])
-    return graph, units
+    return graph, units, groups
 
 
 def prunable_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
