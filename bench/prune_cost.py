@@ -26,14 +26,11 @@ EPOCH_IMAGES = 54000
 CPU_LIMITS = {"lenet5": (50, None), "vgg16": (4, 4), "resnet50": (2, 2), "densenet121": (2, 2)}
 
 
-def timed(fn) -> float:
+def clock() -> float:
+    """Seconds, after the GPU (if any) has finished what was queued."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter()
 
 
 def main() -> None:
@@ -59,14 +56,22 @@ def main() -> None:
         batches = [data.normalize(data.train_x[i * batch:(i + 1) * batch]) for i in range(min(bn_k, 64))]
         batches = (batches * (bn_k // len(batches) + 1))[:bn_k]
         apply_s, overhead_s, bn_s, ft_s = [], [], [], []
+        build = {"model": name, "num_classes": 10, "in_channels": 1}
         for _ in range(args.repeats):
-            holder = {}
-            apply_s.append(timed(lambda: holder.update(zip(("m", "r"), apply_plan(model, plan, example_input=x)))))
+            start = clock()
+            pruned, record = apply_plan(model, plan, example_input=x)
+            apply_s.append(clock() - start)
             with tempfile.TemporaryDirectory() as tmp:
-                overhead_s.append(timed(lambda: (measure(holder["m"], x), save_pruned(
-                    Path(tmp) / "c.pt", holder["m"], holder["r"], {"model": name, "num_classes": 10, "in_channels": 1}))))
-            bn_s.append(timed(lambda: recalibrate_bn(holder["m"], batches)) * 50 / bn_k)
-            ft_s.append(timed(lambda: finetune(holder["m"], data, steps=ft_steps)) * per_epoch / ft_steps)
+                start = clock()
+                measure(pruned, x)
+                save_pruned(Path(tmp) / "c.pt", pruned, record, build)
+                overhead_s.append(clock() - start)
+            start = clock()
+            recalibrate_bn(pruned, batches)
+            bn_s.append((clock() - start) * 50 / bn_k)
+            start = clock()
+            finetune(pruned, data, steps=ft_steps)
+            ft_s.append((clock() - start) * per_epoch / ft_steps)
         scaled = " (scaled)" if bn_k != 50 or ft_steps != per_epoch else ""
         med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
         share = (med(apply_s) + med(overhead_s)) / (med(apply_s) + med(overhead_s) + med(bn_s) + med(ft_s))

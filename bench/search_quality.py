@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def hypervolume(points: list[tuple[float, float]], ref_size: float) -> float:
     return area
 
 
-def study_points(out: Path) -> tuple[list, list, float, int, float]:
+def study_points(out: Path) -> tuple[list, list, float, int]:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "journal.log")))
     study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
     done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "val_accuracy" in t.user_attrs]
@@ -49,8 +48,7 @@ def study_points(out: Path) -> tuple[list, list, float, int, float]:
     searched = [(t.user_attrs["size_mb"], t.user_attrs["val_accuracy"]) for t in done if "uniform" not in t.user_attrs]
     ft = sum(t.user_attrs.get("finetune_seconds", 0.0) for t in done)
     stopped = len(study.get_trials(states=(TrialState.PRUNED,)))
-    all_pts = uni + searched
-    return uni, searched, ft, stopped, hypervolume(all_pts, 1e9)
+    return uni, searched, ft, stopped
 
 
 def main() -> None:
@@ -83,7 +81,7 @@ def main() -> None:
             start = time.perf_counter()
             run.main(argv)
             wall = time.perf_counter() - start
-            uni, searched, ft, stopped, _ = study_points(out)
+            uni, searched, ft, stopped = study_points(out)
             hv_s, hv_u = hypervolume(searched, ref_size), hypervolume(uni, ref_size)
             at_sizes = [max((a for s, a in searched if s <= us), default=float("nan")) for us, _ in sorted(uni)]
             dominated = sum(any(s <= us and a >= ua for s, a in searched) for us, ua in uni)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from models import create_model, list_models
-from pruning import TrainConfig, load_dataset, train
+from pruning import TrainConfig, train
 from pruning._train import autocast, prepare
 
 DEFAULT_STEPS_CPU = {"lenet5": 400, "vgg16": 6, "resnet50": 3, "densenet121": 3}

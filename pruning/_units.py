@@ -73,17 +73,13 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.Depen
         units.append(Unit(name, channels, members, _stage_key(model, members[0], name)))
         if group[0].dep.target.module is layers[0]:
             groups[name] = group
-    units.sort(key=lambda u: order[_module(model, u.root)])
+    units.sort(key=lambda u: order[model.get_submodule(u.root)])
     return graph, units, groups
 
 
 def prunable_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
     """The units of ``model`` that a plan may name (the final classifier's outputs are excluded)."""
     return build_graph(model, example_input)[1]
-
-
-def _module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
 
 
 def _common_prefix(names: tuple[str, ...]) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -10,14 +11,15 @@ from models import create_model
 from pruning import (Checkpoint, CheckpointError, Dataset, evaluate, load_checkpoint, load_dataset, measure,
                      save_pruned, train)
 from pruning._train import prepare
-from search._config import StudyConfig, baseline_recipe
+from search._cli import UsageError
+from search._config import ConfigError, StudyConfig, baseline_recipe
+from search._study import journal_path, open_storage, open_study
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from search._config import ConfigError
         raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return torch.device(name)
 
@@ -104,11 +106,6 @@ def existing_study(cfg: StudyConfig, *, download: bool = True):
 
     Returns (study, data, start checkpoint, reference); writes nothing.
     """
-    from dataclasses import replace
-
-    from search._cli import UsageError
-    from search._study import journal_path, open_storage, open_study
-
     if cfg.storage is None and not journal_path(cfg).exists():
         raise UsageError(f"no study in {cfg.out_dir}; run python -m search.run --model {cfg.model} first "
                          f"(or pass the --out / --budget it used)")

@@ -37,15 +37,12 @@ def test_accuracies(cfg: StudyConfig, trials: list[FrozenTrial], data: Dataset) 
     """Test accuracy of each trial's checkpoint, cached in ``test_accuracy.json`` by artifact id."""
     cache_file = cfg.out_dir / "test_accuracy.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    result = {}
-    for t in trials:
-        artifact = t.user_attrs["checkpoint_artifact"]
-        if artifact not in cache:
-            model = load_checkpoint(checkpoint_path(cfg, t), expect_model=cfg.model).model
-            cache[artifact] = evaluate(model, data, "test")
-        result[t.number] = cache[artifact]
-    _write_text(cache_file, json.dumps(cache, indent=1))
-    return result
+    new = {t.user_attrs["checkpoint_artifact"]: t for t in trials if t.user_attrs["checkpoint_artifact"] not in cache}
+    for artifact, t in new.items():
+        cache[artifact] = evaluate(load_checkpoint(checkpoint_path(cfg, t), expect_model=cfg.model).model, data, "test")
+    if new:
+        _write_text(cache_file, json.dumps(cache, indent=1))
+    return {t.number: cache[t.user_attrs["checkpoint_artifact"]] for t in trials}
 
 
 def _atomic(path: Path, write) -> None:
@@ -116,7 +113,7 @@ def write_report(cfg: StudyConfig, study: optuna.Study, data: Dataset, reference
 
 
 def _fmt_drop(points: float) -> str:
-    return f"{points:+.2f} pts".replace("+", "") if points >= 0 else f"{points:.2f} pts (gain)"
+    return f"{points:.2f} pts" if points >= 0 else f"{points:.2f} pts (gain)"
 
 
 def render_markdown(cfg: StudyConfig, study: optuna.Study, table: pd.DataFrame, matched: pd.DataFrame,

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from pruning import DatasetError, load_dataset
-from pruning._data import DEBIAN_FASHION_MNIST
 
 REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

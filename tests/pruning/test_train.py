@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from models import create_model
 from pruning import (TrainConfig, TrainingDiverged, apply_plan, evaluate, finetune, load_dataset, recalibrate_bn,
