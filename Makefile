@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  ?= lenet5
 ARGS   ?=
 
-.PHONY: setup data postgres search test bench clean-venv
+.PHONY: setup data postgres search test test-fast bench clean-venv
 
 setup: $(STAMP) data
 
@@ -38,6 +38,10 @@ search: setup
 
 test: setup postgres
 	$(PY) -m pytest -q tests
+
+# The fast tier: no subprocesses, servers, Ray or long training (seconds to a few minutes).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: setup
 	$(PY) bench/throughput.py

@@ -18,12 +18,23 @@ import _common  # noqa: F401
 import torch
 
 from models import create_model, list_models
-from pruning import apply_plan, finetune, measure, prunable_units, recalibrate_bn, save_pruned
+from pruning import CheckpointMeta, apply_plan, finetune, measure, prunable_units, recalibrate_bn, save_pruned
 from pruning._data import Dataset, synthetic_splits
 from pruning._train import prepare
 
 EPOCH_IMAGES = 54000
-CPU_LIMITS = {"lenet5": (50, None), "vgg16": (4, 4), "resnet50": (2, 2), "densenet121": (2, 2)}
+CPU_SECONDS = 6.0  # on the CPU, BN batches and fine-tune steps are cut to about this long, then scaled
+
+
+def cpu_limits(model, data, batch: int) -> tuple[int, int]:
+    """BN batches and fine-tune steps that fit in about CPU_SECONDS each on this CPU."""
+    x = data.normalize(data.train_x[:batch])
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.train()(x)
+    forward = time.perf_counter() - start
+    model.eval()
+    return max(2, min(50, int(CPU_SECONDS / forward))), max(2, min(EPOCH_IMAGES // batch, int(CPU_SECONDS / (3 * forward))))
 
 
 def clock() -> float:
@@ -43,20 +54,20 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _common.header("cost of the pruning steps of one trial (uniform plan 0.5, l1)", device)
     (trx, tr_y), (tex, tey) = synthetic_splits(train=8192, test=256, channels=1)
-    data = Dataset("synthetic", trx, tr_y, tex, tey, tex, tey, 10, (0.5,), (0.25,), augment=False).to(device)
+    data = Dataset("synthetic", trx, tr_y, tex, tey, tex, tey, 10, (0.5,), (0.25,)).to(device)
     batch, per_epoch = 128, EPOCH_IMAGES // 128
     print(f"{'model':<12} {'apply s':>20} {'measure+save s':>20} {'BN(50x128) s':>24} {'finetune epoch s':>26} {'share':>6}")
     for name in args.models:
-        cpu_bn, cpu_ft = CPU_LIMITS[name] if device.type == "cpu" else (None, None)
+        model = prepare(create_model(name, num_classes=10, in_channels=1), device).eval()
+        cpu_bn, cpu_ft = cpu_limits(model, data, batch) if device.type == "cpu" else (None, None)
         bn_k = args.bn_batches or cpu_bn or 50
         ft_steps = args.finetune_steps or cpu_ft or per_epoch
-        model = prepare(create_model(name, num_classes=10, in_channels=1), device).eval()
         x = data.example_input(1)
         plan = {u.name: 0.5 for u in prunable_units(model, x)}
         batches = [data.normalize(data.train_x[i * batch:(i + 1) * batch]) for i in range(min(bn_k, 64))]
         batches = (batches * (bn_k // len(batches) + 1))[:bn_k]
         apply_s, overhead_s, bn_s, ft_s = [], [], [], []
-        build = {"model": name, "num_classes": 10, "in_channels": 1}
+        build = CheckpointMeta(model=name, num_classes=10, in_channels=1)
         for _ in range(args.repeats):
             start = clock()
             pruned, record = apply_plan(model, plan, example_input=x)

@@ -20,7 +20,7 @@ from pathlib import Path
 import _common
 import torch
 
-from search._config import load_config
+from search._config import RunOptions, load_config
 from search._context import load_data, train_baseline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def timed_study(base: Path, trials: int, budget: str, extra: list[str]) -> float
         out.mkdir()
         shutil.copy(base, out / "baseline.pt")
         cmd = [sys.executable, "-m", "search.run", "--model", "lenet5", "--budget", budget, "--trials", str(trials),
-               "--out", str(out), "--quiet", "--no-early-stop", "--no-report", *extra]
+               "--out", str(out), "--quiet", "--no-early-stop", "--no-report", "--no-recover", *extra]
         start = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return trials / ((time.perf_counter() - start) / 60)
@@ -47,8 +47,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _common.header("scaling one study: trials/minute", device)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config("lenet5", budget=args.budget, out=tmp)
-        train_baseline(cfg, load_data(cfg), progress=False)
+        cfg = load_config("lenet5", overrides={"budget": args.budget})
+        train_baseline(cfg, Path(tmp), load_data(cfg, RunOptions()), progress=False)
         base = Path(tmp) / "baseline.pt"
         setups = {"1 worker": ["--workers", "1"], "2 workers": ["--workers", "2"]}
         if device.type == "cuda":

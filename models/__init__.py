@@ -1,6 +1,10 @@
-"""CNN architectures for 32x32 inputs of 1 or 3 channels, behind a small name -> builder registry."""
+"""CNN architectures for 32x32 inputs of 1 or 3 channels, behind a small name -> spec registry.
+
+Each model file registers its :class:`ModelSpec` at import; this package imports them in the
+order ``list_models()`` reports."""
 from __future__ import annotations
 
-from models._registry import UnknownModelError, create_model, list_models
+from models import _lenet, _torchvision  # noqa: F401  (registration)
+from models._registry import ModelSpec, UnknownModelError, create_model, list_models, model_spec, spec_of
 
-__all__ = ["UnknownModelError", "create_model", "list_models"]
+__all__ = ["ModelSpec", "UnknownModelError", "create_model", "list_models", "model_spec", "spec_of"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models._registry import ModelSpec, register_model
+
 
 class LeNet5(nn.Module):
     """The classic LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, FC 120, 84, classes) with ReLU."""
@@ -25,5 +27,5 @@ class LeNet5(nn.Module):
         return self.fc3(x)
 
 
-def lenet5(*, num_classes: int, in_channels: int) -> nn.Module:
-    return LeNet5(num_classes=num_classes, in_channels=in_channels)
+# Four units (conv1, conv2, fc1, fc2) and no stages: at this size every unit is searched on its own.
+register_model(ModelSpec(name="lenet5", build=LeNet5, classifier="fc3", units=4, params_m=0.062))

@@ -1,27 +1,72 @@
+"""The model registry: each architecture registers a :class:`ModelSpec` that says how to build it
+and what the pruning engine needs to know about it (its classifier and its stages), so that the
+engine never guesses from layer names."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
-
-from models._lenet import lenet5
-from models._torchvision import densenet121, resnet50, vgg16
-
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "lenet5": lenet5,
-    "vgg16": vgg16,
-    "resnet50": resnet50,
-    "densenet121": densenet121,
-}
 
 
 class UnknownModelError(ValueError):
     """A model name that the registry does not know."""
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered architecture says about itself.
+
+    Attributes:
+        name: registry name (``--model``).
+        build: ``build(num_classes=..., in_channels=...)`` -> an untrained ``nn.Module`` for 32x32 inputs.
+        classifier: module name of the final classifier; its outputs are never pruned.
+        units: how many prunable units (coupled channel groups) the model has; the tests hold the
+            engine to it.
+        params_m: parameters in millions at 3 input channels and 10 classes (a check on the build).
+        stage_of: maps a unit name to its stage key (one ratio per stage and role at ``stage``
+            granularity); ``None`` when the model has no stage grouping.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    classifier: str
+    units: int
+    params_m: float
+    stage_of: Callable[[str], str] | None = None
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+ARCH_ATTR = "arch"  # set on every model create_model builds: the registry name it came from
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add an architecture to the registry (each model file registers its own at the bottom)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, in the registry's order."""
-    return list(_BUILDERS)
+    """Names accepted by :func:`create_model`, in registration order."""
+    return list(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name``; an unknown name is an error that lists the known ones."""
+    if name not in _REGISTRY:
+        raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def spec_of(model: nn.Module) -> ModelSpec:
+    """The registry entry a model was built from by :func:`create_model`."""
+    name = getattr(model, ARCH_ATTR, None)
+    if not isinstance(name, str):
+        raise UnknownModelError(f"{type(model).__name__} was not built by models.create_model, so its classifier "
+                                f"and stages are unknown; build it with create_model(name)")
+    return model_spec(name)
 
 
 def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
@@ -29,13 +74,14 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> n
 
     Args:
         name: one of :func:`list_models`.
-        num_classes: outputs of the final classifier.
+        num_classes: outputs of the final classifier (at least 2).
         in_channels: 1 (grayscale) or 3 (RGB).
     """
-    if name not in _BUILDERS:
-        raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(_BUILDERS)}")
+    spec = model_spec(name)
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    return _BUILDERS[name](num_classes=num_classes, in_channels=in_channels)
+    model = spec.build(num_classes=num_classes, in_channels=in_channels)
+    setattr(model, ARCH_ATTR, name)
+    return model

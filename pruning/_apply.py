@@ -13,7 +13,14 @@ from torch import nn
 from pruning._errors import PlanError
 from pruning._units import DEFAULT_MAX_RATIO, Unit, build_graph, channels_to_keep, validate_plan
 
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+# name -> Torch-Pruning criterion; the CLI choices and validation derive from this table.
+IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn_scale": tp.importance.BNScaleImportance,  # BatchNorm gamma; L1 for units without BatchNorm
+    "taylor": tp.importance.GroupTaylorImportance,  # first order; needs calibration batches
+    "random": tp.importance.RandomImportance,  # the control
+}
 History = list  # [[module name, is_out_channel_pruning, [channel indices]], ...]
 
 
@@ -29,17 +36,9 @@ class PruningRecord:
 
 
 def _importance(name: str) -> tp.importance.Importance:
-    if name == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "bn_scale":
-        return tp.importance.BNScaleImportance()
-    if name == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if name == "random":
-        return tp.importance.RandomImportance()
-    raise PlanError(f"unknown importance {name!r}; choose one of: {', '.join(IMPORTANCES)}")
+    if name not in IMPORTANCES:
+        raise PlanError(f"unknown importance {name!r}; choose one of: {', '.join(IMPORTANCES)}")
+    return IMPORTANCES[name]()
 
 
 def _accumulate_gradients(model: nn.Module, batches: Iterable) -> None:
@@ -121,10 +120,36 @@ def _prune_step(graph, model, units, before, target, step, steps, scorer, calibr
         current = graph.get_pruner_of_module(root).get_out_channels(root)
         goal = before[unit.name] - round((before[unit.name] - target[unit.name]) * step / steps)
         if current > goal:
-            selections.append((root, _select(graph, model, unit, current - goal, scorer, groups.get(unit.name))))
-    for root, idxs in selections:
+            selections.append((unit.name, root, _select(graph, model, unit, current - goal, scorer,
+                                                        groups.get(unit.name))))
+    for name, root, idxs in selections:
         pruner = graph.get_pruner_of_module(root)
         group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs)
         if not graph.check_pruning_group(group):
-            raise PlanError(f"pruning {len(idxs)} channels of {graph._module2name[root]} would empty a layer")
+            raise PlanError(f"pruning {len(idxs)} channels of unit {name} would empty a layer")
         group.prune()
+
+
+def global_ranking_plans(model: nn.Module, ratios: Iterable[float], *, example_input: torch.Tensor,
+                         max_ratio: float = DEFAULT_MAX_RATIO, round_to: int | None = None) -> dict[float, dict[str, float]]:
+    """The classic global allocation: for each target ratio, the plan that Torch-Pruning's
+    ``MetaPruner(global_pruning=True)`` chooses when one L1 ranking (normalized per group) spans all
+    units and that fraction of all channels goes. ``model`` is not modified."""
+    from pruning._units import build_graph, classifier_of
+
+    _, units, _ = build_graph(model, example_input)
+    unit_of = {model.get_submodule(u.root): u for u in units}
+    plans = {}
+    for ratio in ratios:
+        with torch.inference_mode(False), torch.enable_grad():  # the pruner traces its own graph
+            pruner = tp.pruner.MetaPruner(
+                model, example_input, importance=tp.importance.GroupMagnitudeImportance(p=1), global_pruning=True,
+                pruning_ratio=float(ratio), max_pruning_ratio=max_ratio, ignored_layers=[classifier_of(model)],
+                round_to=round_to)
+        plan = {u.name: 0.0 for u in units}
+        for group in pruner.step(interactive=True):  # interactive: the groups are read, never pruned
+            unit = unit_of.get(group[0].dep.target.module)
+            if unit is not None:
+                plan[unit.name] = min(max_ratio, len(group[0].idxs) / unit.channels)
+        plans[float(ratio)] = plan
+    return plans

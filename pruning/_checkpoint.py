@@ -1,11 +1,11 @@
-"""Checkpoints: state dict + surgery history + plain metadata, never a pickled module."""
+"""Checkpoints: state dict + surgery history + typed metadata + a checksum; never a pickled module."""
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 import pickle
-import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +16,61 @@ from torch import nn
 
 from models import UnknownModelError, create_model
 from pruning._apply import History, PruningRecord
+from pruning._data import Preprocessing
 from pruning._errors import CheckpointError
+from pruning._io import atomic_write
+from pruning._typed import from_plain, to_plain
+from pruning._units import trace
 
 FORMAT = "automl-prune-checkpoint"
-VERSION = 1
-_BUILD_KEYS = ("model", "num_classes", "in_channels")
+VERSION = 2
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Figures of the unpruned baseline that every candidate is compared with (sizes in MB of fp32
+    weights, MACs per image, accuracies as fractions). It travels in every pruned checkpoint, so a
+    study started ``--from`` one still measures against the original model."""
+
+    params: int
+    macs: int
+    size_mb: float
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about its model.
+
+    Attributes:
+        model, num_classes, in_channels: the build arguments of the base model.
+        dataset: the dataset it was trained on.
+        preprocessing: what a deployment does to an image first.
+        reference: the unpruned baseline's figures (None in a baseline itself).
+        metrics: measured figures (val/test accuracy as fractions, params, macs, size_mb, ...).
+        provenance: where it came from (study, trial, recipe, seed, ...), plain values.
+    """
+
+    model: str
+    num_classes: int
+    in_channels: int
+    dataset: str | None = None
+    preprocessing: Preprocessing | None = None
+    reference: Reference | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the rebuilt model, its surgery history and its metadata."""
+    """A loaded checkpoint: the rebuilt model, its surgery history, its plan and its metadata."""
 
     model: nn.Module
     history: History
-    metadata: dict[str, Any]
+    plan: dict[str, float]
+    meta: CheckpointMeta
+    checksum: str
 
 
 def library_versions() -> dict[str, str]:
@@ -37,35 +78,38 @@ def library_versions() -> dict[str, str]:
             "torch_pruning": str(tp.__version__)}
 
 
-def save_pruned(path: str | Path, model: nn.Module, record: PruningRecord | None,
-                metadata: dict[str, Any]) -> Path:
-    """Write a checkpoint atomically (temp file + rename).
+def checksum(state_dict: dict[str, torch.Tensor], history: History, plan: dict, meta: dict) -> str:
+    """SHA-256 over the tensors (names, dtypes, shapes, bytes), the history, the plan and the metadata."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps([history, plan, meta], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
-    ``metadata`` holds plain values and must name the build arguments ``model``, ``num_classes``
-    and ``in_channels``; anything else (dataset, metrics, ...) is kept as given. ``record`` is
-    ``None`` for an unpruned model.
+
+def _check_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
+    bad = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{where} holds NaN or infinite weights (in {bad[0]}); it is not a usable model")
+
+
+def save_pruned(path: str | Path, model: nn.Module, record: PruningRecord | None, meta: CheckpointMeta) -> Path:
+    """Write a checkpoint atomically (temp file + rename) with a checksum of its contents.
+
+    ``record`` is ``None`` for an unpruned model. NaN or infinite weights are refused.
     """
-    missing = [k for k in _BUILD_KEYS if k not in metadata]
-    if missing:
-        raise CheckpointError(f"metadata must name the build arguments; missing {', '.join(missing)}")
-    payload = {
-        "format": FORMAT, "version": VERSION,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "history": record.history if record else [],
-        "plan": record.plan if record else {},
-        "metadata": {**metadata, "versions": library_versions()},
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    if not isinstance(meta, CheckpointMeta):
+        raise CheckpointError(f"meta must be a CheckpointMeta, got {type(meta).__name__}")
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    _check_finite(state, "the model to save")
+    history = [list(h) for h in record.history] if record else []
+    plan = dict(record.plan) if record else {}
+    plain = {**to_plain(meta), "versions": library_versions()}
+    payload = {"format": FORMAT, "version": VERSION, "state_dict": state, "history": history, "plan": plan,
+               "metadata": plain, "checksum": checksum(state, history, plan, plain)}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _read(path: Path) -> dict:
@@ -80,7 +124,7 @@ def _read(path: Path) -> dict:
         detail = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise CheckpointError(f"{path} holds pickled Python objects that a checkpoint never needs; "
                               f"refused to load it ({detail})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # zip, storage and decoding errors of a damaged file come in many types
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: "
                               f"{type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -91,45 +135,79 @@ def _read(path: Path) -> dict:
     return payload
 
 
-def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> Checkpoint:
-    """Read a checkpoint with ``torch.load(weights_only=True)``, rebuild the base model, replay the
-    surgery history and load the weights. ``expect_model`` refuses a checkpoint of another model."""
+def _verified(path: Path, payload: dict) -> tuple[dict, History, dict, dict, str]:
+    """The parts of a payload, after checking their types and the checksum."""
+    state, history, plan, meta = (payload.get(k) for k in ("state_dict", "history", "plan", "metadata"))
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path} has no state dict of named tensors")
+    if not isinstance(history, list) or not isinstance(plan, dict) or not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has a malformed history, plan or metadata")
+    stored = payload.get("checksum")
+    if not isinstance(stored, str) or stored != checksum(state, history, plan, meta):
+        raise CheckpointError(f"{path} fails its checksum: the file was modified or damaged after it was written")
+    _check_finite(state, str(path))
+    return state, history, plan, meta, stored
+
+
+def read_meta(path: str | Path) -> tuple[CheckpointMeta, str]:
+    """The metadata and checksum of a checkpoint, verified, without rebuilding the model."""
     path = Path(path)
-    payload = _read(path)
-    meta = payload.get("metadata")
-    if not isinstance(meta, dict) or not all(k in meta for k in _BUILD_KEYS):
-        raise CheckpointError(f"{path} has no build arguments ({', '.join(_BUILD_KEYS)}) in its metadata")
-    if expect_model is not None and meta.get("model") != expect_model:
-        raise CheckpointError(f"{path} is a {meta.get('model')!r} checkpoint, not {expect_model!r}")
+    _, _, _, meta, digest = _verified(path, _read(path))
+    return _meta(path, meta), digest
+
+
+def _meta(path: Path, plain: dict) -> CheckpointMeta:
+    plain = {k: v for k, v in plain.items() if k != "versions"}
+    return from_plain(CheckpointMeta, plain, where=f"{path.name} metadata", error=CheckpointError)
+
+
+def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> Checkpoint:
+    """Read a checkpoint with ``torch.load(weights_only=True)``, verify its checksum, rebuild the base
+    model, replay the surgery history and load the weights. ``expect_model`` refuses a checkpoint of
+    another model. Works inside ``torch.no_grad()`` and ``torch.inference_mode()``."""
+    path = Path(path)
+    state, history, plan, plain, digest = _verified(path, _read(path))
+    meta = _meta(path, plain)
+    if expect_model is not None and meta.model != expect_model:
+        raise CheckpointError(f"{path} is a {meta.model!r} checkpoint, not {expect_model!r}")
     try:
-        model = _rebuild(payload, meta)
+        with torch.inference_mode(False), torch.enable_grad():
+            model = _rebuild(state, history, meta)
     except CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+    except Exception as exc:  # a malformed history fails inside Torch-Pruning in many ways
         detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} does not rebuild into a {meta['model']!r} model ({detail})") from None
-    return Checkpoint(model=model, history=[list(h) for h in payload["history"]],
-                      metadata={**meta, "plan": payload.get("plan", {})})
+        raise CheckpointError(f"{path} does not rebuild into a {meta.model!r} model ({detail})") from None
+    return Checkpoint(model=model, history=[list(h) for h in history], plan=dict(plan), meta=meta, checksum=digest)
 
 
-def _rebuild(payload: dict, meta: dict) -> nn.Module:
+def _rebuild(state: dict, history: History, meta: CheckpointMeta) -> nn.Module:
     """A fresh base model with the surgery history replayed and the weights loaded."""
     try:
-        model = create_model(meta["model"], num_classes=int(meta["num_classes"]), in_channels=int(meta["in_channels"]))
-    except UnknownModelError as exc:
+        model = create_model(meta.model, num_classes=meta.num_classes, in_channels=meta.in_channels)
+    except (UnknownModelError, ValueError) as exc:
         raise CheckpointError(str(exc)) from None
-    if payload["history"]:
-        graph = tp.DependencyGraph().build_dependency(
-            model.eval(), example_inputs=torch.zeros(1, int(meta["in_channels"]), 32, 32), verbose=False)
-        graph.load_pruning_history([list(h) for h in payload["history"]])
+    if history:
+        graph = trace(model, torch.zeros(1, meta.in_channels, 32, 32))
+        graph.load_pruning_history([list(h) for h in history])
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"weights do not match the rebuilt {meta['model']} "
+        raise CheckpointError(f"weights do not match the rebuilt {meta.model} "
                               f"({str(exc).splitlines()[0][:160]})") from None
     return model
 
 
 def load_pruned(path: str | Path) -> nn.Module:
-    """The pruned (or baseline) model stored at ``path``, ready to use in eval mode."""
-    return load_checkpoint(path).model.eval()
+    """The pruned (or baseline) model stored at ``path``, ready for inference: eval mode, no
+    gradients, and its :class:`Preprocessing` as ``model.preprocessing`` (None if not recorded)."""
+    ckpt = load_checkpoint(path)
+    model = ckpt.model.eval().requires_grad_(False)
+    model.preprocessing = ckpt.meta.preprocessing
+    return model
+
+
+def with_metrics(meta: CheckpointMeta, **metrics: float) -> CheckpointMeta:
+    """``meta`` with ``metrics`` added to (or replacing) its measured figures."""
+    return replace(meta, metrics={**meta.metrics, **metrics})

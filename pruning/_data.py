@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
+import warnings
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +18,14 @@ import torch.nn.functional as F
 from pruning._errors import DatasetError
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+# Training-time augmentation: "auto" is the dataset's default (pad-crop and flip for natural images,
+# none for digits and clothing); flips are wrong for digits and text, so they can be turned off.
+AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop+flip")
+_DEFAULT_AUGMENT = {"fashion-mnist": "none", "mnist": "none", "cifar10": "crop+flip", "cifar100": "crop+flip",
+                    "imagefolder": "crop+flip", "synthetic": "none"}
+_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                    "Ankle boot")
+MAX_IMAGE_PIXELS = 50_000_000  # an image folder's file above this is refused (decompression bombs)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -27,6 +38,29 @@ _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a deployment must do to an image before the model sees it, recorded in checkpoints and
+    export sidecars: ``x = (pixels / 255 - mean) / std`` on a ``channels`` x 32 x 32 float tensor.
+
+    Attributes:
+        channels: 1 (grayscale) or 3 (RGB, channel order R, G, B).
+        input_size: height and width the model takes (32).
+        pad: zero pixels added on each side of the source image (2 for 28x28 digits and clothing).
+        resize: how a source image of another size is brought to ``input_size`` ("none" or "bicubic").
+        mean, std: per channel, of pixel values scaled to [0, 1].
+        class_names: the label of each output, in order.
+    """
+
+    channels: int
+    input_size: int
+    pad: int
+    resize: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -43,7 +77,16 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: bool  # pad-crop and flip while training (natural images only)
+    augment: str = "none"  # one of AUGMENTATIONS other than "auto": pad-crop and/or flip while training
+    class_names: tuple[str, ...] = ()
+    pad: int = 0          # zero border added to the source images (28x28 -> 32x32)
+    resize: str = "none"  # how source images were brought to 32x32
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        names = self.class_names or tuple(str(i) for i in range(self.num_classes))
+        return Preprocessing(channels=self.in_channels, input_size=int(self.train_x.shape[-1]), pad=self.pad,
+                             resize=self.resize, mean=tuple(self.mean), std=tuple(self.std), class_names=names)
 
     @property
     def in_channels(self) -> int:
@@ -103,8 +146,8 @@ def train_batches(data: Dataset, batch_size: int, generator: torch.Generator) ->
     for start in range(0, n - batch_size + 1, batch_size) if n >= batch_size else [0]:
         idx = order[start:start + batch_size]
         x = data.train_x[idx]
-        if data.augment:
-            x = _crop_flip(x, generator)
+        if data.augment != "none":
+            x = _crop_flip(x, generator, crop="crop" in data.augment, flip="flip" in data.augment)
         yield data.normalize(x), data.train_y[idx]
 
 
@@ -130,17 +173,25 @@ def _shift_table(h: int, w: int, pad: int, device: torch.device) -> torch.Tensor
     return _SHIFT_TABLES[key]
 
 
-def _crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random pad-crop and horizontal flip of a whole batch: one gather from a padded copy."""
+def _crop_flip(x: torch.Tensor, generator: torch.Generator, *, crop: bool = True, flip: bool = True,
+               pad: int = 4) -> torch.Tensor:
+    """Random pad-crop and/or horizontal flip of a whole batch: one gather from a padded copy."""
     b, c, h, w = x.shape
     table = _shift_table(h, w, pad, x.device)
-    choice = torch.randint(0, table.shape[0], (b,), generator=generator).to(x.device)
+    shifts = (2 * pad + 1) ** 2
+    if crop and flip:
+        choice = torch.randint(0, table.shape[0], (b,), generator=generator)
+    elif crop:
+        choice = torch.randint(0, shifts, (b,), generator=generator)
+    else:  # flip only: the centered crop, mirrored or not
+        choice = torch.randint(0, 2, (b,), generator=generator) * shifts + pad * (2 * pad + 1) + pad
+    choice = choice.to(x.device)
     padded = F.pad(x, (pad, pad, pad, pad)).reshape(b, c, -1)
     return padded.gather(2, table[choice].unsqueeze(1).expand(b, c, h * w)).view(b, c, h, w)
 
 
 def load_dataset(name: str, *, data_dir: str | Path = "data", val_fraction: float = 0.1,
-                 seed: int = 0, download: bool = True) -> Dataset:
+                 seed: int = 0, download: bool = True, augment: str = "auto") -> Dataset:
     """Load a dataset as tensors on the CPU, with a validation split carved from the training set.
 
     Args:
@@ -149,31 +200,41 @@ def load_dataset(name: str, *, data_dir: str | Path = "data", val_fraction: floa
         val_fraction: fraction of the training set held out for validation (fixed by ``seed``).
         seed: seed of the validation split.
         download: allow torchvision to download a missing dataset.
+        augment: one of ``AUGMENTATIONS``; ``auto`` takes the dataset's default.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if augment not in AUGMENTATIONS:
+        raise DatasetError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
     data_dir = Path(data_dir)
+    pad, resize, names = 0, "none", ()
     if name in ("fashion-mnist", "mnist"):
         (trx, try_), (tex, tey) = _load_idx(name, data_dir, download)
-        trx, tex = F.pad(trx, (2, 2, 2, 2)), F.pad(tex, (2, 2, 2, 2))
-        classes, stats, augment = 10, _STATS[name], False
+        pad = (32 - trx.shape[-1]) // 2
+        trx, tex = F.pad(trx, (pad,) * 4), F.pad(tex, (pad,) * 4)
+        classes, stats = 10, _STATS[name]
+        names = _FASHION_CLASSES if name == "fashion-mnist" else tuple(str(i) for i in range(10))
     elif name in ("cifar10", "cifar100"):
         (trx, try_), (tex, tey) = _load_cifar(name, data_dir, download)
-        classes, stats, augment = (10 if name == "cifar10" else 100), _STATS[name], True
+        classes, stats = (10 if name == "cifar10" else 100), _STATS[name]
     elif name == "imagefolder":
-        (trx, try_), (tex, tey), classes = _load_imagefolder(data_dir)
-        stats, augment = _channel_stats(trx), True
+        (trx, try_), (tex, tey), names = _load_imagefolder(data_dir)
+        classes, stats, resize = len(names), _channel_stats(trx), "bicubic"
     else:
         (trx, try_), (tex, tey) = synthetic_splits(seed=seed)
-        classes, stats, augment = 10, _channel_stats(trx), False
+        classes, stats = 10, _channel_stats(trx)
+    if trx.shape[0] < 2:
+        raise DatasetError(f"{name} has {trx.shape[0]} training images; a validation split needs at least 2")
     perm = torch.randperm(trx.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(val_fraction * trx.shape[0])))
+    n_val = min(trx.shape[0] - 1, max(1, int(round(val_fraction * trx.shape[0]))))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     return Dataset(name=name, train_x=trx[train_idx], train_y=try_[train_idx],
                    val_x=trx[val_idx], val_y=try_[val_idx], test_x=tex, test_y=tey,
-                   num_classes=classes, mean=stats[0], std=stats[1], augment=augment)
+                   num_classes=classes, mean=stats[0], std=stats[1],
+                   augment=_DEFAULT_AUGMENT[name] if augment == "auto" else augment,
+                   class_names=tuple(names), pad=pad, resize=resize)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -183,13 +244,30 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
 
 # --- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------
 
-def _read_idx(path: Path) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+_MAX_IDX_BYTES = 1 << 30  # 1 GiB decompressed: the largest MNIST-style file is 47 MB
+
+
+def _read_idx(path: Path, ndim_expected: int) -> np.ndarray:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                raw = handle.read(_MAX_IDX_BYTES + 1)
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip
+        raise DatasetError(f"{path} is not a readable gzip file ({type(exc).__name__}); "
+                           f"download or reinstall it") from None
+    if len(raw) > _MAX_IDX_BYTES:
+        raise DatasetError(f"{path} is larger than 1 GiB uncompressed; not an MNIST-style IDX file")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim_expected:
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file of {ndim_expected} dimension(s)")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim_expected, offset=4)) \
+        if len(raw) >= 4 + 4 * ndim_expected else ()
+    if len(dims) != ndim_expected or len(raw) - 4 - 4 * ndim_expected != math.prod(dims) \
+            or (ndim_expected == 3 and dims[1:] != (28, 28)):
+        raise DatasetError(f"{path} is truncated or malformed: its header says {dims}, "
+                           f"its body has {max(0, len(raw) - 4 - 4 * ndim_expected)} bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim_expected).reshape(dims)
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -220,10 +298,12 @@ def _load_idx(name: str, data_dir: Path, download: bool):
                            f"{hint}put the IDX files in {data_dir} or allow the download")
     splits = []
     for images, labels in _IDX_FILES.values():
-        x = torch.from_numpy(_read_idx(_find_idx(folder, images)).copy()).unsqueeze(1)
-        y = torch.from_numpy(_read_idx(_find_idx(folder, labels)).astype(np.int64))
+        x = torch.from_numpy(_read_idx(_find_idx(folder, images), 3).copy()).unsqueeze(1)
+        y = torch.from_numpy(_read_idx(_find_idx(folder, labels), 1).astype(np.int64))
         if x.shape[0] != y.shape[0]:
             raise DatasetError(f"{folder}: {images} has {x.shape[0]} images but {labels} {y.shape[0]} labels")
+        if y.numel() and int(y.max()) > 9:
+            raise DatasetError(f"{folder}: {labels} has label {int(y.max())}; MNIST-style sets have labels 0-9")
         splits.append((x, y))
     return splits
 
@@ -266,6 +346,8 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.T
         batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[label_key], dtype=np.int64)
+        if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 99)):
+            raise ValueError("labels do not match the images")
     except DatasetError:
         raise
     except Exception as exc:
@@ -294,7 +376,10 @@ def _load_cifar(name: str, data_dir: Path, download: bool):
 # --- ImageFolder ---------------------------------------------------------------------------------
 
 def _load_imagefolder(data_dir: Path):
+    from PIL import Image
     from torchvision.datasets import ImageFolder
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL raises DecompressionBombError above twice this
 
     for sub in ("train", "test"):
         if not (data_dir / sub).is_dir():
@@ -303,7 +388,7 @@ def _load_imagefolder(data_dir: Path):
     try:
         train, test = ImageFolder(str(data_dir / "train")), ImageFolder(str(data_dir / "test"))
     except (FileNotFoundError, OSError) as exc:
-        raise DatasetError(f"{data_dir}: {exc}") from None
+        raise DatasetError(f"{data_dir}: {str(exc).splitlines()[0][:200]}") from None
     if train.classes != test.classes:
         raise DatasetError(f"{data_dir}: train/ and test/ have different class folders")
     if len(train.classes) < 2:
@@ -313,12 +398,17 @@ def _load_imagefolder(data_dir: Path):
         xs = []
         for path, _ in folder.samples:
             try:
-                img = folder.loader(path)
-            except OSError as exc:  # PIL's UnidentifiedImageError is one
-                raise DatasetError(f"cannot read image {path}: {exc}") from None
-            xs.append(torch.from_numpy(np.asarray(img.convert("RGB").resize((32, 32))).copy()).permute(2, 0, 1))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    img = folder.loader(path).convert("RGB").resize((32, 32), Image.BICUBIC)
+            except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                raise DatasetError(f"cannot read image {path}: {detail}") from None
+            xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+        if not xs:
+            raise DatasetError(f"{folder.root} has no images")
         return torch.stack(xs), torch.tensor(folder.targets, dtype=torch.int64)
-    return read(train), read(test), len(train.classes)
+    return read(train), read(test), tuple(train.classes)
 
 
 # --- synthetic (tests only) ------------------------------------------------------------------------

@@ -5,7 +5,8 @@ import itertools
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,41 +15,44 @@ from tqdm.auto import tqdm
 
 from pruning._data import Dataset, eval_batches, train_batches
 from pruning._errors import TrainingDiverged
+from pruning._typed import bounds, check_fields
+
+SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of a training run (the defaults are a sound SGD recipe for small CNNs)."""
+    """Hyperparameters of a training run: the baseline, each candidate's fine-tune and the recovery
+    of front points all use this record (the defaults are a sound SGD recipe for small CNNs)."""
 
-    epochs: float = 1.0            # passes over the training split (fractions allowed)
-    steps: int | None = None       # if set, the run length in optimizer steps instead of epochs
-    batch_size: int = 128
-    lr: float = 0.05               # peak learning rate
-    momentum: float = 0.9
+    epochs: float = field(default=1.0, metadata=bounds(above=0, high=10_000))  # passes over the training split
+    steps: int | None = field(default=None, metadata=bounds(low=1, high=10_000_000))  # run length in optimizer steps instead of epochs
+    min_steps: int = field(default=0, metadata=bounds(low=0, high=10_000_000))  # floor whatever the dataset size
+    batch_size: int = field(default=128, metadata=bounds(low=1, high=65_536))
+    lr: float = field(default=0.05, metadata=bounds(above=0, high=10))  # peak learning rate
+    momentum: float = field(default=0.9, metadata=bounds(low=0, below=1))
     nesterov: bool = True
-    weight_decay: float = 5e-4     # not applied to BatchNorm weights or biases
-    label_smoothing: float = 0.1
-    schedule: str = "onecycle"     # onecycle (warm-up then cosine), cosine, or constant
-    warmup: float = 0.15           # fraction of the run spent warming up (onecycle)
-    kd_weight: float = 0.0         # weight of the distillation loss when a teacher is given
-    kd_temperature: float = 4.0
-    seed: int = 0
+    weight_decay: float = field(default=5e-4, metadata=bounds(low=0, high=1))  # not on BatchNorm weights or biases
+    label_smoothing: float = field(default=0.1, metadata=bounds(low=0, below=1))
+    schedule: str = field(default="onecycle", metadata=bounds(choices=SCHEDULES))  # warm-up then cosine, cosine, constant
+    warmup: float = field(default=0.15, metadata=bounds(low=0, below=1))  # fraction of the run spent warming up
+    kd_weight: float = field(default=0.0, metadata=bounds(low=0, high=1))  # distillation weight when a teacher is given
+    kd_temperature: float = field(default=4.0, metadata=bounds(above=0, high=100))
+    seed: int = field(default=0, metadata=bounds(low=0, high=2**31 - 1))
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("onecycle", "cosine", "constant"):
-            raise ValueError(f"schedule {self.schedule!r} is not onecycle, cosine or constant")
-        if self.steps is None and self.epochs <= 0 or self.steps is not None and self.steps < 1:
-            raise ValueError("a training run needs epochs > 0 or steps >= 1")
+        check_fields(self, "train")
 
     def total_steps(self, n_train: int) -> int:
+        """Optimizer steps of the run on ``n_train`` training images (``steps``, or ``epochs`` worth
+        of full batches), never fewer than ``min_steps``."""
         if self.steps is not None:
-            return self.steps
-        per_epoch = max(1, n_train // self.batch_size)
-        return max(1, math.ceil(self.epochs * per_epoch))
+            return max(self.steps, self.min_steps)
+        return max(self.min_steps, math.ceil(self.epochs * steps_per_epoch(n_train, self.batch_size)))
 
-    @classmethod
-    def field_names(cls) -> set[str]:
-        return {f.name for f in fields(cls)}
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return max(1, n_train // batch_size)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,37 @@ class TrainResult:
     final_loss: float
 
 
-def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+@dataclass
+class TrainState:
+    """Where a run stands after ``step`` optimizer steps: enough to continue it exactly (the model's
+    weights travel separately). Plain tensors and values, so it is saved with ``torch.save``."""
+
+    step: int
+    optimizer: dict
+    generator: torch.Tensor       # the data order / augmentation generator
+    rng: torch.Tensor             # the global CPU generator (dropout)
+    cuda_rng: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """Optional stops inside a run.
+
+    Attributes:
+        at_steps: steps after which ``on_step(step)`` is called (e.g. the rungs of successive
+            halving); raising from it ends the run there.
+        on_epoch: called with the :class:`TrainState` after every full epoch (resumable baselines).
+        resume: continue a run from this state instead of starting it.
+    """
+
+    at_steps: tuple[int, ...] = ()
+    on_step: Callable[[int], None] | None = None
+    on_epoch: Callable[[TrainState], None] | None = None
+    resume: TrainState | None = None
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """The schedule's multiplier of ``cfg.lr`` at ``step`` of ``total``."""
     progress = step / max(1, total)
     if cfg.schedule == "constant":
         return 1.0
@@ -90,56 +124,104 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
+def _state(step: int, opt: torch.optim.Optimizer, generator: torch.Generator, device: torch.device) -> TrainState:
+    return TrainState(step=step, optimizer=opt.state_dict(), generator=generator.get_state(),
+                      rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _restore(state: TrainState, opt: torch.optim.Optimizer, generator: torch.Generator, cfg: TrainConfig,
+             device: torch.device) -> None:
+    opt.load_state_dict(state.optimizer)
+    for group in opt.param_groups:  # the schedule sets the rate from the step; start from the recipe's
+        group["lr"] = group["initial_lr"] = cfg.lr
+    generator.set_state(state.generator)
+    torch.set_rng_state(state.rng)
+    if state.cuda_rng is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda_rng, device)
+
+
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module | None = None,
-          progress: bool = True, desc: str = "train") -> TrainResult:
+          progress: bool = True, desc: str = "train", hooks: TrainHooks = TrainHooks()) -> TrainResult:
     """Train ``model`` in place on ``data``'s training split (on the data's device).
 
-    A ``teacher`` adds knowledge distillation with weight ``cfg.kd_weight``. Raises
-    :class:`TrainingDiverged` when the loss becomes NaN or infinite.
+    The learning-rate schedule spans the whole run, so a run cut short by a hook is the prefix of
+    the full run, and a run that goes on is the very run it would have been without hooks. Random
+    draws (batch order, augmentation, dropout) come from ``cfg.seed`` alone, in a forked generator:
+    the run is the same whatever ran before it. A ``teacher`` adds knowledge distillation with
+    weight ``cfg.kd_weight``. Raises :class:`TrainingDiverged` when the loss becomes NaN or infinite.
     """
+    devices = [data.device] if data.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed)
+        return _train(model, data, cfg, teacher=teacher, progress=progress, desc=desc, hooks=hooks)
+
+
+def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module | None, progress: bool,
+           desc: str, hooks: TrainHooks) -> TrainResult:
     device = data.device
     model = prepare(model, device)
     if teacher is not None:
         teacher = prepare(teacher, device).eval()
-    total = cfg.total_steps(data.train_x.shape[0])
+    n_train = data.train_x.shape[0]
+    total, per_epoch = cfg.total_steps(n_train), steps_per_epoch(n_train, cfg.batch_size)
     opt = _optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, total))
     generator = torch.Generator().manual_seed(cfg.seed)
+    first = 0
+    if hooks.resume is not None:
+        _restore(hooks.resume, opt, generator, cfg, device)
+        first = hooks.resume.step
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s + first, total))
     epochs = (train_batches(data, cfg.batch_size, generator) for _ in itertools.count())
-    batches = itertools.islice(itertools.chain.from_iterable(epochs), total)
+    batches = itertools.islice(itertools.chain.from_iterable(epochs), total - first)
+    stops = set(hooks.at_steps)
     model.train()
     running = torch.zeros((), device=device)
-    per_epoch = max(1, data.train_x.shape[0] // cfg.batch_size)
-    epochs_label = f" epoch 1/{math.ceil(total / per_epoch)}" if total > per_epoch else ""
-    bar = tqdm(total=total, desc=desc + epochs_label, unit="step", disable=not progress, leave=False, mininterval=0.5)
-    start, loss_value, seen = time.perf_counter(), float("nan"), 0
-    for step, (x, y) in enumerate(batches, 1):
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if teacher is not None and cfg.kd_weight > 0:
-                loss = _distill(loss, logits, teacher, x, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running += loss.detach()
-        seen += x.shape[0]
-        if step % 50 == 0 or step == total:  # one host sync every 50 steps, not every step
-            loss_value = running.item() / (50 if step % 50 == 0 else step % 50)
-            running.zero_()
-            if not math.isfinite(loss_value):
-                bar.close()
-                raise TrainingDiverged(f"loss became {loss_value} at step {step} of {desc}")
-            bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        bar.update(1)
-        if step % per_epoch == 0 and step < total:
-            bar.set_description(f"{desc} epoch {step // per_epoch + 1}/{math.ceil(total / per_epoch)}")
-    bar.close()
+    bar = tqdm(total=total, initial=first, desc=_label(desc, first + 1, total, per_epoch), unit="step",
+               disable=not progress, leave=False, mininterval=0.5)
+    start, loss_value, seen, since = time.perf_counter(), float("nan"), 0, 0
+    try:
+        for step, (x, y) in enumerate(batches, first + 1):
+            running += _step(model, teacher, opt, x, y, cfg, device)
+            sched.step()
+            seen, since = seen + x.shape[0], since + 1
+            if step % 50 == 0 or step == total or step in stops:  # one host sync every 50 steps, not every step
+                loss_value, since = running.item() / since, 0
+                running.zero_()
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(f"loss became {loss_value} at step {step} of {desc}")
+                bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            bar.update(1)
+            if step % per_epoch == 0 and step < total:
+                bar.set_description(_label(desc, step + 1, total, per_epoch))
+                if hooks.on_epoch is not None:
+                    hooks.on_epoch(_state(step, opt, generator, device))
+            if step in stops and step < total and hooks.on_step is not None:
+                hooks.on_step(step)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - start
     return TrainResult(steps=total, seconds=seconds, images_per_s=seen / max(seconds, 1e-9), final_loss=loss_value)
+
+
+def _label(desc: str, step: int, total: int, per_epoch: int) -> str:
+    if total <= per_epoch:
+        return desc
+    return f"{desc} epoch {min(math.ceil(total / per_epoch), (step - 1) // per_epoch + 1)}/{math.ceil(total / per_epoch)}"
+
+
+def _step(model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Optimizer, x: torch.Tensor,
+          y: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if teacher is not None and cfg.kd_weight > 0:
+            loss = _distill(loss, logits, teacher, x, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 def _distill(loss: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor,
@@ -157,7 +239,8 @@ def finetune(model: nn.Module, data: Dataset, *, steps: int | None = None, epoch
              progress: bool = False, **overrides) -> TrainResult:
     """Fine-tune a pruned model in place: :func:`train` with a short run and a small learning rate.
 
-    Give ``steps`` or ``epochs``; ``overrides`` are other :class:`TrainConfig` fields.
+    A convenience for library users; give ``steps`` or ``epochs``; ``overrides`` are other
+    :class:`TrainConfig` fields.
     """
     if (steps is None) == (epochs is None):
         raise ValueError("finetune needs exactly one of steps and epochs")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -11,6 +11,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from models import UnknownModelError, spec_of
 from pruning._errors import PlanError
 
 GRANULARITIES = ("unit", "stage", "global")
@@ -22,59 +23,93 @@ class Unit:
     """A coupled channel group: pruning one channel removes it from every member at once.
 
     Attributes:
-        name: stable readable name (the root layer, or ``<stage>.residual`` for a residual group).
+        name: stable readable name (the root layer, or ``<prefix>.residual`` for outputs that are added).
         channels: output channels the group has now.
-        members: names of the conv/linear layers whose outputs are coupled.
-        stage: the key this unit shares with others at ``stage`` granularity.
+        members: names of the conv/linear layers whose outputs are coupled (depthwise followers included).
+        stage: the key this unit shares with others at ``stage`` granularity (``None``: no stages).
     """
 
     name: str
     channels: int
     members: tuple[str, ...]
-    stage: str
+    stage: str | None
 
     @property
     def root(self) -> str:
         return self.members[0]
 
 
-def classifier_of(model: nn.Module) -> nn.Module:
-    """The final classifier (the last Linear): its outputs are never pruned."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise PlanError(f"{type(model).__name__} has no final nn.Linear classifier to keep")
-    return linears[-1]
+def trace(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model``: the one place the graph is traced.
 
-
-def build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.DependencyGraph, list[Unit], dict]:
-    """Trace ``model`` with Torch-Pruning and list its units in module order, with each unit's
-    full-width group (unit name -> group; reusable for scoring until the model is first pruned).
-
-    Tracing runs in eval mode so BatchNorm running statistics are not touched, with grad enabled
-    because the graph is read from autograd.
+    The graph is read from autograd, so tracing runs with grad enabled (also inside ``no_grad`` or
+    ``inference_mode``, the usual deployment contexts), and in eval mode so BatchNorm statistics are
+    not touched.
     """
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        with torch.inference_mode(False), torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input.clone(), verbose=False)
     finally:
         model.train(was_training)
-    order = {m: i for i, (_, m) in enumerate(model.named_modules())}
-    units, groups = [], {}
-    for group in graph.get_all_groups(ignored_layers=[classifier_of(model)],
-                                      root_module_types=(nn.Conv2d, nn.Linear)):
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The final classifier the model's registry entry names: its outputs are never pruned."""
+    try:
+        return model.get_submodule(spec_of(model).classifier)
+    except UnknownModelError as exc:
+        raise PlanError(str(exc)) from None
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.DependencyGraph, list[Unit], dict]:
+    """Trace ``model`` and list its units in module order, with each unit's full-width group
+    (unit name -> group; reusable for scoring until the model is first pruned)."""
+    graph = trace(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    order = {m: i for i, m in enumerate(names)}
+    found = []
+    for group in graph.get_all_groups(ignored_layers=[classifier_of(model)], root_module_types=(nn.Conv2d, nn.Linear)):
         layers = sorted({dep.target.module for dep, _ in group
                          if graph.is_out_channel_pruning_fn(dep.handler)
                          and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))}, key=order.__getitem__)
-        members = tuple(graph._module2name[m] for m in layers)
-        name = members[0] if len(members) == 1 else _common_prefix(members) + ".residual"
-        channels = graph.get_out_channels(layers[0])
-        units.append(Unit(name, channels, members, _stage_key(model, members[0], name)))
+        found.append((group, layers))
+    found.sort(key=lambda item: order[item[1][0]])
+    stage_of = spec_of(model).stage_of
+    unit_names = _names([[names[m] for m in layers if not _is_depthwise(m)] or [names[layers[0]]]
+                         for _, layers in found])
+    units, groups = [], {}
+    for (group, layers), name in zip(found, unit_names):
+        unit = Unit(name, graph.get_out_channels(layers[0]), tuple(names[m] for m in layers),
+                    stage_of(name) if stage_of else None)
+        units.append(unit)
         if group[0].dep.target.module is layers[0]:
             groups[name] = group
-    units.sort(key=lambda u: order[model.get_submodule(u.root)])
     return graph, units, groups
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    """A depthwise conv follows its input's channels: it names nothing on its own."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def _names(members: list[list[str]]) -> list[str]:
+    """One name per unit: the root layer, or ``<common prefix>.residual`` for several layers whose
+    outputs are added; ``<prefix>.<first>-<last>.residual`` where several residual groups share a prefix."""
+    prefixes = [os.path.commonprefix([n.split(".") for n in m]) if len(m) > 1 else None for m in members]
+    repeats = Counter(".".join(p) for p in prefixes if p is not None)
+    names = []
+    for m, prefix in zip(members, prefixes):
+        if prefix is None:
+            names.append(m[0])
+            continue
+        joined = ".".join(prefix) or "model"
+        if repeats[".".join(prefix)] > 1:
+            blocks = [n.split(".")[len(prefix)] for n in m]
+            joined = f"{joined}.{blocks[0]}-{blocks[-1]}" if joined != "model" else f"{blocks[0]}-{blocks[-1]}"
+        names.append(joined + ".residual")
+    return names
 
 
 def prunable_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
@@ -82,35 +117,13 @@ def prunable_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
     return build_graph(model, example_input)[1]
 
 
-def _common_prefix(names: tuple[str, ...]) -> str:
-    parts = os.path.commonprefix([n.split(".") for n in names])
-    return ".".join(parts) if parts else "model"
-
-
-_BLOCK = re.compile(r"^(?:features\.)?((?:layer|denseblock)\d+)\.(?:denselayer)?\d+\.(\w+)$")
-
-
-def _stage_key(model: nn.Module, root: str, name: str) -> str:
-    """One ratio per stage and role: ResNet ``layer2.conv1``, DenseNet ``denseblock3.conv2``,
-    VGG ``features.block4`` (counted by max-pools), a Sequential classifier as one; others alone."""
-    match = _BLOCK.match(root)
-    if match and not name.endswith(".residual"):
-        return f"{match.group(1)}.{match.group(2)}"
-    parent_name, _, child = root.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if isinstance(parent, nn.Sequential) and child.isdigit():
-        if isinstance(parent[int(child)], nn.Linear):
-            return parent_name
-        pools = sum(isinstance(m, nn.MaxPool2d) for m in list(parent)[: int(child)])
-        return f"{parent_name}.block{pools + 1}"
-    return name.removeprefix("features.")
-
-
 def plan_keys(units: list[Unit], granularity: str) -> list[str]:
     """The names of the numbers a search samples at ``granularity`` (``unit``, ``stage``, ``global``)."""
     if granularity == "unit":
         return [u.name for u in units]
     if granularity == "stage":
+        if any(u.stage is None for u in units):
+            raise PlanError("this model has no stage grouping in its registry entry; use granularity unit or global")
         return list(dict.fromkeys(u.stage for u in units))
     if granularity == "global":
         return ["ratio"]
@@ -139,7 +152,8 @@ def validate_plan(units: list[Unit], plan: Mapping[str, float], *,
         sample = ", ".join(sorted(known)[:6])
         raise PlanError(f"plan names unknown unit {unknown[0]!r}; units are e.g. {sample} ({len(known)} in all)")
     for name, ratio in plan.items():
-        if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or not 0.0 <= ratio <= max_ratio:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
+                or not 0.0 <= ratio <= max_ratio:
             raise PlanError(f"ratio for {name!r} is {ratio!r}; it must be a number in [0, {max_ratio}]")
     return {u.name: float(plan.get(u.name, 0.0)) for u in units}
 

@@ -1,13 +1,18 @@
-"""What every command shares: one-line errors with exit code 2, and the common flags."""
+"""What every command shares: the flags, their mapping onto the config by name, one-line errors
+with exit code 2, and quiet libraries."""
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-from typing import Callable, NoReturn
+import warnings
+from typing import Any, Callable, NoReturn
 
 from models import UnknownModelError, list_models
-from pruning import DATASETS, PruningError, TrainingDiverged
-from search._config import BUDGETS, ConfigError
+from pruning import AUGMENTATIONS, DATASETS, PruningError, TrainingDiverged
+from search._config import (ConfigError, RunOptions, StudyConfig, config_fields, load_config, option_fields,
+                            options_from_plain)
 
 
 class UsageError(ValueError):
@@ -18,25 +23,89 @@ USER_ERRORS = (ConfigError, PruningError, UnknownModelError, UsageError, Trainin
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a single-line error instead of usage + error."""
+    """argparse with a single-line error instead of usage + error, and defaults in ``--help``."""
+
+    def __init__(self, *, example: str, **kw: Any) -> None:
+        super().__init__(formatter_class=_Formatter, epilog=f"example:\n  {example}", **kw)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
 
 
-def common_parser(prog: str, description: str) -> Parser:
-    parser = Parser(prog=prog, description=description)
-    parser.add_argument("--model", required=True, choices=list_models(), metavar="{" + ",".join(list_models()) + "}")
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def number(kind: type, *, low: float | None = None, high: float | None = None, above: float | None = None,
+           fraction: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite int or float within bounds; ``fraction`` hints at percentages."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if fraction and 1 < value <= 100:
+            raise argparse.ArgumentTypeError(f"{text} looks like a percentage; this is a fraction, e.g. {value / 100:g}")
+        if (low is not None and value < low) or (high is not None and value > high) \
+                or (above is not None and value <= above):
+            rng = " and ".join(p for p in (f">= {low}" if low is not None else "", f"> {above}" if above is not None
+                                           else "", f"<= {high}" if high is not None else "") if p)
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def study_parser(prog: str, description: str, example: str) -> Parser:
+    """The flags every command shares. Destinations are config fields (``dataset``, ``budget``,
+    ``seed``) or run options (``out``, ``device``, ``data_dir``, ``storage``): :func:`resolve`
+    maps them by name."""
+    parser = Parser(prog=prog, description=description, example=example)
+    parser.add_argument("--model", choices=list_models(), metavar="{" + ",".join(list_models()) + "}",
+                        help="required unless --config is a resolved config that names it")
     parser.add_argument("--dataset", choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}",
-                        help="default: the config's (fashion-mnist)")
+                        help="default: the config's")
     parser.add_argument("--config", help="YAML config (default: configs/<model>.yaml)")
-    parser.add_argument("--budget", choices=BUDGETS, default="default")
-    parser.add_argument("--out", help="study folder (default: studies/<model>-<dataset>[-smoke|-full])")
-    parser.add_argument("--data-dir", default="data", help="where datasets are found or downloaded")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", help="a budget of the config: smoke, default, full, ... (default: default)")
+    parser.add_argument("--out", help="study folder (default: studies/<model>-<dataset>[-<budget>])")
+    parser.add_argument("--data-dir", dest="data_dir", help="where datasets are found or downloaded (default: data)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
+    parser.add_argument("--storage", help="Optuna RDB URL (default: the journal file in the study folder)")
+    parser.add_argument("--no-download", dest="download", action="store_const", const=False,
+                        help="never download a missing dataset")
     return parser
+
+
+def add_study_flags(parser: Parser) -> None:
+    """Flags of search.run and search.train that change the study's config."""
+    parser.add_argument("--seed", type=number(int, low=0, high=2**31 - 1), help="default: the config's (0)")
+    parser.add_argument("--augment", choices=AUGMENTATIONS, help="training augmentation (default: the dataset's)")
+
+
+def resolve(args: argparse.Namespace) -> tuple[StudyConfig, RunOptions]:
+    """The one mapping of flags onto settings: a flag whose destination is a config field (or a
+    dotted ``section.key``) overrides the config; one that names a run option sets it; flags left
+    unset (None) change nothing."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    if "model" not in given and "config" not in given:
+        raise UsageError("--model is required (or a --config that names its model, e.g. a config.resolved.yaml)")
+    overrides = {k: v for k, v in given.items() if "." in k or (k in config_fields() and k != "model")}
+    options = {k: v for k, v in given.items() if k in option_fields()}
+    cfg = load_config(given.get("model"), path=given.get("config"), overrides=overrides)
+    return cfg, options_from_plain(options)
+
+
+def quiet_libraries() -> None:
+    """Optuna's per-trial log lines and experimental warnings are noise in a command's output."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used with Study.optimize.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> NoReturn:
@@ -44,9 +113,23 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         code = main(argv)
     except USER_ERRORS as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {_one_line(exc)}\n")
+        code = 2
+    except OSError as exc:  # a full disk, a folder without permission: the environment, not a bug
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        sys.stderr.write(f"error: {exc.strerror or type(exc).__name__}{where}\n")
         code = 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; run the same command again to resume\n")
         code = 130
+    sys.stderr.flush()
     sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if text else type(exc).__name__
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "yes", "true")

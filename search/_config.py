@@ -1,256 +1,367 @@
-"""Study configuration: YAML defaults, CLI overrides, merged into frozen dataclasses that reject
-unknown keys and are written next to the results they produce."""
+"""Study configuration in one schema: YAML -> flags -> one frozen :class:`StudyConfig` -> the
+written ``config.resolved.yaml``, which ``--config`` reads back to the same study.
+
+Settings a trial's values depend on are fingerprinted (a study refuses to resume with others);
+where and how a run executes (device, paths, storage, trial total, workers, backend) is a
+:class:`RunOptions`, written beside the config and free to change between runs.
+"""
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from models import list_models
-from pruning import DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig
+from models import list_models, model_spec
+from pruning import AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig
+from pruning._typed import bounds, check_fields, from_plain, to_plain
+from search._tables import LATENCY_BACKENDS, OBJECTIVES, REFERENCES, SAMPLERS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-OBJECTIVES = ("size", "params", "macs", "latency")
-SAMPLERS = ("tpe", "nsga2", "random")
-BUDGETS = ("smoke", "default", "full")
+RESOLVED_NAME = "config.resolved.yaml"
+OPTIONS_NAME = "run-options.yaml"
+MAX_CONFIG_BYTES = 1_000_000
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used: the message says which key and what is allowed."""
 
 
+def _ratio(low: float = 0.0) -> dict:
+    return bounds(low=low, below=1)
+
+
 @dataclass(frozen=True)
 class Budget:
-    """How much compute a study spends (``smoke``: whole pipeline in minutes on a CPU)."""
+    """How much compute a study spends (``smoke``: the whole pipeline in minutes on a CPU)."""
 
-    trials: int
-    finetune_steps: int            # optimizer steps of each candidate's brief fine-tune
-    bn_batches: int                # training batches for adaptive-BatchNorm recalibration
-    baseline_epochs: float         # epochs of the unpruned baseline when it has to be trained
-    batch_size: int | None = None  # overrides the recipes' batch size (small for CPU smoke runs)
-    train_subset: int | None = None
-    val_subset: int | None = None
-    test_subset: int | None = None
+    trials: int = field(metadata=bounds(low=1, high=100_000))  # the study's default total
+    finetune_steps: int = field(metadata=bounds(low=1, high=10_000_000))  # each candidate's brief fine-tune
+    bn_batches: int = field(metadata=bounds(low=0, high=100_000))  # batches for adaptive BatchNorm
+    baseline_epochs: float = field(metadata=bounds(above=0, high=10_000))
+    baseline_min_steps: int | None = field(default=None, metadata=bounds(low=0, high=10_000_000))
+    recovery_epochs: float | None = field(default=None, metadata=bounds(above=0, high=10_000))
+    batch_size: int | None = field(default=None, metadata=bounds(low=1, high=65_536))  # overrides the recipes'
+    train_subset: int | None = field(default=None, metadata=bounds(low=2, high=100_000_000))
+    val_subset: int | None = field(default=None, metadata=bounds(low=1, high=100_000_000))
+    test_subset: int | None = field(default=None, metadata=bounds(low=1, high=100_000_000))
 
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    lr: float = 0.01
-    kd_weight: float = 0.0
-    batch_size: int = 128
+    def __post_init__(self) -> None:
+        check_fields(self, "budget")
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    granularity: str = "unit"
-    max_ratio: float = 0.9
-    importance: str = "l1"
-    round_to: int | None = None
-    uniform_ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-    objective: str = "size"
-    sampler: str = "tpe"
-    early_stop_margin: float = 0.05        # accuracy points (fraction) a proxy must trail by
-    early_stop_size_tolerance: float = 0.05  # "no larger" allows this relative slack
-    headline_max_drop: float = 1.0         # report headline: max test accuracy drop, in points
+    """What is searched and how candidates are stopped early (see README, "Rungs")."""
+
+    granularity: str = field(default="unit", metadata=bounds(choices=GRANULARITIES))
+    max_ratio: float = field(default=0.9, metadata=bounds(above=0, below=1))
+    importance: str = field(default="l1", metadata=bounds(choices=tuple(IMPORTANCES)))
+    round_to: int | None = field(default=None, metadata=bounds(low=1, high=1024))
+    references: tuple[str, ...] = field(default=REFERENCES, metadata=bounds(choices=REFERENCES))
+    reference_ratios: tuple[float, ...] = field(default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+                                                metadata=_ratio())
+    objective: str = field(default="size", metadata=bounds(choices=tuple(OBJECTIVES)))
+    latency_backend: str = field(default="torch", metadata=bounds(choices=LATENCY_BACKENDS))
+    sampler: str = field(default="tpe", metadata=bounds(choices=tuple(SAMPLERS)))
+    early_stop: bool = True
+    eta: int = field(default=3, metadata=bounds(low=2, high=100))
+    rungs: tuple[float, ...] = field(default=(0.0, 1 / 9, 1 / 3), metadata=_ratio())
+    rung_min_trials: int = field(default=4, metadata=bounds(low=1, high=100_000))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "search")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_size_mb: float | None = field(default=None, metadata=bounds(above=0, high=1e6))
+    min_accuracy: float | None = field(default=None, metadata=bounds(low=0, high=1))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "constraints")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """How the results are summarized; not part of the fingerprint (no trial depends on it)."""
+
+    headline_max_drop: float = field(default=1.0, metadata=bounds(low=0, high=100))  # points of val accuracy
+    recover_points: int = field(default=5, metadata=bounds(low=0, high=1000))  # front points recovered
+    undertrained_margin: float = field(default=0.5, metadata=bounds(low=0, high=100))  # points
+
+    def __post_init__(self) -> None:
+        check_fields(self, "report")
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Everything that defines one study; written as ``config.resolved.yaml``."""
+    """Everything that defines one study; written as ``config.resolved.yaml`` in the input schema."""
 
     model: str
-    dataset: str
-    val_fraction: float
-    baseline: TrainConfig
-    finetune: FinetuneConfig
-    search: SearchSpace
     budgets: dict[str, Budget]
+    dataset: str = field(default="fashion-mnist", metadata=bounds(choices=DATASETS))
+    val_fraction: float = field(default=0.1, metadata=bounds(above=0, below=1))
+    augment: str = field(default="auto", metadata=bounds(choices=AUGMENTATIONS))
+    seed: int = field(default=0, metadata=bounds(low=0, high=2**31 - 1))
     budget: str = "default"
-    trials: int | None = None      # the study's total; the budget's when None
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str = "data"
-    out: str | None = None
-    storage: str | None = None
-    max_size_mb: float | None = None
-    min_accuracy: float | None = None
-    from_checkpoint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    baseline: TrainConfig = TrainConfig(epochs=8, lr=0.05)
+    finetune: TrainConfig = TrainConfig(lr=0.01)
+    recovery: TrainConfig = TrainConfig(epochs=4, lr=0.01, kd_weight=0.5)
+    search: SearchSpace = SearchSpace()
+    constraints: Constraints = Constraints()
+    report: ReportConfig = ReportConfig()
+    from_checkpoint: str | None = None  # prune this checkpoint instead of the study's baseline
+
+    def __post_init__(self) -> None:
+        check_fields(self, "config")
 
     @property
     def spend(self) -> Budget:
         return self.budgets[self.budget]
 
     @property
-    def total_trials(self) -> int:
-        return self.trials if self.trials is not None else self.spend.trials
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings a study cannot change once it has trials (their values would not compare)."""
-        s = self.search
-        return {"budget": self.budget, "objective": s.objective, "granularity": s.granularity,
-                "importance": s.importance, "max_ratio": s.max_ratio, "round_to": s.round_to}
-
-    @property
     def study_name(self) -> str:
         return f"{self.model}-{self.dataset}"
 
     @property
-    def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        suffix = "" if self.budget == "default" else f"-{self.budget}"
-        return Path("studies") / f"{self.study_name}{suffix}"
+    def batch_size(self) -> int | None:
+        return self.spend.batch_size
+
+    def baseline_recipe(self, epochs: float | None = None) -> TrainConfig:
+        """The baseline's recipe under the budget (``epochs`` overrides the budget's)."""
+        b = self.spend
+        return replace(self.baseline, epochs=epochs if epochs is not None else b.baseline_epochs, seed=self.seed,
+                       batch_size=b.batch_size or self.baseline.batch_size,
+                       min_steps=b.baseline_min_steps if b.baseline_min_steps is not None else self.baseline.min_steps)
+
+    def finetune_recipe(self, seed: int) -> TrainConfig:
+        """A candidate's fine-tune: the budget's steps; ``seed`` orders its batches."""
+        return replace(self.finetune, steps=self.spend.finetune_steps, seed=seed,
+                       batch_size=self.spend.batch_size or self.finetune.batch_size)
+
+    def recovery_recipe(self, seed: int) -> TrainConfig:
+        """The longer, distilled fine-tune of a front point after the search."""
+        b = self.spend
+        return replace(self.recovery, epochs=b.recovery_epochs or self.recovery.epochs, seed=seed,
+                       batch_size=b.batch_size or self.recovery.batch_size)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(_plain(dataclasses.asdict(self)), sort_keys=False)
+        header = ("# The resolved configuration of this study (YAML + flags), in the input schema:\n"
+                  f"# python -m search.run --config {RESOLVED_NAME} ... reproduces it.\n")
+        plain = to_plain(self)
+        plain["budgets"] = plain.pop("budgets")  # the long part last, as in configs/
+        return header + yaml.safe_dump(plain, sort_keys=False)
 
 
-def _plain(value: Any) -> Any:
+def fingerprint(cfg: StudyConfig) -> dict[str, Any]:
+    """The settings a trial's values depend on, flattened to dotted keys: the config less the report
+    section, the other budgets, the budget's trial total and the starting checkpoint's path (its
+    digest is pinned separately)."""
+    plain = to_plain(cfg)
+    plain.pop("report"), plain.pop("from_checkpoint")
+    active = dict(plain.pop("budgets")[cfg.budget])
+    active.pop("trials")
+    plain["budgets"] = {cfg.budget: active}
+    return dict(_flatten(plain))
+
+
+def _flatten(value: Any, prefix: str = ""):
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        for k, v in value.items():
+            yield from _flatten(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], value
 
 
-def _build(cls: type, data: Any, where: str):
-    """Construct a dataclass from a mapping, rejecting unknown keys with a one-line error."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown key {where}.{unknown[0]}; allowed: {', '.join(sorted(known))}")
+def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """``key: stored -> current`` for the first fingerprinted setting that differs, else None."""
+    for key in list(stored) + [k for k in current if k not in stored]:
+        a, b = stored.get(key, "<unset>"), current.get(key, "<unset>")
+        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            return f"{key}: the study has {a!r}, this run {b!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a run executes: free to change between runs of one study (not fingerprinted)."""
+
+    trials: int | None = field(default=None, metadata=bounds(low=1, high=100_000))  # total; the budget's when None
+    device: str = field(default="auto", metadata=bounds(choices=("auto", "cpu", "cuda")))
+    data_dir: str = "data"
+    out: str | None = None
+    storage: str | None = None
+    workers: int = field(default=1, metadata=bounds(low=1, high=256))
+    backend: str = "optuna"
+    heartbeat_s: int = field(default=60, metadata=bounds(low=1, high=86_400))
+    gpus_per_trial: float = field(default=0.0, metadata=bounds(low=0, high=64))
+    cpus_per_trial: float = field(default=1.0, metadata=bounds(above=0, high=1024))
+    max_concurrent: int | None = field(default=None, metadata=bounds(low=1, high=10_000))
+    ray_address: str | None = None
+    download: bool = True
+    progress: bool = True
+    write_report: bool = True
+    recover: bool = True
+    yes: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, "option")
+
+    def out_dir(self, cfg: StudyConfig) -> Path:
+        """The study folder: ``--out``, or ``studies/<model>-<dataset>[-<budget>]``."""
+        if self.out:
+            return Path(self.out)
+        suffix = "" if cfg.budget == "default" else f"-{cfg.budget}"
+        return Path("studies") / f"{cfg.study_name}{suffix}"
+
+    def total_trials(self, cfg: StudyConfig) -> int:
+        return self.trials if self.trials is not None else cfg.spend.trials
+
+    def to_yaml(self) -> str:
+        plain = to_plain(self)
+        if plain["storage"]:
+            plain["storage"] = redact(plain["storage"])
+        return "# How the last run of this study executed (not part of its fingerprint).\n" + \
+            yaml.safe_dump(plain, sort_keys=False)
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for printing and writing."""
+    head, sep, tail = url.partition("://")
+    if sep and "@" in tail:
+        auth, _, host = tail.rpartition("@")
+        user = auth.split(":", 1)[0]
+        return f"{head}://{user}:***@{host}" if ":" in auth else url
+    return url
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a config never needs them, and nested aliases can make a
+    small file expand without bound."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"YAML aliases (*{event.anchor}) are not allowed in a config "
+                              f"(line {event.start_mark.line + 1}); write the values out")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A config file as a mapping, or one line saying why it cannot be read."""
+    path = Path(path)
     try:
-        return cls(**data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _check_budget(name: str, b: Budget) -> None:
-    def whole(value, key, low):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"budgets.{name}.{key} must be a whole number >= {low}, got {value!r}")
-    whole(b.trials, "trials", 1)
-    whole(b.finetune_steps, "finetune_steps", 1)
-    whole(b.bn_batches, "bn_batches", 0)
-    for key in ("batch_size", "train_subset", "val_subset", "test_subset"):
-        if getattr(b, key) is not None:
-            whole(getattr(b, key), key, 1)
-    if not isinstance(b.baseline_epochs, (int, float)) or b.baseline_epochs <= 0:
-        raise ConfigError(f"budgets.{name}.baseline_epochs must be a positive number, got {b.baseline_epochs!r}")
-
-
-def _check(cfg: StudyConfig) -> None:
-    def choose(value, allowed, key):
-        if value not in allowed:
-            raise ConfigError(f"{key} {value!r} is not one of: {', '.join(map(str, allowed))}")
-    choose(cfg.model, list_models(), "model")
-    choose(cfg.dataset, DATASETS, "dataset")
-    choose(cfg.budget, BUDGETS, "budget")
-    choose(cfg.search.granularity, GRANULARITIES, "granularity")
-    choose(cfg.search.importance, IMPORTANCES, "importance")
-    choose(cfg.search.objective, OBJECTIVES, "objective")
-    choose(cfg.search.sampler, SAMPLERS, "sampler")
-    choose(cfg.device, ("auto", "cpu", "cuda"), "device")
-    if cfg.budget not in cfg.budgets:
-        raise ConfigError(f"the config has no budget {cfg.budget!r}; it has: {', '.join(cfg.budgets)}")
-    for name, budget in cfg.budgets.items():
-        _check_budget(name, budget)
-    if not 0 < cfg.val_fraction < 1:
-        raise ConfigError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
-    if cfg.search.round_to is not None and (not isinstance(cfg.search.round_to, int) or cfg.search.round_to < 1):
-        raise ConfigError(f"search.round_to must be a whole number >= 1 or null, got {cfg.search.round_to!r}")
-    if not 0 < cfg.search.max_ratio < 1:
-        raise ConfigError(f"search.max_ratio must be in (0, 1), got {cfg.search.max_ratio}")
-    for r in cfg.search.uniform_ratios:
-        if not isinstance(r, (int, float)) or not 0 <= r <= cfg.search.max_ratio:
-            raise ConfigError(f"uniform ratio {r!r} is outside [0, {cfg.search.max_ratio}]")
-    if cfg.total_trials < 1:
-        raise ConfigError(f"--trials must be at least 1, got {cfg.total_trials}")
-    if cfg.max_size_mb is not None and not (math.isfinite(cfg.max_size_mb) and cfg.max_size_mb > 0):
-        raise ConfigError(f"--max-size-mb must be a positive number, got {cfg.max_size_mb}")
-    if cfg.min_accuracy is not None and not 0 <= cfg.min_accuracy <= 1:
-        raise ConfigError(f"--min-accuracy is a fraction in [0, 1], got {cfg.min_accuracy}")
-
-
-def load_config(model: str, *, path: str | Path | None = None, **overrides: Any) -> StudyConfig:
-    """Read ``configs/<model>.yaml`` (or ``path``), apply CLI ``overrides`` (None means "not given")
-    and validate. Search-space keys (``granularity``, ``objective``, ...) may be overridden too."""
-    if model not in list_models():
-        raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
-    path = Path(path) if path else CONFIG_DIR / f"{model}.yaml"
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES:,} bytes; it is not a config")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"cannot read config {path}: {reason}") from None
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        raw = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config {path} is not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping of keys to values")
+    return raw
+
+
+def _set(raw: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for p in parents:
+        child = node.get(p)
+        node[p] = child = dict(child) if isinstance(child, dict) else ({} if child is None else child)
+        if not isinstance(child, dict):
+            raise ConfigError(f"{p} must be a mapping of keys to values")
+        node = child
+    node[leaf] = value
+
+
+def build_config(raw: dict, *, where: str, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """A :class:`StudyConfig` from a config mapping with ``overrides`` (dotted keys, e.g.
+    ``search.objective``) applied on top, fully checked."""
     raw = dict(raw)
-    allowed = {"dataset", "val_fraction", "baseline", "finetune", "search", "budgets"}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in {path}; allowed: {', '.join(sorted(allowed))}")
-    if not isinstance(raw.get("search") or {}, dict):
-        raise ConfigError(f"search in {path} must be a mapping of keys to values")
-    search = dict(raw.get("search") or {})
-    for key in ("granularity", "objective", "sampler", "importance"):
-        if overrides.get(key) is not None:
-            search[key] = overrides.pop(key)
-        else:
-            overrides.pop(key, None)
-    if "uniform_ratios" in search:
-        if not isinstance(search["uniform_ratios"], list):
-            raise ConfigError(f"search.uniform_ratios in {path} must be a list of ratios")
-        search["uniform_ratios"] = tuple(search["uniform_ratios"])
-    budgets = raw.get("budgets") or {}
-    if not isinstance(budgets, dict):
-        raise ConfigError(f"budgets in {path} must be a mapping")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        cfg = _assemble(model, raw, search, budgets, given)
-        _check(cfg)
-    except TypeError as exc:  # e.g. a string where a number belongs
-        raise ConfigError(f"config {path}: a value has the wrong type ({exc})") from None
+    for key, value in (overrides or {}).items():
+        if key == "model" and raw.get("model") not in (None, value):
+            raise ConfigError(f"{where} is a config of {raw['model']!r}, not {value!r}")
+        _set(raw, key, value)
+    raw.setdefault("model", None)
+    if raw["model"] not in list_models():
+        raise ConfigError(f"model {raw['model']!r} is not one of: {', '.join(list_models())}")
+    if not raw.get("budgets"):
+        raise ConfigError(f"{where} has no budgets; give at least budgets.default")
+    cfg = from_plain(StudyConfig, raw, where="config", error=ConfigError)
+    _check(cfg)
     return cfg
 
 
-def _assemble(model: str, raw: dict, search: dict, budgets: dict, given: dict) -> StudyConfig:
+def _check(cfg: StudyConfig) -> None:
+    """Rules that span several fields."""
+    if cfg.budget not in cfg.budgets:
+        raise ConfigError(f"the config has no budget {cfg.budget!r}; it has: {', '.join(cfg.budgets)}")
+    s = cfg.search
+    for r in s.reference_ratios:
+        if r > s.max_ratio:
+            raise ConfigError(f"search.reference_ratios has {r}, above search.max_ratio {s.max_ratio}")
+    if list(s.rungs) != sorted(set(s.rungs)):
+        raise ConfigError(f"search.rungs must be increasing fractions of the fine-tune, got {list(s.rungs)}")
+    if s.granularity == "stage" and model_spec(cfg.model).stage_of is None:
+        raise ConfigError(f"{cfg.model} has no stage grouping; use search.granularity unit or global")
+    if s.objective == "latency" and s.latency_backend == "onnxruntime":
+        _require_onnxruntime()
+
+
+def _require_onnxruntime() -> None:
     try:
-        val_fraction = float(raw.get("val_fraction", 0.1))
-    except (TypeError, ValueError):
-        raise ConfigError(f"val_fraction must be a number, got {raw.get('val_fraction')!r}") from None
-    return StudyConfig(
-        model=model,
-        dataset=given.pop("dataset", raw.get("dataset", "fashion-mnist")),
-        val_fraction=val_fraction,
-        baseline=_build(TrainConfig, raw.get("baseline") or {}, "baseline"),
-        finetune=_build(FinetuneConfig, raw.get("finetune") or {}, "finetune"),
-        search=_build(SearchSpace, search, "search"),
-        budgets={k: _build(Budget, v, f"budgets.{k}") for k, v in budgets.items()},
-        **_known_overrides(given),
-    )
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError("search.latency_backend onnxruntime needs the onnxruntime package; "
+                          "run make setup") from None
 
 
-def _known_overrides(given: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in fields(StudyConfig)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting {unknown[0]!r}")
-    return given
+def load_config(model: str | None, *, path: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read ``configs/<model>.yaml`` (or ``path``), apply ``overrides`` (dotted keys) and check it all."""
+    if path is None:
+        if model not in list_models():
+            raise ConfigError(f"model {model!r} is not one of: {', '.join(list_models())}")
+        path = CONFIG_DIR / f"{model}.yaml"
+    overrides = dict(overrides or {})
+    if model is not None:
+        overrides["model"] = model
+    return build_config(read_yaml(path), where=f"config {path}", overrides=overrides)
 
 
-def baseline_recipe(cfg: StudyConfig, epochs: float | None = None) -> TrainConfig:
-    """The baseline's training recipe under the study's budget (``epochs`` overrides)."""
-    spend = cfg.spend
-    return dataclasses.replace(cfg.baseline, epochs=epochs if epochs is not None else spend.baseline_epochs,
-                               batch_size=spend.batch_size or cfg.baseline.batch_size, seed=cfg.seed)
+def config_from_plain(plain: dict) -> StudyConfig:
+    """The config a study stored (its user attribute, or a worker's message)."""
+    return build_config(plain, where="the study's stored config")
+
+
+def options_from_plain(plain: dict) -> RunOptions:
+    return from_plain(RunOptions, plain, where="option", error=ConfigError)
+
+
+def plain(obj: Any) -> Any:
+    return to_plain(obj)
+
+
+def config_fields() -> set[str]:
+    """Top-level config keys (flags with these destinations, or ``section.key``, override the config)."""
+    return {f.name for f in dataclasses.fields(StudyConfig)}
+
+
+def option_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(RunOptions)}
+
+
+assert not config_fields() & option_fields(), "a flag's destination must name a config field or an option, not both"

@@ -1,19 +1,24 @@
-"""Shared set-up of the commands: device, data under the budget, and the cached baseline."""
+"""Shared set-up of the commands: device, data under the budget, the baseline (trained once,
+resumable per epoch) and the model a study prunes from."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from models import create_model
-from pruning import (Checkpoint, CheckpointError, Dataset, evaluate, load_checkpoint, load_dataset, measure,
-                     save_pruned, train)
+from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, Reference, TrainHooks, TrainState,
+                     atomic_write, evaluate, load_checkpoint, load_dataset, measure, save_pruned, train)
 from pruning._train import prepare
-from search._cli import UsageError
-from search._config import ConfigError, StudyConfig, baseline_recipe
-from search._study import journal_path, open_storage, open_study
+from pruning._typed import to_plain
+from search._config import ConfigError, RunOptions, StudyConfig
+from search._storage import BASELINE_PARTIAL, baseline_path
+
+# The validation split never follows --seed: a baseline trained on one split and evaluated on another
+# would be scored on its own training images.
+VAL_SPLIT_SEED = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,96 +29,99 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# The validation split never follows --seed: a baseline trained on one split and evaluated on another
-# would be scored on its own training images.
-VAL_SPLIT_SEED = 0
-
-
-def load_data(cfg: StudyConfig, *, download: bool = True) -> Dataset:
-    """The study's dataset cut to the budget's subsets, on the study's device."""
+def load_data(cfg: StudyConfig, opts: RunOptions) -> Dataset:
+    """The study's dataset cut to the budget's subsets, on the run's device."""
     spend = cfg.spend
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
-                        seed=VAL_SPLIT_SEED, download=download)
+    data = load_dataset(cfg.dataset, data_dir=opts.data_dir, val_fraction=cfg.val_fraction, seed=VAL_SPLIT_SEED,
+                        download=opts.download, augment=cfg.augment)
     data = data.subset(train=spend.train_subset, val=spend.val_subset, test=spend.test_subset)
-    return data.to(resolve_device(cfg.device))
+    return data.to(resolve_device(opts.device))
 
 
-def baseline_path(cfg: StudyConfig) -> Path:
-    return cfg.out_dir / "baseline.pt"
-
-
-def train_baseline(cfg: StudyConfig, data: Dataset, *, epochs: float | None = None,
+def train_baseline(cfg: StudyConfig, out: Path, data: Dataset, *, epochs: float | None = None,
                    progress: bool = True) -> Checkpoint:
-    """Train the unpruned model with the config's recipe and save ``<out>/baseline.pt``."""
+    """Train the unpruned model with the config's recipe and save ``<out>/baseline.pt``.
+
+    The run saves its state after every epoch, so an interrupted baseline continues where it
+    stopped (with the same recipe) instead of starting over.
+    """
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
-    recipe = baseline_recipe(cfg, epochs)
-    result = train(model, data, recipe, progress=progress, desc=f"baseline {cfg.model}")
-    meta = {"model": cfg.model, "num_classes": data.num_classes, "in_channels": data.in_channels,
-            "dataset": cfg.dataset, "epochs": recipe.epochs, "seed": cfg.seed, "budget": cfg.budget,
-            "val_accuracy": evaluate(model, data, "val"), "test_accuracy": evaluate(model, data, "test"),
-            "train_seconds": result.seconds, "images_per_s": result.images_per_s}
-    save_pruned(baseline_path(cfg), model, None, meta)
-    return Checkpoint(model=model.eval(), history=[], metadata=meta)
+    recipe = cfg.baseline_recipe(epochs)
+    partial = out / BASELINE_PARTIAL
+    resume = _resume_state(partial, model, recipe, progress)
+
+    def save_epoch(state: TrainState) -> None:
+        payload = {"recipe": to_plain(recipe), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   "state": asdict(state)}
+        atomic_write(partial, lambda tmp: torch.save(payload, tmp))
+
+    result = train(model, data, recipe, progress=progress, desc=f"baseline {cfg.model}",
+                   hooks=TrainHooks(on_epoch=save_epoch, resume=resume))
+    meta = CheckpointMeta(
+        model=cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, dataset=cfg.dataset,
+        preprocessing=data.preprocessing,
+        metrics={"val_accuracy": evaluate(model, data, "val"), "test_accuracy": evaluate(model, data, "test"),
+                 "train_seconds": result.seconds, "images_per_s": result.images_per_s},
+        provenance={"recipe": to_plain(recipe), "steps": result.steps, "budget": cfg.budget, "seed": cfg.seed})
+    save_pruned(baseline_path(out), model, None, meta)
+    partial.unlink(missing_ok=True)
+    return load_checkpoint(baseline_path(out), expect_model=cfg.model)
 
 
-def ensure_baseline(cfg: StudyConfig, data: Dataset, *, progress: bool = True) -> Checkpoint:
-    """The cached baseline of the study folder, trained first if there is none."""
-    path = baseline_path(cfg)
-    if not path.exists():
+def _resume_state(partial: Path, model: torch.nn.Module, recipe, progress: bool) -> TrainState | None:
+    if not partial.exists():
+        return None
+    try:
+        payload = torch.load(partial, map_location="cpu", weights_only=True)
+        if payload["recipe"] != to_plain(recipe):
+            raise ValueError("another recipe")
+        model.load_state_dict(payload["model"])
+        state = TrainState(**payload["state"])
+    except Exception as exc:  # a stale or damaged partial run is not worth keeping: start over
         if progress:
-            print(f"no baseline in {cfg.out_dir}; training one ({baseline_recipe(cfg).epochs:g} epochs)",
-                  file=sys.stderr)
-        return train_baseline(cfg, data, progress=progress)
-    ckpt = load_checkpoint(path, expect_model=cfg.model)
-    if ckpt.metadata.get("dataset") != cfg.dataset:
-        raise CheckpointError(f"{path} was trained on {ckpt.metadata.get('dataset')!r}, not {cfg.dataset!r}; "
-                              f"use another --out or delete it to retrain")
-    return ckpt
+            print(f"note: not resuming the interrupted baseline ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:80] if str(exc) else ''}); starting over", file=sys.stderr)
+        return None
+    if progress:
+        print(f"resuming the interrupted baseline at step {state.step}", file=sys.stderr)
+    return state
 
 
-def reference_of(ckpt: Checkpoint, example: torch.Tensor) -> dict:
-    """Figures of the unpruned baseline that every candidate is compared with.
-
-    A pruned checkpoint carries its study's reference (``--from``); a baseline is measured here.
-    """
-    if "reference" in ckpt.metadata:
-        return dict(ckpt.metadata["reference"])
+def reference_of(ckpt: Checkpoint, example: torch.Tensor) -> Reference:
+    """Figures of the unpruned baseline that every candidate is compared with: a pruned checkpoint
+    carries its study's (``--from``); a baseline is measured here."""
+    if ckpt.meta.reference is not None:
+        return ckpt.meta.reference
     m = measure(ckpt.model, example.to(next(ckpt.model.parameters()).device))
-    return {"params": m.params, "macs": m.macs, "size_mb": m.size_mb,
-            "val_accuracy": ckpt.metadata["val_accuracy"], "test_accuracy": ckpt.metadata["test_accuracy"]}
+    metrics = ckpt.meta.metrics
+    if "val_accuracy" not in metrics or "test_accuracy" not in metrics:
+        raise CheckpointError("the starting model records no val/test accuracy; train it with search.train")
+    return Reference(params=m.params, macs=m.macs, size_mb=m.size_mb, val_accuracy=float(metrics["val_accuracy"]),
+                     test_accuracy=float(metrics["test_accuracy"]))
 
 
-def start_point(cfg: StudyConfig, data: Dataset, *, progress: bool = True) -> tuple[Checkpoint, dict]:
-    """The model a study prunes from (``--from`` or the cached baseline) and the reference figures."""
+def start_checkpoint(cfg: StudyConfig, out: Path, data: Dataset, *, train_if_missing: bool,
+                     progress: bool = True) -> Checkpoint:
+    """The model a study prunes from: ``from_checkpoint``, or the study folder's baseline (trained
+    when missing and ``train_if_missing``), checked against the dataset, on the data's device."""
     if cfg.from_checkpoint:
         ckpt = load_checkpoint(cfg.from_checkpoint, expect_model=cfg.model)
-        if ckpt.metadata.get("dataset", cfg.dataset) != cfg.dataset:
-            raise CheckpointError(f"{cfg.from_checkpoint} was trained on {ckpt.metadata['dataset']!r}, "
-                                  f"not {cfg.dataset!r}")
+        source = cfg.from_checkpoint
+    elif baseline_path(out).exists() or not train_if_missing:
+        ckpt = load_checkpoint(baseline_path(out), expect_model=cfg.model)
+        source = str(baseline_path(out))
     else:
-        ckpt = ensure_baseline(cfg, data, progress=progress)
-    if int(ckpt.metadata["in_channels"]) != data.in_channels or int(ckpt.metadata["num_classes"]) != data.num_classes:
-        raise CheckpointError(f"the starting model has {ckpt.metadata['in_channels']} input channels and "
-                              f"{ckpt.metadata['num_classes']} classes; {cfg.dataset} has {data.in_channels} "
-                              f"and {data.num_classes}")
+        if progress:
+            print(f"no baseline in {out}; training one", file=sys.stderr)
+        ckpt = train_baseline(cfg, out, data, progress=progress)
+        source = str(baseline_path(out))
+    meta = ckpt.meta
+    if meta.dataset not in (None, cfg.dataset):
+        raise CheckpointError(f"{source} was trained on {meta.dataset!r}, not {cfg.dataset!r}; "
+                              f"use another --out or another starting checkpoint")
+    if meta.in_channels != data.in_channels or meta.num_classes != data.num_classes:
+        raise CheckpointError(f"{source} has {meta.in_channels} input channels and {meta.num_classes} classes; "
+                              f"{cfg.dataset} has {data.in_channels} and {data.num_classes}")
     ckpt.model = prepare(ckpt.model, data.device).eval()
-    return ckpt, reference_of(ckpt, data.example_input(1))
-
-
-def existing_study(cfg: StudyConfig, *, download: bool = True):
-    """Open a study that ``search.run`` wrote, with its data, starting model and reference figures.
-
-    Returns (study, data, start checkpoint, reference); writes nothing.
-    """
-    if cfg.storage is None and not journal_path(cfg).exists():
-        raise UsageError(f"no study in {cfg.out_dir}; run python -m search.run --model {cfg.model} first "
-                         f"(or pass the --out / --budget it used)")
-    study = open_study(cfg, open_storage(cfg), base="", create=False)
-    base = study.user_attrs.get("base", "baseline")
-    if base == "baseline" and not baseline_path(cfg).exists():
-        raise UsageError(f"{baseline_path(cfg)} is missing; the study's baseline is needed for its reference figures")
-    data = load_data(cfg, download=download)
-    start, reference = start_point(replace(cfg, from_checkpoint=None if base == "baseline" else base), data,
-                                   progress=False)
-    return study, data, start, reference
+    return ckpt

@@ -1,15 +1,13 @@
-"""One trial: plan -> surgery -> exact size -> adaptive-BN proxy -> early stop -> fine-tune -> score.
-
-The Optuna backend calls :class:`Objective` directly; every other backend must call it too, so the
-trial logic exists once.
-"""
+"""One trial: plan -> surgery -> exact size -> adaptive-BN proxy (rung 0) -> fine-tune through the
+rungs of successive halving -> score -> checkpoint. Every backend runs trials through
+:func:`run_trial`, so the trial logic exists once."""
 from __future__ import annotations
 
 import itertools
-import os
-import socket
+import math
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -18,16 +16,20 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from torch import nn
 
-from pruning import (Dataset, Measurement, TrainingDiverged, Unit, apply_plan, evaluate, expand_plan, finetune,
-                     measure, recalibrate_bn, save_pruned, train_batches)
-from search._config import StudyConfig
+from pruning import (CheckpointMeta, Dataset, Measurement, Reference, TrainHooks, TrainingDiverged, Unit,
+                     apply_plan, evaluate, expand_plan, measure, plan_keys, prunable_units, recalibrate_bn,
+                     save_pruned, train, train_batches)
+from pruning._checkpoint import Checkpoint
+from search._config import RunOptions, StudyConfig
+from search._context import load_data, reference_of, start_checkpoint
+from search._dashboard import trial_note
+from search._records import Rung, TrialRecord, record_value
+from search._rungs import decide, rung_steps
+from search._storage import artifact_dir
+from search._tables import OBJECTIVES
 
-METRIC_NAMES = {"size": "size_mb", "params": "params", "macs": "macs", "latency": "latency_ms"}
-CATCH = (TrainingDiverged, torch.OutOfMemoryError)
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+# failures of one candidate, not of the settings: the trial fails with its reason, the study goes on
+TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError)
 
 
 @dataclass
@@ -35,12 +37,11 @@ class SearchContext:
     """What every trial of a study shares, built once per process."""
 
     cfg: StudyConfig
+    opts: RunOptions
+    out: Path
     data: Dataset
-    base: nn.Module            # the model whose copies are pruned (baseline, or --from)
-    base_history: list
-    teacher: nn.Module         # distillation source: the model the study starts from
-    build: dict                # model name and build arguments for checkpoints
-    reference: dict            # unpruned baseline figures: params, macs, size_mb, val/test accuracy
+    start: Checkpoint          # the model whose copies are pruned (baseline, or --from); the KD teacher
+    reference: Reference       # unpruned baseline figures
     units: list[Unit]
     keys: list[str]
     example: torch.Tensor
@@ -48,123 +49,188 @@ class SearchContext:
     calibration: list          # fixed training batches: BN recalibration and Taylor importance
 
 
-def objective_value(m: Measurement, objective: str) -> float:
-    """The size measure that the study minimizes (MB, parameters, MACs or ms at batch 1)."""
-    if objective == "size":
-        return m.size_mb
-    if objective == "params":
-        return float(m.params)
-    if objective == "macs":
-        return float(m.macs)
-    return m.latency_ms[1]
+def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, train_if_missing: bool = False,
+                  progress: bool = True, data: Dataset | None = None) -> SearchContext:
+    """Data, starting model, units and calibration batches: everything trials share."""
+    data = data if data is not None else load_data(cfg, opts)
+    start = start_checkpoint(cfg, out, data, train_if_missing=train_if_missing, progress=progress)
+    example = data.example_input(1)
+    units = prunable_units(start.model, example)
+    artifact_dir(out).mkdir(parents=True, exist_ok=True)
+    batch = cfg.finetune_recipe(0).batch_size
+    calibration = list(itertools.islice(train_batches(data, batch, torch.Generator().manual_seed(cfg.seed)),
+                                        cfg.spend.bn_batches))
+    return SearchContext(cfg=cfg, opts=opts, out=out, data=data, start=start, reference=reference_of(start, example),
+                         units=units, keys=plan_keys(units, cfg.search.granularity), example=example,
+                         artifacts=FileSystemArtifactStore(str(artifact_dir(out))), calibration=calibration)
 
 
-def calibration_batches(data: Dataset, n: int, batch_size: int, seed: int) -> list:
-    return list(itertools.islice(train_batches(data, batch_size, torch.Generator().manual_seed(seed)), n))
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial ended: COMPLETE with (val accuracy, size), PRUNED or FAIL with a reason."""
+
+    state: TrialState
+    values: tuple[float, float] | None = None
+    reason: str | None = None
 
 
-def dominated(study: optuna.Study, size: float, proxy: float, *, margin: float, tolerance: float) -> int | None:
-    """The number of an earlier trial whose size is no larger (within ``tolerance``) and whose proxy
-    accuracy is better by at least ``margin``: this candidate is clearly worse, so it stops here."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        s, p = t.user_attrs.get("objective_value"), t.user_attrs.get("proxy_accuracy")
-        if s is not None and p is not None and s <= size * (1 + tolerance) and p >= proxy + margin:
-            return t.number
-    return None
+class _Stop(Exception):
+    """Raised inside the fine-tune when successive halving ends a trial at a rung."""
 
 
-class Objective:
-    """Callable for ``study.optimize``: returns (validation accuracy, size measure)."""
+class TrialIO:
+    """Typed writes to one trial's attributes (only :class:`TrialRecord` fields)."""
 
-    def __init__(self, ctx: SearchContext, *, early_stop: bool = True) -> None:
-        self.ctx = ctx
-        self.early_stop = early_stop
-        self.on_start = None  # called once the trial exists in storage (releases the study lock)
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        if self.on_start is not None:
-            self.on_start()
-        try:
-            return self._run(trial)
-        except CATCH as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
-            raise
+    def write(self, **values) -> None:
+        for name, value in values.items():
+            self.trial.set_user_attr(name, record_value(name, value))
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, float]:
-        ctx, cfg, space = self.ctx, self.ctx.cfg, self.ctx.cfg.search
-        trial.set_user_attr("worker", worker_id())
-        values = {k: trial.suggest_float(k, 0.0, space.max_ratio) for k in ctx.keys}
-        plan = expand_plan(ctx.units, space.granularity, values)
-        uniform = trial.user_attrs.get("uniform") is not None
-        pruned, record = apply_plan(
-            ctx.base, plan, example_input=ctx.example, importance=space.importance, round_to=space.round_to,
-            history=ctx.base_history, max_ratio=space.max_ratio, seed=cfg.seed + trial.number,
-            calibration=ctx.calibration if space.importance == "taylor" else None)
-        m = measure(pruned, ctx.example, latency=space.objective == "latency", batch_sizes=(1,))
-        size = objective_value(m, space.objective)
-        self._record_size(trial, plan, m, size)
-        recalibrate_bn(pruned, ctx.calibration)
-        proxy = evaluate(pruned, ctx.data, "val")
-        trial.set_user_attr("proxy_accuracy", proxy)
-        if cfg.max_size_mb is not None and m.size_mb > cfg.max_size_mb:
-            trial.set_user_attr("skipped", "over the size budget: no fine-tune")
-            self._constrain(trial, m, proxy)
-            return proxy, size
-        if self.early_stop and not uniform:
-            better = dominated(trial.study, size, proxy, margin=space.early_stop_margin,
-                               tolerance=space.early_stop_size_tolerance)
-            if better is not None:
-                trial.set_user_attr("stopped_by", better)
-                raise optuna.TrialPruned(f"proxy {proxy:.3f} clearly below trial {better} at no larger size")
-        teacher = ctx.teacher if cfg.finetune.kd_weight > 0 else None
-        result = finetune(pruned, ctx.data, steps=cfg.spend.finetune_steps, lr=cfg.finetune.lr, teacher=teacher,
-                          kd_weight=cfg.finetune.kd_weight, seed=cfg.seed + trial.number,
-                          batch_size=cfg.spend.batch_size or cfg.finetune.batch_size)
-        val = evaluate(pruned, ctx.data, "val")
-        trial.set_user_attr("val_accuracy", val)
-        trial.set_user_attr("finetune_seconds", result.seconds)
-        self._constrain(trial, m, val)
-        self._store(trial, pruned, record, m, proxy, val)
-        return val, size
+    def record(self) -> TrialRecord:
+        """This trial's record as written so far (the handle caches its own writes)."""
+        return TrialRecord.read(self.trial)
 
-    def _record_size(self, trial: optuna.Trial, plan: dict, m: Measurement, size: float) -> None:
-        ref = self.ctx.reference
-        trial.set_user_attr("plan", {k: round(v, 4) for k, v in plan.items()})
-        trial.set_user_attr("params", m.params)
-        trial.set_user_attr("macs", m.macs)
-        trial.set_user_attr("size_mb", m.size_mb)
-        trial.set_user_attr("pruned_pct", 100.0 * (1 - m.size_mb / ref["size_mb"]))
-        trial.set_user_attr("objective_value", size)
-        if m.latency_ms:
-            trial.set_user_attr("latency_ms", m.latency_ms[1])
-
-    def _constrain(self, trial: optuna.Trial, m: Measurement, accuracy: float) -> None:
-        cfg = self.ctx.cfg
-        if cfg.max_size_mb is not None:
-            trial.set_constraint("max_size_mb", m.size_mb - cfg.max_size_mb)
-        if cfg.min_accuracy is not None:
-            trial.set_constraint("min_accuracy", cfg.min_accuracy - accuracy)
-
-    def _store(self, trial: optuna.Trial, model: nn.Module, record, m: Measurement, proxy: float, val: float) -> None:
-        ctx = self.ctx
-        meta = {**ctx.build, "dataset": ctx.cfg.dataset, "study": ctx.cfg.study_name, "trial": trial.number,
-                "val_accuracy": val, "proxy_accuracy": proxy, "params": m.params, "macs": m.macs,
-                "size_mb": m.size_mb, "reference": ctx.reference}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = save_pruned(Path(tmp) / f"trial-{trial.number}.pt", model, record, meta)
-            artifact = upload_artifact(artifact_store=ctx.artifacts, file_path=str(path), study_or_trial=trial,
-                                       mimetype="application/octet-stream")
-        trial.set_user_attr("checkpoint_artifact", artifact)
-        _save_note(trial, record.plan, m, proxy, val, ctx.reference)
+    def add_rung(self, rung: Rung) -> None:
+        self.write(rungs=self.record().rungs + (rung,))
 
 
-def _save_note(trial: optuna.Trial, plan: dict, m: Measurement, proxy: float, val: float, ref: dict) -> None:
-    from optuna_dashboard import save_note
+def _objective_value(m: Measurement, objective: str) -> float:
+    field = OBJECTIVES[objective]
+    return m.latency_ms[1] if field == "latency_ms" else float(getattr(m, field))
 
-    ratios = sorted(plan.values())
-    mean = sum(ratios) / len(ratios)
-    body = (f"**{m.size_mb:.3f} MB** ({100 * (1 - m.size_mb / ref['size_mb']):.1f} % smaller), "
-            f"{m.macs / 1e6:.1f} M MACs\n\n"
-            f"val accuracy {val:.4f} (proxy after BN recalibration {proxy:.4f}; baseline {ref['val_accuracy']:.4f})\n\n"
-            f"plan over {len(plan)} units: ratios {ratios[0]:.2f} to {ratios[-1]:.2f}, mean {mean:.2f}")
-    save_note(trial, body)
+
+def run_trial(ctx: SearchContext, trial: optuna.Trial) -> Outcome:
+    """Run one trial; a failing candidate (NaN loss, out of memory) is a FAIL outcome, not an error."""
+    io = TrialIO(trial)
+    try:
+        return _run(ctx, io)
+    except _Stop as stop:
+        return Outcome(TrialState.PRUNED, reason=str(stop))
+    except TRIAL_FAILURES as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        io.write(fail_reason=reason)
+        return Outcome(TrialState.FAIL, reason=reason)
+
+
+def _plan(ctx: SearchContext, trial: optuna.Trial, rec: TrialRecord) -> dict[str, float]:
+    if rec.reference and rec.plan:  # a global-ranking reference: its exact per-unit plan
+        return dict(rec.plan)
+    space = ctx.cfg.search
+    values = {k: trial.suggest_float(k, 0.0, space.max_ratio) for k in ctx.keys}
+    return expand_plan(ctx.units, space.granularity, values)
+
+
+def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
+    cfg, trial = ctx.cfg, io.trial
+    space, rec = cfg.search, io.record()
+    plan = _plan(ctx, trial, rec)
+    pruned, surgery = apply_plan(
+        ctx.start.model, plan, example_input=ctx.example, importance=space.importance, round_to=space.round_to,
+        history=ctx.start.history, max_ratio=space.max_ratio, seed=cfg.seed + trial.number,
+        calibration=ctx.calibration if space.importance == "taylor" else None)
+    m = measure(pruned, ctx.example, latency=space.objective == "latency", batch_sizes=(1,))
+    size = _objective_value(m, space.objective)
+    io.write(size_mb=m.size_mb, pruned_pct=100.0 * (1 - m.size_mb / ctx.reference.size_mb), macs=m.macs,
+             params=m.params, objective_value=size, plan={k: round(v, 4) for k, v in surgery.plan.items()})
+    if m.latency_ms:
+        io.write(latency_ms=m.latency_ms[1])
+    recalibrate_bn(pruned, ctx.calibration)
+    proxy = evaluate(pruned, ctx.data, "val")
+    io.write(proxy_accuracy=proxy)
+    if cfg.constraints.max_size_mb is not None and m.size_mb > cfg.constraints.max_size_mb:
+        io.write(skipped=f"{m.size_mb:.4f} MB is over the size budget of {cfg.constraints.max_size_mb} MB: "
+                         f"scored by its proxy, never fine-tuned")
+        _constrain(ctx, trial, m, proxy)
+        return Outcome(TrialState.COMPLETE, (proxy, size))
+    recipe = cfg.finetune_recipe(cfg.seed + trial.number)
+    total = recipe.total_steps(ctx.data.train_x.shape[0])
+    rungs = rung_steps(total, space.rungs) if space.early_stop else []
+    halving = _Halving(ctx, io, size, protected=rec.reference is not None, steps=rungs)
+    if rungs:
+        halving.at(0, proxy)
+    start = time.perf_counter()
+    teacher = ctx.start.model if recipe.kd_weight > 0 else None
+    try:
+        train(pruned, ctx.data, recipe, teacher=teacher, progress=False, desc=f"trial {trial.number}",
+              hooks=TrainHooks(at_steps=tuple(s for s in rungs if s > 0),
+                               on_step=lambda step: halving.at(step, evaluate(pruned, ctx.data, "val"))))
+    finally:
+        io.write(finetune_seconds=time.perf_counter() - start)
+    val = evaluate(pruned, ctx.data, "val")
+    io.write(val_accuracy=val)
+    _constrain(ctx, trial, m, val)
+    _store(ctx, io, pruned, surgery, m, val)
+    return Outcome(TrialState.COMPLETE, (val, size))
+
+
+@dataclass
+class _Halving:
+    """Successive halving at the rungs of one trial (reference trials are recorded, never stopped)."""
+
+    ctx: SearchContext
+    io: TrialIO
+    size: float
+    protected: bool
+    steps: list[int]
+
+    def at(self, step: int, accuracy: float) -> None:
+        rung = self.steps.index(step)
+        self.io.add_rung(Rung(rung=rung, steps=step, val_accuracy=accuracy))
+        if self.protected:
+            return
+        space = self.ctx.cfg.search
+        others = _population(self.io.trial, rung)
+        decision = decide((accuracy, self.size), others, eta=space.eta, min_trials=space.rung_min_trials)
+        if not decision.go_on:
+            reason = f"rung {rung} ({step} fine-tune steps): val accuracy {accuracy:.4f}; {decision.reason}"
+            self.io.write(stop_rung=rung, stop_reason=reason)
+            raise _Stop(reason)
+
+
+def _population(trial: optuna.Trial, rung: int) -> list[tuple[float, float]]:
+    """(accuracy at ``rung``, size) of every other trial of the study that has reached it."""
+    points = []
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.number == trial.number:
+            continue
+        rec = TrialRecord.read(t)
+        hit = [r for r in rec.rungs if r.rung == rung]
+        if hit and rec.objective_value is not None:
+            points.append((hit[0].val_accuracy, rec.objective_value))
+    return points
+
+
+def _constrain(ctx: SearchContext, trial: optuna.Trial, m: Measurement, accuracy: float) -> None:
+    c = ctx.cfg.constraints
+    if c.max_size_mb is not None:
+        trial.set_constraint("max_size_mb", m.size_mb - c.max_size_mb)
+    if c.min_accuracy is not None:
+        trial.set_constraint("min_accuracy", c.min_accuracy - accuracy)
+
+
+def checkpoint_meta(ctx: SearchContext, **provenance) -> CheckpointMeta:
+    meta = ctx.start.meta
+    return CheckpointMeta(model=meta.model, num_classes=meta.num_classes, in_channels=meta.in_channels,
+                          dataset=ctx.cfg.dataset, preprocessing=ctx.data.preprocessing, reference=ctx.reference,
+                          provenance={"study": ctx.cfg.study_name, **provenance})
+
+
+def _store(ctx: SearchContext, io: TrialIO, model: nn.Module, surgery, m: Measurement, val: float) -> None:
+    meta = replace(checkpoint_meta(ctx, trial=io.trial.number),
+                   metrics={"val_accuracy": val, "params": m.params, "macs": m.macs, "size_mb": m.size_mb})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_pruned(Path(tmp) / f"trial-{io.trial.number}.pt", model, surgery, meta)
+        artifact = upload_artifact(artifact_store=ctx.artifacts, file_path=str(path), study_or_trial=io.trial,
+                                   mimetype="application/octet-stream")
+    io.write(checkpoint=artifact)
+
+
+def finished_note(ctx: SearchContext, trial: optuna.Trial, outcome: Outcome) -> str:
+    """The dashboard note of a trial that just ended, whatever its state."""
+    return trial_note(TrialRecord.read(trial), outcome.state, outcome.reason, ctx.reference)
+
+
+def is_finite_outcome(outcome: Outcome) -> bool:
+    return outcome.values is None or all(math.isfinite(v) for v in outcome.values)

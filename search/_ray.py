@@ -1,125 +1,124 @@
-"""Ray Tune backend: the same :class:`Objective`, scheduled by Ray Tune with ``OptunaSearch`` on the
-study's own storage, so the dashboard, ``search.report`` and ``search.pick`` work unchanged.
+"""Ray Tune backend: the runner's trials, executed on Ray Tune's actors.
 
-This is the only module that imports Ray (about 4 s and 640 MB to start here).
-
-No trial scheduler is used: ASHA and the like stop trials early and report their under-trained
-values as final, and with two objectives those values would land on the Pareto front. Tune runs
-FIFO; our own early-stop rule inside the objective marks a stopped candidate PRUNED, and pruned
-trials are never on the front.
+This is the only module that imports Ray (about 4 s and 640 MB to start here). Ray Tune schedules
+the trials (resources per trial, a local Ray or a cluster); the search itself stays the runner's:
+a Tune ``Searcher`` asks the runner for each trial and tells it each outcome, so stale trials, the
+failure streak, successive halving, notes and progress are the same as with the other backend. No
+Tune scheduler is used: they would stop trials and report under-trained values as final.
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import optuna
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
+from ray.tune.search import Searcher
 
-from search._objective import Objective, SearchContext
-from search._study import finished, make_sampler, occupied, open_storage
+from search._cli import UsageError, quiet_libraries
+from search._config import config_from_plain, options_from_plain
+from search._objective import Outcome, build_context, run_trial
+from search._runner import WAIT, TrialRunner, heartbeat
+from search._storage import open_storage
+from search._study import load_existing, trial_handle
 
-TRIAL_ID = "optuna_trial_id"
-_WORKER_STATE: dict[tuple, tuple] = {}  # per Ray worker process: argv -> (context, study, early stop)
-
-
-def _worker_state(argv: tuple[str, ...]):
-    if argv not in _WORKER_STATE:
-        from search.run import build_context, config_from_args, get_args_parser, quiet_optuna
-
-        quiet_optuna()
-        args = get_args_parser().parse_args(list(argv))
-        cfg = config_from_args(args)
-        ctx = build_context(cfg, download=False, progress=False)
-        study = optuna.load_study(study_name=cfg.study_name, storage=open_storage(cfg, heartbeat_s=args.heartbeat_s))
-        _WORKER_STATE[argv] = (ctx, study, not args.no_early_stop)
-    return _WORKER_STATE[argv]
+_ACTOR_STATE: dict[str, tuple] = {}  # per Ray worker process: the study's context, built once
 
 
-def ray_trial(config: dict, *, argv: tuple[str, ...]) -> dict:
-    """The Ray trainable: runs the Objective on the Optuna trial that OptunaSearch asked for."""
-    ctx, study, early_stop = _worker_state(argv)
-    trial = optuna.Trial(study, config[TRIAL_ID])  # its params are already set: suggest_* returns them
-    try:
-        accuracy, size = Objective(ctx, early_stop=early_stop)(trial)
-    except optuna.TrialPruned:
-        # OptunaSearch cannot tell PRUNED for two objectives, so the worker does; Tune insists on the
-        # metric keys, and OptunaSearch's later tell of this finished trial is refused (and logged).
-        study.tell(trial, state=TrialState.PRUNED)
-        attrs = study._storage.get_trial(trial._trial_id).user_attrs
-        return {"val_accuracy": attrs.get("proxy_accuracy"), "size": attrs.get("objective_value"), "pruned": True}
-    return {"val_accuracy": accuracy, "size": size}
+class RunnerSearcher(Searcher):
+    """Tune's view of the runner: suggest = ask, trial complete = tell."""
+
+    def __init__(self, runner: TrialRunner) -> None:
+        super().__init__(metric="val_accuracy", mode="max")
+        self.runner, self.numbers, self.error = runner, {}, None
+
+    def suggest(self, trial_id: str):
+        try:
+            trial = self.runner.ask(block=False)
+        except UsageError as exc:  # the failure streak: stop asking, re-raised after Tune is done
+            self.error = exc
+            return Searcher.FINISHED
+        if trial is None:
+            return Searcher.FINISHED
+        if trial == WAIT:
+            return None
+        self.numbers[trial_id] = trial.number
+        return {"number": trial.number}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        number = self.numbers.pop(trial_id, None)
+        if number is None:
+            return
+        if error or not result or "state" not in result:
+            outcome = Outcome(TrialState.FAIL, reason="its Ray trial raised an error (see Ray's log)")
+        else:
+            values = tuple(result["values"]) if result["values"] else None
+            outcome = Outcome(TrialState[result["state"]], values, result["reason"])
+        self.runner.tell(number, outcome)
+
+    def save(self, checkpoint_path: str) -> None:  # the study's storage is the searcher's state
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
 
 
-class Space:
-    """Define-by-run search space (picklable: Tune checkpoints its searcher): the same parameters as
-    the objective suggests, plus the Optuna trial's id for the worker."""
-
-    def __init__(self, keys: tuple[str, ...], max_ratio: float) -> None:
-        self.keys, self.max_ratio = keys, max_ratio
-
-    def __call__(self, trial) -> dict:
-        for key in self.keys:
-            trial.suggest_float(key, 0.0, self.max_ratio)
-        return {TRIAL_ID: trial._trial_id}
-
-
-def worker_argv(argv: list[str], ctx: SearchContext, config: str | None) -> tuple[str, ...]:
-    """The command line for workers, with every path absolute (Tune runs trials in their own folders)."""
-    cfg = ctx.cfg
-    extra = ["--out", str(cfg.out_dir.resolve()), "--data-dir", str(Path(cfg.data_dir).resolve())]
-    if cfg.storage and cfg.storage.startswith("sqlite:///") and not cfg.storage.startswith("sqlite:////"):
-        extra += ["--storage", "sqlite:///" + str(Path(cfg.storage[len("sqlite:///"):]).resolve())]
-    if config:
-        extra += ["--config", str(Path(config).resolve())]
-    if cfg.from_checkpoint:
-        extra += ["--from", str(Path(cfg.from_checkpoint).resolve())]
-    return tuple(argv + extra)
+def ray_trial(config: dict, *, cfg: dict, opts: dict, out: str) -> dict:
+    """The Ray trainable: runs one trial of the study in this actor's process."""
+    if out not in _ACTOR_STATE:
+        quiet_libraries()
+        study_cfg, run_opts = config_from_plain(cfg), options_from_plain(opts)
+        storage = open_storage(Path(out), run_opts.storage, heartbeat_s=run_opts.heartbeat_s)
+        study = load_existing(storage, study_cfg.study_name, salt=os.getpid(), cfg=study_cfg)
+        _ACTOR_STATE[out] = (build_context(study_cfg, run_opts, Path(out), progress=False), study, storage)
+    ctx, study, storage = _ACTOR_STATE[out]
+    trial = trial_handle(study, storage, config["number"])
+    with heartbeat(trial, storage, study, ctx.opts.heartbeat_s):
+        outcome = run_trial(ctx, trial)
+    return {"state": outcome.state.name, "values": list(outcome.values) if outcome.values else None,
+            "reason": outcome.reason, "val_accuracy": outcome.values[0] if outcome.values else 0.0}
 
 
-def run_with_ray(study: optuna.Study, storage, ctx: SearchContext, argv: list[str], args, *, progress: bool) -> None:
+def absolute_paths(opts):
+    """Run options with absolute paths: Tune runs each trial in a folder of its own."""
+    storage = opts.storage
+    if storage and storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+        storage = "sqlite:///" + str(Path(storage[len("sqlite:///"):]).resolve())
+    return replace(opts, data_dir=str(Path(opts.data_dir).resolve()), storage=storage)
+
+
+def run_with_ray(job) -> None:
     """Run the study's missing trials as Ray Tune trials; start (and always stop) a local Ray unless
     ``--ray-address`` names a cluster."""
     import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    cfg = ctx.cfg
-    missing = cfg.total_trials - occupied(study)
-    if missing <= 0:
-        return
-    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
-    searcher = OptunaSearch(space=Space(tuple(ctx.keys), cfg.search.max_ratio), metric=["val_accuracy", "size"], mode=["max", "min"],
-                            sampler=make_sampler(cfg), study_name=cfg.study_name, storage=storage)
-    if args.max_concurrent:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=args.max_concurrent)
-    trainable = tune.with_resources(partial(ray_trial, argv=worker_argv(argv, ctx, args.config)),
-                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    bar = tqdm(total=cfg.total_trials, initial=finished(study), desc="trials (ray)", unit="trial", disable=not progress)
+    from pruning._typed import to_plain
 
-    class Progress(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            bar.n = finished(study)
-            bar.set_postfix(front=len(study.best_trials))
-
+    opts, cfg = absolute_paths(job.opts), job.cfg
+    if cfg.from_checkpoint:
+        cfg = replace(cfg, from_checkpoint=str(Path(cfg.from_checkpoint).resolve()))
+    searcher = RunnerSearcher(job.runner)
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent) if opts.max_concurrent else searcher
+    trainable = tune.with_resources(
+        partial(ray_trial, cfg=to_plain(cfg), opts=to_plain(opts), out=str(job.out.resolve())),
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     started = not ray.is_initialized()
     if started:
-        if args.ray_address:
-            ray.init(address=args.ray_address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+        kw = {"address": opts.ray_address} if opts.ray_address else {"num_cpus": os.cpu_count(),
+                                                                       "include_dashboard": False}
+        ray.init(log_to_driver=False, logging_level=logging.WARNING, **kw)
     try:
-        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=missing,
-                                                                 reuse_actors=True),  # keeps the per-process context
-                           run_config=tune.RunConfig(name=cfg.study_name, verbose=0, callbacks=[Progress()],
-                                                     storage_path=str((cfg.out_dir / "ray").resolve())))
+        tuner = tune.Tuner(trainable,
+                           tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=-1, reuse_actors=True),
+                           run_config=tune.RunConfig(name=job.cfg.study_name, verbose=0,
+                                                     storage_path=str((job.out / "ray").resolve())))
         tuner.fit()
     finally:
-        bar.close()
         if started:
             ray.shutdown()
+    if searcher.error is not None:
+        raise searcher.error

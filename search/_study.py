@@ -1,140 +1,117 @@
-"""Opening, seeding and running the Optuna study of a (model, dataset) pair."""
+"""Opening, pinning and seeding the Optuna study of a (model, dataset) pair."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import socket
-import time
+import zlib
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
+from pruning import CheckpointError, Reference, read_meta
+from pruning._typed import to_plain
 from search._cli import UsageError
-from search._config import StudyConfig
-from search._objective import CATCH, METRIC_NAMES, Objective
+from search._config import RESOLVED_NAME, StudyConfig, config_from_plain, first_difference, fingerprint
+from search._records import (BASE_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, REFERENCE_KEY, SETTINGS_KEY,
+                             TrialRecord)
+from search._storage import baseline_path
+from search._tables import OBJECTIVES, SAMPLERS
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-MAX_FAILURES_IN_A_ROW = 5  # then the settings are wrong, not the candidates: stop instead of looping
 
 
-def journal_path(cfg: StudyConfig) -> Path:
-    return cfg.out_dir / "journal.log"
+def sampler_for(cfg: StudyConfig, salt: int) -> optuna.samplers.BaseSampler:
+    """The config's sampler. ``salt`` 0 (the process that creates a study) samples reproducibly from
+    ``seed``; every other process (a worker, a resume, an extension) mixes in its own salt, so two
+    processes never draw the same candidates."""
+    seed = cfg.seed if salt == 0 else zlib.crc32(f"{cfg.seed}:{salt}".encode()) & 0x7FFFFFFF
+    return SAMPLERS[cfg.search.sampler](seed)
 
 
-def artifact_dir(cfg: StudyConfig) -> Path:
-    return cfg.out_dir / "artifacts"
+def find_study(storage: BaseStorage, name: str) -> bool:
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
 
 
-def open_storage(cfg: StudyConfig, *, heartbeat_s: int = 60) -> BaseStorage:
-    """The journal file of the study folder, or the RDB at ``--storage`` with heartbeats every
-    ``heartbeat_s`` seconds: a worker silent for twice that long has its trial failed, and the
-    trial is enqueued again (up to twice)."""
-    if cfg.storage is None:
-        cfg.out_dir.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(journal_path(cfg))))
-    try:
-        return RDBStorage(cfg.storage, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot open storage {cfg.storage!r}: {first}") from None
+def load_existing(storage: BaseStorage, name: str, *, salt: int = 1, cfg: StudyConfig | None = None) -> optuna.Study:
+    """An existing study (its sampler is the stored config's, salted)."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    stored = stored_config(study)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler_for(cfg or stored, salt))
 
 
-@contextlib.contextmanager
-def study_lock(cfg: StudyConfig):
-    """Serialize the workers of one machine around seeding and starting trials (an advisory file
-    lock in the study folder), so that ``--trials`` stays the total and no seed is enqueued twice."""
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(cfg.out_dir / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def stored_config(study: optuna.Study) -> StudyConfig:
+    plain = study.user_attrs.get(CONFIG_KEY)
+    if plain is None:
+        raise UsageError(f"study {study.study_name!r} has no stored config; it was not made by this version of "
+                         f"search.run; start a new study with another --out")
+    return config_from_plain(plain)
+
+
+def base_label(cfg: StudyConfig) -> str:
+    return cfg.from_checkpoint or "baseline"
+
+
+def check_resume(study: optuna.Study, cfg: StudyConfig, out: Path) -> None:
+    """Refuse, with one line, to go on with settings or a starting model other than the study's."""
+    diff = first_difference(study.user_attrs.get(SETTINGS_KEY, {}), fingerprint(cfg))
+    if diff:
+        raise UsageError(f"study {cfg.study_name!r} cannot resume with other settings ({diff}); "
+                         f"use the same settings (--config {out / RESOLVED_NAME}) or another --out")
+    known = study.user_attrs.get(BASE_KEY)
+    if known is not None and (known == "baseline") != (cfg.from_checkpoint is None):
+        raise UsageError(f"study {cfg.study_name!r} prunes from {known!r}, not {base_label(cfg)!r}; use another --out")
+    digest = study.user_attrs.get(DIGEST_KEY)
+    if digest is not None:
+        source = Path(cfg.from_checkpoint) if cfg.from_checkpoint else baseline_path(out)
+        if not source.exists():
+            raise UsageError(f"{source}, the model study {cfg.study_name!r} prunes from, is missing; restore it "
+                             f"(checksum {digest[:12]}...) or start a new study with another --out")
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            _, current = read_meta(source)
+        except CheckpointError as exc:
+            raise UsageError(f"the model study {cfg.study_name!r} prunes from is unusable: {exc}") from None
+        if current != digest:
+            raise UsageError(f"{source} is not the model study {cfg.study_name!r} prunes from (checksum "
+                             f"{current[:12]}... instead of {digest[:12]}...); restore it or use another --out")
 
 
-def dashboard_command(cfg: StudyConfig) -> str:
-    storage = cfg.storage if cfg.storage else str(journal_path(cfg))
-    return f"optuna-dashboard {storage} --artifact-dir {artifact_dir(cfg)}"
-
-
-def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
-    name, seed = cfg.search.sampler, cfg.seed
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-
-
-def open_study(cfg: StudyConfig, storage: BaseStorage, *, base: str, create: bool = True) -> optuna.Study:
-    """Create or resume the study named ``<model>-<dataset>``; ``base`` says what its candidates
-    are pruned from, and a study is never resumed from a different base."""
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if cfg.study_name not in names and not create:
-        raise UsageError(f"no study {cfg.study_name!r} in {cfg.storage or journal_path(cfg)}; run search.run first")
-    if cfg.study_name in names:  # load_study reads; create_study(load_if_exists) would append to the journal
-        study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=make_sampler(cfg))
-    else:
-        study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=make_sampler(cfg),
-                                    directions=["maximize", "minimize"])
-    if create:
-        known = study.user_attrs.get("base")
-        if known is not None and known != base:
-            raise UsageError(f"study {cfg.study_name!r} prunes from {known!r}, not {base!r}; use another --out")
-        settings = study.user_attrs.get("settings", cfg.fingerprint())
-        changed = [f"{k}={settings[k]!r}" for k in settings if settings[k] != cfg.fingerprint().get(k)]
-        if changed:
-            raise UsageError(f"study {cfg.study_name!r} was run with {', '.join(changed)}; resume it with the same "
-                             f"settings or use another --out")
-        if known is None:
-            study.set_user_attr("base", base)
-            study.set_user_attr("settings", cfg.fingerprint())
-            study.set_metric_names(["val_accuracy", METRIC_NAMES[cfg.search.objective]])
+def create_study(storage: BaseStorage, cfg: StudyConfig, *, digest: str, reference: Reference) -> optuna.Study:
+    """A new study holding its config, fingerprint, base model's digest and reference figures."""
+    study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=sampler_for(cfg, 0),
+                                directions=["maximize", "minimize"])
+    study.set_user_attr(CONFIG_KEY, to_plain(cfg))
+    study.set_user_attr(SETTINGS_KEY, fingerprint(cfg))
+    study.set_user_attr(BASE_KEY, base_label(cfg))
+    study.set_user_attr(DIGEST_KEY, digest)
+    study.set_user_attr(REFERENCE_KEY, to_plain(reference))
+    study.set_metric_names(["val_accuracy", OBJECTIVES[cfg.search.objective]])
     return study
 
 
-def fail_stale_trials(study: optuna.Study) -> int:
-    """Fail trials whose worker is gone: RUNNING under a process of this host that no longer exists
-    (a killed run), or, on an RDB storage with heartbeats, silent past the grace period."""
-    heartbeat = getattr(study._storage, "is_heartbeat_enabled", None)  # RDB storages (maybe cached)
-    if heartbeat is not None and heartbeat():
-        optuna.storages.fail_stale_trials(study)  # heartbeats cover every host, and retry the trial
-        return 0
-    host, failed = socket.gethostname(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        name, _, pid = worker.rpartition(":")
-        if name == host and pid.isdigit() and not _alive(int(pid)):
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker process died")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            failed += 1
-    return failed
+def placeholders() -> dict:
+    """The key attributes a trial is created with, so the dashboard lists them first."""
+    return {k: None for k in KEY_FIELDS}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def seed_references(study: optuna.Study, keys: list[str], plans: dict[tuple[str, float], tuple[dict, dict]]) -> int:
+    """Enqueue the classic reference plans not yet measured (or lost to a failure).
 
-
-def seed_uniform(study: optuna.Study, keys: list[str], ratios: tuple[float, ...]) -> int:
-    """Enqueue the classic same-ratio-everywhere plans not yet measured (or lost to a failure)."""
-    present = {t.user_attrs.get("uniform") for t in study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))}
+    ``plans``: (kind, ratio) -> (params for the sampler, the exact per-unit plan or {}).
+    """
+    present = set()
+    for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING, TrialState.WAITING)):
+        rec = TrialRecord.read(t) if t.state != TrialState.WAITING else None
+        kind, ratio = (rec.reference, rec.reference_ratio) if rec else (t.user_attrs.get("reference"),
+                                                                         t.user_attrs.get("reference_ratio"))
+        present.add((kind, ratio))
     added = 0
-    for r in ratios:
-        if float(r) not in present:
-            study.enqueue_trial({k: float(r) for k in keys}, user_attrs={"uniform": float(r)})
+    for (kind, ratio), (params, plan) in plans.items():
+        if (kind, ratio) not in present:
+            attrs = {**placeholders(), "reference": kind, "reference_ratio": ratio}
+            if plan:
+                attrs["plan"] = plan
+            study.enqueue_trial(params, user_attrs=attrs)
             added += 1
     return added
 
@@ -148,51 +125,11 @@ def occupied(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,)))
 
 
-def run_trials(study: optuna.Study, objective: Objective, cfg: StudyConfig, *, progress: bool = True,
-               poll_s: float = 1.0) -> None:
-    """Run trials until the study holds ``cfg.total_trials`` finished ones (complete or pruned),
-    cooperating with other workers on the same storage, with a progress bar showing the front size
-    and the best accuracy at the smallest size."""
-    total = cfg.total_trials
-    bar = tqdm(total=total, initial=finished(study), desc="trials", unit="trial", disable=not progress)
-    start, failures, waiting = time.perf_counter(), [], False
+def trial_handle(study: optuna.Study, storage: BaseStorage, number: int) -> optuna.Trial:
+    """A writable handle on an existing trial, found through the storage's public API."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
-    def update(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        failures[:] = failures + [trial] if trial.state == TrialState.FAIL else []
-        front = study.best_trials
-        postfix = {"front": len(front)}
-        if front:
-            postfix["acc@smallest"] = f"{min(front, key=lambda t: t.values[1]).values[0]:.3f}"
-        bar.set_postfix(postfix)
-        bar.n = finished(study)
-        bar.refresh()
 
-    try:
-        while True:
-            gate = contextlib.ExitStack()
-            gate.enter_context(study_lock(cfg))  # held until this worker's next trial exists
-            try:
-                fail_stale_trials(study)
-                if finished(study) >= total:
-                    break
-                if len(failures) >= MAX_FAILURES_IN_A_ROW:
-                    reason = failures[-1].user_attrs.get("fail_reason", "see the log")
-                    raise UsageError(f"{len(failures)} trials in a row failed (last: {reason}); "
-                                     f"check the fine-tune settings of the config")
-                if occupied(study) >= total:  # the rest is running elsewhere; wait in case a worker dies
-                    if progress and not waiting:
-                        bar.write(f"waiting for {occupied(study) - finished(study)} trial(s) running in other workers")
-                    waiting = True
-                    gate.close()
-                    time.sleep(poll_s)
-                    continue
-                objective.on_start = gate.close
-                study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[update],
-                               gc_after_trial=True, show_progress_bar=False)
-            finally:
-                objective.on_start = None
-                gate.close()
-    finally:
-        bar.close()
-    if progress:
-        print(f"{finished(study)} trials finished; this run took {time.perf_counter() - start:.0f} s", flush=True)
+def worker_id(host: str) -> str:
+    return f"{host}:{os.getpid()}"

@@ -5,86 +5,102 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from optuna.trial import FrozenTrial
+import pandas as pd
 
-from pruning import evaluate, finetune, load_checkpoint, measure, save_pruned
-from pruning._apply import PruningRecord
-from search._cli import UsageError, common_parser, run_cli
-from search._config import load_config
-from search._context import baseline_path, existing_study
-from search._report import checkpoint_path, front_trials
-from search._study import artifact_dir
-from search.run import quiet_optuna
+from pruning import (PruningRecord, evaluate, load_checkpoint, measure, save_pruned, train, with_metrics)
+from search._cli import UsageError, number, quiet_libraries, resolve, run_cli, study_parser
+from search._context import load_data, start_checkpoint
+from search._records import reference_of
+from search._render import selection_accuracy
+from search._report import collect
+from search._session import open_existing
+from search._storage import refuse_own_file
 
 
 def get_args_parser():
-    parser = common_parser("search.pick", "Choose a Pareto-optimal pruned model and save it.")
+    parser = study_parser("search.pick", "Choose a Pareto-optimal pruned model and save it.",
+                          "python -m search.pick --model lenet5 --max-drop 1.0 --save picked.pt")
     rule = parser.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--max-size-mb", type=float, help="the most accurate front point of at most this size")
-    rule.add_argument("--min-accuracy", type=float, help="the smallest front point with at least this val accuracy")
-    rule.add_argument("--max-drop", type=float, help="the smallest front point within this many val accuracy points")
-    parser.add_argument("--finetune-epochs", type=float, default=0.0, help="recovery fine-tune, distilled")
-    parser.add_argument("--storage", help="the Optuna RDB URL the study was run with")
+    rule.add_argument("--max-size-mb", type=number(float, above=0, high=1e6),
+                      help="the most accurate front point of at most this size (MB)")
+    rule.add_argument("--min-accuracy", type=number(float, low=0, high=1, fraction=True),
+                      help="the smallest front point with at least this val accuracy (a fraction)")
+    rule.add_argument("--max-drop", type=number(float, low=0, high=100),
+                      help="the smallest front point within this many val accuracy points of the baseline")
+    rule.add_argument("--trial", type=number(int, low=0), help="this trial (e.g. the report's headline)")
+    parser.add_argument("--finetune-epochs", type=number(float, low=0, high=10_000), default=0.0,
+                        help="a further recovery fine-tune (distilled when recovery.kd_weight > 0)")
     parser.add_argument("--save", required=True, help="where to write the picked checkpoint")
     return parser
 
 
-def _describe(trials: list[FrozenTrial]) -> str:
-    return ", ".join(f"trial {t.number} ({t.user_attrs['size_mb']:.4f} MB, val {t.values[0]:.4f})" for t in trials)
+def _describe(rows: pd.DataFrame) -> str:
+    return ", ".join(f"trial {int(r['trial'])} ({r['size_mb']:.4f} MB, val {selection_accuracy(r):.4f})"
+                     for _, r in rows.iterrows())
 
 
-def choose(front: list[FrozenTrial], *, max_size_mb=None, min_accuracy=None, max_drop=None,
-           baseline_val: float) -> FrozenTrial:
-    """Apply one budget to the front (selection uses validation accuracy, never test)."""
+def choose(table: pd.DataFrame, *, max_size_mb=None, min_accuracy=None, max_drop=None, trial=None,
+           baseline_val: float) -> pd.Series:
+    """Apply one budget to the front; selection reads validation accuracy (after recovery when the
+    point was recovered), never test."""
+    table = table.assign(selection=[selection_accuracy(r) for _, r in table.iterrows()])
+    if trial is not None:
+        hit = table[table["trial"] == trial]
+        if hit.empty:
+            raise UsageError(f"trial {trial} is not on the front; front trials: {', '.join(map(str, table['trial']))}")
+        return hit.iloc[0]
     if max_size_mb is not None:
-        ok = [t for t in front if t.user_attrs["size_mb"] <= max_size_mb]
-        if not ok:
-            nearest = sorted(front, key=lambda t: t.user_attrs["size_mb"])[:3]
-            raise UsageError(f"no front point is at most {max_size_mb} MB; the smallest: {_describe(nearest)}")
-        return max(ok, key=lambda t: (t.values[0], -t.user_attrs["size_mb"]))
+        ok = table[table["size_mb"] <= max_size_mb]
+        if ok.empty:
+            raise UsageError(f"no front point is at most {max_size_mb} MB; the smallest: "
+                             f"{_describe(table.sort_values('size_mb').head(3))}")
+        return ok.sort_values(["selection", "size_mb"], ascending=[False, True]).iloc[0]
     floor = min_accuracy if min_accuracy is not None else baseline_val - max_drop / 100.0
-    ok = [t for t in front if t.values[0] >= floor]
-    if not ok:
-        nearest = sorted(front, key=lambda t: -t.values[0])[:3]
-        raise UsageError(f"no front point reaches val accuracy {floor:.4f}; the most accurate: {_describe(nearest)}")
-    return min(ok, key=lambda t: (t.user_attrs["size_mb"], -t.values[0]))
+    ok = table[table["selection"] >= floor - 1e-12]
+    if ok.empty:
+        raise UsageError(f"no front point reaches val accuracy {floor:.4f}; the most accurate: "
+                         f"{_describe(table.sort_values('selection', ascending=False).head(3))}")
+    return ok.sort_values(["size_mb", "selection"], ascending=[True, False]).iloc[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    quiet_optuna()
-    if args.finetune_epochs < 0:
-        raise UsageError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}")
-    cfg = load_config(args.model, path=args.config, dataset=args.dataset, budget=args.budget, out=args.out,
-                      data_dir=args.data_dir, device=args.device, seed=args.seed, storage=args.storage)
-    target = Path(args.save).resolve()
-    if target == baseline_path(cfg).resolve() or artifact_dir(cfg).resolve() in target.parents or target.is_dir():
-        raise UsageError(f"--save {args.save} would overwrite the study's own files or is a folder; save elsewhere")
-    study, data, start, reference = existing_study(cfg)
-    front = [t for t in front_trials(study) if "checkpoint_artifact" in t.user_attrs]
-    if not front:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    rule = {k: getattr(args, k) for k in ("max_size_mb", "min_accuracy", "max_drop", "trial")}
+    epochs, save = args.finetune_epochs, Path(args.save)
+    for k in (*rule, "finetune_epochs", "save"):
+        delattr(args, k)
+    found = open_existing(*resolve(args))
+    cfg, out = found.cfg, found.out
+    refuse_own_file(out, save, "--save")
+    data = load_data(cfg, found.opts)
+    ref = reference_of(found.study)
+    results = collect(cfg, out, found.study, data, ref)
+    if results.table.empty:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")
-    trial = choose(front, max_size_mb=args.max_size_mb, min_accuracy=args.min_accuracy, max_drop=args.max_drop,
-                   baseline_val=reference["val_accuracy"])
-    ckpt = load_checkpoint(checkpoint_path(cfg, trial), expect_model=cfg.model)
+    row = choose(results.table, baseline_val=ref.val_accuracy, **rule)
+    path = out / (row["recovered_checkpoint"] if isinstance(row["recovered_checkpoint"], str) else row["checkpoint"])
+    ckpt = load_checkpoint(path, expect_model=cfg.model)
     model = ckpt.model
-    if args.finetune_epochs > 0:
-        kd = cfg.finetune.kd_weight
-        finetune(model, data, epochs=args.finetune_epochs, lr=cfg.finetune.lr, teacher=start.model if kd > 0 else None,
-                 kd_weight=kd, seed=cfg.seed, progress=True, batch_size=cfg.spend.batch_size or cfg.finetune.batch_size)
+    if epochs > 0:
+        teacher = start_checkpoint(cfg, out, data, train_if_missing=False).model if cfg.recovery.kd_weight > 0 else None
+        train(model, data, replace(cfg.recovery_recipe(cfg.seed), epochs=epochs), teacher=teacher,
+              progress=found.opts.progress, desc="pick fine-tune")
     m = measure(model, data.example_input(1))
     val, test = evaluate(model, data, "val"), evaluate(model, data, "test")
-    meta = {**{k: ckpt.metadata[k] for k in ("model", "num_classes", "in_channels", "dataset", "reference")},
-            "study": cfg.study_name, "trial": trial.number, "finetune_epochs": args.finetune_epochs,
-            "val_accuracy": val, "test_accuracy": test, "params": m.params, "macs": m.macs, "size_mb": m.size_mb}
-    save_pruned(args.save, model, PruningRecord(history=ckpt.history, plan=ckpt.metadata["plan"]), meta)
-    print(json.dumps({"checkpoint": args.save, "trial": trial.number, "size_mb": m.size_mb, "params": m.params,
-                      "macs": m.macs, "pruned_pct": 100 * (1 - m.size_mb / reference["size_mb"]),
+    meta = with_metrics(replace(ckpt.meta, provenance={**ckpt.meta.provenance, "study": cfg.study_name,
+                                                       "trial": int(row["trial"]), "finetune_epochs": epochs}),
+                        val_accuracy=val, test_accuracy=test, params=m.params, macs=m.macs, size_mb=m.size_mb)
+    save_pruned(save, model, PruningRecord(history=ckpt.history, plan=ckpt.plan), meta)
+    print(json.dumps({"checkpoint": str(save), "trial": int(row["trial"]),
+                      "recovered": isinstance(row["recovered_checkpoint"], str), "size_mb": m.size_mb,
+                      "params": m.params, "macs": m.macs, "pruned_pct": 100 * (1 - m.size_mb / ref.size_mb),
                       "val_accuracy": val, "test_accuracy": test,
-                      "accuracy_drop": 100 * (reference["test_accuracy"] - test),
-                      "finetune_epochs": args.finetune_epochs}))
+                      "accuracy_drop": 100 * (ref.test_accuracy - test), "finetune_epochs": epochs}))
     return 0
 
 

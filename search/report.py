@@ -1,26 +1,24 @@
 """Rewrite a study's pareto.csv, report.md and pareto.png: ``python -m search.report --model lenet5``."""
 from __future__ import annotations
 
-from search._cli import common_parser, run_cli
-from search._config import load_config
-from search._context import existing_study
+from search._cli import quiet_libraries, resolve, run_cli, study_parser
+from search._context import load_data
+from search._records import reference_of
 from search._report import write_report
-from search.run import quiet_optuna
+from search._session import open_existing
 
 
 def get_args_parser():
-    parser = common_parser("search.report", "Write the report files of an existing study.")
-    parser.add_argument("--storage", help="the Optuna RDB URL the study was run with")
-    return parser
+    return study_parser("search.report", "Write the report files of an existing study.",
+                        "python -m search.report --model lenet5")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    quiet_optuna()
-    cfg = load_config(args.model, path=args.config, dataset=args.dataset, budget=args.budget, out=args.out,
-                      data_dir=args.data_dir, device=args.device, seed=args.seed, storage=args.storage)
-    study, data, _, reference = existing_study(cfg)
-    for path in write_report(cfg, study, data, reference).values():
+    quiet_libraries()
+    found = open_existing(*resolve(args))
+    data = load_data(found.cfg, found.opts)
+    for path in write_report(found.cfg, found.out, found.study, data, reference_of(found.study)).values():
         print(path)
     return 0
 

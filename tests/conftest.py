@@ -1,16 +1,35 @@
-"""Shared fixtures. Tests never use the network: datasets come from disk or are written here."""
+"""Shared fixtures and study helpers. Tests never use the network: datasets come from disk or are
+written here. ``-m "not slow"`` (make test-fast) leaves out subprocesses, servers and long training."""
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
+import yaml
 
 from pruning import DatasetError, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# A LeNet5 study small enough for seconds: a real Fashion-MNIST subset, a few fine-tune steps.
+TINY_LENET = {
+    "dataset": "fashion-mnist",
+    "baseline": {"epochs": 2, "lr": 0.05},
+    "finetune": {"lr": 0.01, "kd_weight": 0.0},
+    "recovery": {"epochs": 0.1, "lr": 0.01, "kd_weight": 0.5},
+    "search": {"granularity": "unit", "references": ["uniform"], "reference_ratios": [0.2, 0.5, 0.8],
+               "rung_min_trials": 4},
+    "report": {"recover_points": 2},
+    "budgets": {"smoke": {"trials": 8, "finetune_steps": 15, "bn_batches": 2, "baseline_epochs": 2,
+                          "train_subset": 4096, "val_subset": 600, "test_subset": 1000}},
+}
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +53,59 @@ def trained_lenet(fashion_mnist):
     model = create_model("lenet5", num_classes=10, in_channels=1)
     train(model, fashion_mnist, TrainConfig(epochs=3, lr=0.05), progress=False)
     return model.eval()
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def merged(base: dict, **sections: dict) -> dict:
+    """``base`` with some sections' keys replaced (``search={"eta": 2}``)."""
+    out = dict(base)
+    for name, values in sections.items():
+        out[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
+    return out
+
+
+def smoke_budget(**changes) -> dict:
+    return {"smoke": {**TINY_LENET["budgets"]["smoke"], **changes}}
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    return write_config(tmp_path / "tiny.yaml", TINY_LENET)
+
+
+def base_args(config: Path, out: Path, model: str = "lenet5") -> list[str]:
+    return ["--model", model, "--config", str(config), "--budget", "smoke", "--out", str(out),
+            "--data-dir", str(REPO / "data")]
+
+
+def cli(module, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run a command's main() as the shell would, returning (exit code, stdout, stderr)."""
+    from search._cli import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_cli(module.main, argv)
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def study_of(out: Path, name: str = "lenet5-fashion-mnist") -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "journal.log")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def has_study(out: Path, name: str = "lenet5-fashion-mnist") -> bool:
+    if not (out / "journal.log").exists():
+        return False
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "journal.log")))
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage))
+
+
+def folder_hash(folder: Path) -> dict[str, str]:
+    """Content hash of every file of a folder (a study must not change when a command fails)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

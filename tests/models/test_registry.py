@@ -1,41 +1,57 @@
+"""Every registered model is tested by being registered: the specs hold the expectations."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models import UnknownModelError, create_model, list_models
-from pruning import prunable_units
-
-# Parameters at 3 input channels and 10 classes (DESIGN.md), with the range the tests accept.
-EXPECTED_PARAMS = {"lenet5": (0.055e6, 0.07e6), "vgg16": (14.5e6, 15.5e6),
-                   "resnet50": (23.3e6, 23.7e6), "densenet121": (6.8e6, 7.1e6)}
-EXPECTED_UNITS = {"lenet5": 4, "vgg16": 15, "resnet50": 37, "densenet121": 120}
+from models import UnknownModelError, create_model, list_models, model_spec, spec_of
+from pruning import PlanError, plan_keys, prunable_units
 
 
-def test_registry_lists_the_four_models():
-    assert list_models() == ["lenet5", "vgg16", "resnet50", "densenet121"]
+def test_registry_starts_with_the_four_product_models():
+    assert list_models()[:4] == ["lenet5", "vgg16", "resnet50", "densenet121"]
 
 
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("channels", [1, 3])
-def test_forward_shape_no_nan_and_graph(name, channels):
+def test_forward_shape_no_nan_and_the_units_the_spec_names(name, channels):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_channels=channels).eval()
     x = torch.randn(2, channels, 32, 32)
     with torch.no_grad():
         y = model(x)
-    assert y.shape == (2, 10)
-    assert torch.isfinite(y).all()
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
     units = prunable_units(model, x[:1])
-    assert len(units) == EXPECTED_UNITS[name]
+    spec = model_spec(name)
+    assert len(units) == spec.units
+    assert len({u.name for u in units}) == len(units)  # names are unique
+    classifier = model.get_submodule(spec.classifier)
+    assert isinstance(classifier, torch.nn.Linear) and classifier.out_features == 10
+    assert spec.classifier not in {m for u in units for m in u.members}  # its outputs are never pruned
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_parameter_count(name):
-    model = create_model(name, num_classes=10, in_channels=3)
-    n = sum(p.numel() for p in model.parameters())
-    low, high = EXPECTED_PARAMS[name]
-    assert low <= n <= high, f"{name} has {n} parameters"
+def test_parameter_count_matches_the_spec(name):
+    n = sum(p.numel() for p in create_model(name, num_classes=10, in_channels=3).parameters())
+    assert abs(n / 1e6 - model_spec(name).params_m) <= 0.03 * model_spec(name).params_m, f"{name}: {n}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_stages_cover_every_unit_or_are_refused(name):
+    model = create_model(name, in_channels=3).eval()
+    units = prunable_units(model, torch.zeros(1, 3, 32, 32))
+    if model_spec(name).stage_of is None:
+        with pytest.raises(PlanError, match="no stage grouping"):
+            plan_keys(units, "stage")
+    else:
+        keys = plan_keys(units, "stage")
+        assert 1 < len(keys) < len(units) and all(u.stage in keys for u in units)
+
+
+def test_models_know_their_spec():
+    assert spec_of(create_model("vgg16")).name == "vgg16"
+    with pytest.raises(UnknownModelError, match="create_model"):
+        spec_of(torch.nn.Linear(2, 2))
 
 
 def test_unknown_model_names_the_known_ones():

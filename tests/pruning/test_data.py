@@ -76,7 +76,7 @@ def test_cifar10_python_batches(tmp_path):
     _write_cifar_batch(folder / "test_batch", 10, rng, "labels")
     d = load_dataset("cifar10", data_dir=tmp_path, download=False)
     assert d.train_x.shape == (90, 3, 32, 32) and d.val_x.shape == (10, 3, 32, 32) and d.test_x.shape == (10, 3, 32, 32)
-    assert d.augment
+    assert d.augment == "crop+flip"
     x, y = next(train_batches(d, 16, torch.Generator().manual_seed(0)))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (16,)
 
@@ -113,6 +113,7 @@ def test_imagefolder_tree(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
     d = load_dataset("imagefolder", data_dir=tmp_path, val_fraction=0.25)
+    assert d.preprocessing.class_names == ("cat", "dog", "fox") and d.preprocessing.resize == "bicubic"
     assert d.num_classes == 3 and d.train_x.shape == (14, 3, 32, 32) and d.test_x.shape == (6, 3, 32, 32)
     assert sorted(d.test_y.tolist()) == [0, 0, 1, 1, 2, 2]
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from models import create_model
-from pruning import (TrainConfig, TrainingDiverged, apply_plan, evaluate, finetune, load_dataset, recalibrate_bn,
-                     train, train_batches)
+from pruning import (TrainConfig, TrainHooks, TrainingDiverged, apply_plan, evaluate, finetune, load_dataset,
+                     recalibrate_bn, train, train_batches)
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +62,69 @@ def test_recalibrate_bn_restores_statistics(synthetic):
 
 
 def test_lr_schedule_warms_up_then_decays():
-    from pruning._train import _lr_factor
+    from pruning._train import lr_factor
     cfg = TrainConfig(steps=100, warmup=0.2)
-    factors = [_lr_factor(cfg, s, 100) for s in (0, 10, 20, 60, 100)]
+    factors = [lr_factor(cfg, s, 100) for s in (0, 10, 20, 60, 100)]
     assert factors[0] == 0 and factors[1] == pytest.approx(0.5) and factors[2] == pytest.approx(1.0)
     assert factors[3] < 1 and factors[4] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_unknown_schedule():
-    with pytest.raises(ValueError, match="schedule 'linear'"):
-        TrainConfig(schedule="linear")
+
+
+def _weights(model):
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+def test_a_run_with_stops_that_goes_on_is_the_uninterrupted_run(synthetic):
+    """Evaluating at rungs in the middle of a fine-tune changes nothing about the run that goes on."""
+    cfg = TrainConfig(steps=10, batch_size=16, lr=0.05, seed=3)
+    torch.manual_seed(0)
+    plain = create_model("vgg16", num_classes=10, in_channels=1)  # BatchNorm and dropout: the hard case
+    twin = copy.deepcopy(plain)
+    train(plain, synthetic, cfg, progress=False)
+    seen = []
+    train(twin, synthetic, cfg, progress=False,
+          hooks=TrainHooks(at_steps=(2, 6), on_step=lambda s: seen.append((s, evaluate(twin, synthetic, "val")))))
+    assert [s for s, _ in seen] == [2, 6]
+    assert all(torch.equal(a, b) for a, b in zip(_weights(plain), _weights(twin)))
+
+
+def test_a_run_resumed_from_its_epoch_state_is_the_uninterrupted_run(synthetic):
+    data = synthetic.subset(train=320)
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, seed=1)
+    torch.manual_seed(0)
+    plain = create_model("lenet5", num_classes=10, in_channels=1)
+    start = copy.deepcopy(plain)
+    train(plain, data, cfg, progress=False)
+    states = []
+    partial = copy.deepcopy(start)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first_epoch(state):
+        states.append((copy.deepcopy(partial.state_dict()), state))
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(partial, data, cfg, progress=False, hooks=TrainHooks(on_epoch=stop_after_first_epoch))
+    weights, state = states[0]
+    resumed = copy.deepcopy(start)
+    resumed.load_state_dict(weights)
+    train(resumed, data, cfg, progress=False, hooks=TrainHooks(resume=state))
+    assert state.step == 10
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(plain), _weights(resumed)))
+
+
+def test_min_steps_is_a_floor_for_small_datasets():
+    cfg = TrainConfig(epochs=8, batch_size=128, min_steps=3000)
+    assert cfg.total_steps(1500) == 3000  # 8 epochs of 1,500 images would be 88 steps
+    assert cfg.total_steps(60000) == 8 * (60000 // 128)
+
+
+@pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("batch_size", 0),
+                                          ("epochs", float("inf")), ("momentum", 1.0), ("schedule", "linear")])
+def test_bad_recipe_values_are_one_line_errors(field, value):
+    with pytest.raises(ValueError, match=f"train.{field}") as info:
+        TrainConfig(**{field: value})
+    assert "\n" not in str(info.value)

@@ -40,6 +40,12 @@ def test_granularities_are_deterministic(resnet_units):
     assert len(plan_keys(resnet_units, "unit")) == 37
 
 
+def test_lenet5_has_no_stages():
+    units = prunable_units(create_model("lenet5", in_channels=1).eval(), torch.zeros(1, 1, 32, 32))
+    with pytest.raises(PlanError, match="no stage grouping"):
+        plan_keys(units, "stage")
+
+
 def test_vgg_stage_keys_follow_pooling():
     units = prunable_units(create_model("vgg16", in_channels=3).eval(), torch.zeros(1, 3, 32, 32))
     assert plan_keys(units, "stage") == [f"features.block{i}" for i in range(1, 6)] + ["classifier"]

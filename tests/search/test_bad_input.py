@@ -1,7 +1,6 @@
 """Bad input: one line on stderr, exit code 2, and the study already on disk left as it was."""
 from __future__ import annotations
 
-import hashlib
 import subprocess
 
 import pytest
@@ -9,13 +8,8 @@ import torch
 
 from models import create_model
 from search import pick, report, run, train
-from tests.conftest import REPO
-from tests.search.conftest import PYTHON, TINY_LENET, base_args, cli, write_config
-
-
-def _fingerprint(folder) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, cli, folder_hash, merged, smoke_budget,
+                            write_config)
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +22,16 @@ def study(tmp_path_factory, fashion_mnist):
     torch.save(create_model("lenet5", in_channels=1).state_dict(), foreign)
     broken = root / "broken.yaml"
     broken.write_text("search: {granularity: unit\nbudgets: [")
-    unknown_key = write_config(root / "unknown.yaml", {**TINY_LENET, "search": {"granularty": "unit"}})
-    zero_steps = write_config(root / "zero.yaml", {**TINY_LENET, "budgets": {
-        "smoke": {**TINY_LENET["budgets"]["smoke"], "finetune_steps": 0}}})
-    wrong_type = write_config(root / "type.yaml", {**TINY_LENET, "val_fraction": "a tenth"})
-    scalar_ratios = write_config(root / "ratios.yaml", {**TINY_LENET, "search": {"uniform_ratios": 0.5}})
-    return root, config, out, {"foreign": foreign, "broken": broken, "unknown": unknown_key, "zero": zero_steps,
-                               "type": wrong_type, "ratios": scalar_ratios}
+    files = {
+        "foreign": foreign, "broken": broken,
+        "unknown": write_config(root / "unknown.yaml", merged(TINY_LENET, search={"granularty": "unit"})),
+        "zero": write_config(root / "zero.yaml", merged(TINY_LENET, budgets=smoke_budget(finetune_steps=0))),
+        "type": write_config(root / "type.yaml", {**TINY_LENET, "val_fraction": "a tenth"}),
+        "ratios": write_config(root / "ratios.yaml", merged(TINY_LENET, search={"reference_ratios": 0.5})),
+        "lr": write_config(root / "lr.yaml", merged(TINY_LENET, finetune={"lr": "abc"})),
+        "stage": write_config(root / "stage.yaml", merged(TINY_LENET, search={"granularity": "stage"})),
+    }
+    return root, config, out, files
 
 
 BAD_RUNS = {
@@ -42,22 +39,28 @@ BAD_RUNS = {
     "unknown objective": (["--objective", "speed"], "invalid choice: 'speed'"),
     "unknown sampler": (["--sampler", "cmaes"], "invalid choice: 'cmaes'"),
     "unknown granularity": (["--granularity", "layer"], "invalid choice: 'layer'"),
-    "no trials": (["--trials", "0"], "--trials must be at least 1"),
-    "negative size budget": (["--max-size-mb", "-1"], "--max-size-mb must be a positive number"),
-    "accuracy in percent": (["--min-accuracy", "90"], "--min-accuracy is a fraction"),
+    "unknown budget": (["--budget", "huge"], "has no budget 'huge'"),
+    "no trials": (["--trials", "0"], "must be >= 1"),
+    "nan trials": (["--trials", "nan"], "expected a whole number"),
+    "negative size budget": (["--max-size-mb", "-1"], "must be > 0"),
+    "infinite size budget": (["--max-size-mb", "inf"], "expected a finite number"),
+    "accuracy in percent": (["--min-accuracy", "90"], "looks like a percentage"),
     "unreachable storage": (["--storage", "sqlite:////nonexistent/dir/study.db"], "cannot open storage"),
-    "refused postgres": (["--storage", "postgresql://nobody@127.0.0.1:9/none"], "connection failed"),
-    "foreign --from": (["--from", "{foreign}"], "not a checkpoint of this project"),
-    "missing --from": (["--from", "{root}/nothing.pt"], "no checkpoint at"),
+    "refused postgres": (["--storage", "postgresql://nobody@127.0.0.1:9/none"], "connection"),
+    "foreign --from": (["--from", "{foreign}"], "prunes from 'baseline'"),
+    "missing --from": (["--from", "{root}/nothing.pt"], "prunes from 'baseline'"),
     "broken config": (["--config", "{broken}"], "is not valid YAML"),
-    "unknown config key": (["--config", "{unknown}"], "unknown key search.granularty"),
+    "unknown config key": (["--config", "{unknown}"], "unknown key config.search.granularty"),
     "missing config": (["--config", "{root}/none.yaml"], "cannot read config"),
-    "zero fine-tune steps": (["--config", "{zero}"], "budgets.smoke.finetune_steps must be a whole number >= 1"),
+    "zero fine-tune steps": (["--config", "{zero}"], "finetune_steps must be >= 1"),
     "wrong value type": (["--config", "{type}"], "val_fraction must be a number"),
-    "scalar uniform ratios": (["--config", "{ratios}"], "uniform_ratios"),
-    "changed objective on resume": (["--objective", "macs"], "was run with objective='size'"),
-    "changed granularity on resume": (["--granularity", "global"], "was run with granularity='unit'"),
-    "bad ray resources": (["--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
+    "text learning rate": (["--config", "{lr}"], "finetune.lr must be a number"),
+    "scalar reference ratios": (["--config", "{ratios}"], "reference_ratios must be a list"),
+    "stage granularity without stages": (["--config", "{stage}"], "lenet5 has no stage grouping"),
+    "changed objective on resume": (["--objective", "macs"], "search.objective: the study has 'size'"),
+    "changed granularity on resume": (["--granularity", "global"], "search.granularity: the study has 'unit'"),
+    "bad ray resources": (["--backend", "ray", "--cpus-per-trial", "0"], "must be > 0"),
+    "workers with ray": (["--backend", "ray", "--workers", "2"], "--workers is for the optuna backend"),
 }
 
 
@@ -66,15 +69,19 @@ def test_bad_run_is_one_line_and_leaves_the_study(study, case, capsys):
     root, config, out, files = study
     extra, message = BAD_RUNS[case]
     extra = [a.format(root=root, **files) for a in extra]
-    before = _fingerprint(out)
-    code, stdout, err = cli(run, base_args(config, out) + ["--quiet"] + extra, capsys)
+    args = base_args(config, out) + ["--quiet"] + extra
+    if "--config" in extra:  # the bad config replaces the study's
+        i = args.index("--config")
+        del args[i:i + 2]
+    before = folder_hash(out)
+    code, stdout, err = cli(run, args, capsys)
     assert code == 2
     assert err.count("\n") == 1 and message in err, err
-    assert _fingerprint(out) == before
+    assert folder_hash(out) == before
 
 
+@pytest.mark.slow
 def test_unknown_model_from_the_shell_has_no_traceback(study):
-    root, config, out, _ = study
     result = subprocess.run([PYTHON, "-m", "search.run", "--model", "alexnet"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -82,14 +89,21 @@ def test_unknown_model_from_the_shell_has_no_traceback(study):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_foreign_from_in_the_shell(study):
     root, config, out, files = study
-    before = _fingerprint(out)
-    result = subprocess.run([PYTHON, "-m", "search.run"] + base_args(config, out) + ["--from", str(files["foreign"])],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    before = folder_hash(out)
+    result = subprocess.run([PYTHON, "-m", "search.run"] + base_args(config, root / "other") +
+                            ["--from", str(files["foreign"])], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "not a checkpoint" in result.stderr
-    assert _fingerprint(out) == before
+    assert folder_hash(out) == before
+
+
+def test_foreign_from_for_a_new_study(study, tmp_path, capsys):
+    root, config, _, files = study
+    code, _, err = cli(run, base_args(config, tmp_path / "new") + ["--quiet", "--from", str(files["foreign"])], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a checkpoint of this project" in err
 
 
 def test_train_with_unknown_dataset(capsys):
@@ -104,38 +118,39 @@ def test_report_and_pick_without_a_study(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
-def test_resume_from_another_base_is_refused(study, tmp_path, capsys):
+def test_resume_from_another_base_is_refused(study, capsys):
     root, config, out, _ = study
-    before = _fingerprint(out)
+    before = folder_hash(out)
     code, _, err = cli(run, base_args(config, out) + ["--quiet", "--from", str(out / "baseline.pt")], capsys)
     assert code == 2 and "prunes from 'baseline'" in err
-    assert _fingerprint(out) == before
+    assert folder_hash(out) == before
 
 
 def test_train_refuses_to_replace_a_studys_baseline(study, capsys):
     root, config, out, _ = study
-    before = _fingerprint(out)
+    before = folder_hash(out)
     code, _, err = cli(train, base_args(config, out) + ["--epochs", "1"], capsys)
     assert code == 2 and "holds a study pruned from its baseline" in err
-    assert _fingerprint(out) == before
+    assert folder_hash(out) == before
 
 
-def test_pick_refuses_to_overwrite_the_study(study, capsys):
+@pytest.mark.parametrize("target", ["baseline.pt", "journal.log", "report.md", "artifacts", "config.resolved.yaml"])
+def test_pick_refuses_to_overwrite_the_study(study, capsys, target):
     root, config, out, _ = study
-    before = _fingerprint(out)
-    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(out / "baseline.pt")], capsys)
+    before = folder_hash(out)
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(out / target)], capsys)
     assert code == 2 and "would overwrite the study's own files" in err
-    assert _fingerprint(out) == before
+    assert folder_hash(out) == before
 
 
 def test_endless_failures_stop_with_one_line(tmp_path, capsys, monkeypatch, fashion_mnist):
     import search._objective as objective
     from pruning import TrainingDiverged
 
-    def always_diverges(model, data, **kw):
+    def always_diverges(model, data, cfg, **kw):
         raise TrainingDiverged("loss became nan at step 1 of finetune")
 
-    monkeypatch.setattr(objective, "finetune", always_diverges)
-    config = write_config(tmp_path / "tiny.yaml", {**TINY_LENET, "search": {"uniform_ratios": []}})
+    monkeypatch.setattr(objective, "train", always_diverges)
+    config = write_config(tmp_path / "tiny.yaml", merged(TINY_LENET, search={"references": []}))
     code, _, err = cli(run, base_args(config, tmp_path / "out") + ["--quiet", "--trials", "20"], capsys)
-    assert code == 2 and "5 trials in a row failed (last: TrainingDiverged" in err
+    assert code == 2 and err.count("\n") == 1 and "5 trials in a row failed (last: TrainingDiverged" in err

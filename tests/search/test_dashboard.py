@@ -14,10 +14,8 @@ import optuna
 import pytest
 
 from search import run
-from search._config import load_config
-from search._study import dashboard_command
-from tests.conftest import REPO
-from tests.search.conftest import base_args
+from search._storage import dashboard_command
+from tests.conftest import REPO, base_args
 
 
 def _free_port() -> int:
@@ -35,11 +33,11 @@ def _get(url: str) -> bytes:
 def served_study(tmp_path, tiny_config, fashion_mnist):
     out = tmp_path / "out"
     assert run.main(base_args(tiny_config, out) + ["--quiet", "--trials", "4"]) == 0
-    cfg = load_config("lenet5", path=tiny_config, budget="smoke", out=str(out))
     port = _free_port()
-    command = shlex.split(dashboard_command(cfg)) + ["--host", "127.0.0.1", "--port", str(port)]
-    command[0] = str(Path(sys.executable).parent / "optuna-dashboard")  # the venv's, PATH or not
-    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = shlex.split(dashboard_command(out, None)) + ["--host", "127.0.0.1", "--port", str(port)]
+    assert command[0] == str(Path(sys.executable).parent / "optuna-dashboard")  # works in a fresh shell
+    server = subprocess.Popen(command, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={"PATH": "/usr/bin:/bin"})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -54,6 +52,7 @@ def served_study(tmp_path, tiny_config, fashion_mnist):
         server.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_dashboard_serves_study_front_notes_and_artifacts(served_study):
     base, out = served_study
     summaries = json.loads(_get(base + "/api/studies"))["study_summaries"]
@@ -66,7 +65,9 @@ def test_dashboard_serves_study_front_notes_and_artifacts(served_study):
     assert len(detail["trials"]) == 4
     trial = next(t for t in detail["trials"] if t["artifacts"])
     assert "val accuracy" in trial["note"]["body"]
-    assert {a["key"] for a in trial["user_attrs"]} >= {"plan", "size_mb", "proxy_accuracy", "checkpoint_artifact"}
+    keys = [a["key"] for a in trial["user_attrs"]]
+    assert set(keys) >= {"plan", "size_mb", "proxy_accuracy", "checkpoint"}
+    assert keys[:3] == ["val_accuracy", "size_mb", "pruned_pct"]
     artifact = trial["artifacts"][0]
     body = _get(f"{base}/artifacts/{summary['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}")
     assert body == (out / "artifacts" / artifact["artifact_id"]).read_bytes() and len(body) > 1000

@@ -14,9 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import REPO
-from tests.search.conftest import PYTHON, TINY_LENET, base_args, write_config
-from tests.search.test_study import _study
+from search._records import TrialRecord
+from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, merged, smoke_budget, study_of, write_config
+
+pytestmark = pytest.mark.slow
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -34,8 +35,7 @@ def _check_finished(study: optuna.Study, total: int) -> None:
 
 
 def _slow_config(tmp_path, steps: int = 300):
-    slow = {**TINY_LENET, "budgets": {"smoke": {**TINY_LENET["budgets"]["smoke"], "finetune_steps": steps}}}
-    return write_config(tmp_path / "slow.yaml", slow)
+    return write_config(tmp_path / "slow.yaml", merged(TINY_LENET, budgets=smoke_budget(finetune_steps=steps)))
 
 
 def test_workers_flag_shares_one_journal(tmp_path, fashion_mnist):
@@ -44,10 +44,10 @@ def test_workers_flag_shares_one_journal(tmp_path, fashion_mnist):
     result = _run(["search.run"] + base_args(config, out) + ["--quiet", "--trials", "5", "--workers", "2",
                                                             "--no-early-stop"])
     assert result.returncode == 0, result.stderr[-2000:]
-    study = _study(out)
+    study = study_of(out)
     _check_finished(study, 5)
     assert not study.get_trials(states=(TrialState.FAIL,))
-    workers = {t.user_attrs["worker"] for t in study.get_trials(states=FINISHED)}
+    workers = {TrialRecord.read(t).worker for t in study.get_trials(states=FINISHED)}
     assert len(workers) == 2, f"both processes should have run trials: {workers}"
     assert (out / "report.md").exists()
 
@@ -60,10 +60,12 @@ def test_independent_commands_cooperate(tmp_path, tiny_config, fashion_mnist):
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
-    study = _study(out)
+    study = study_of(out)
     _check_finished(study, 6)
-    uniform = [t.user_attrs["uniform"] for t in study.trials if "uniform" in t.user_attrs]
-    assert sorted(uniform) == [0.2, 0.5, 0.8]  # each seed enqueued once
+    refs = [TrialRecord.read(t).reference_ratio for t in study.trials if TrialRecord.read(t).reference]
+    assert sorted(refs) == [0.2, 0.5, 0.8]  # each reference enqueued once
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(params) == len(set(params))  # no plan evaluated twice
 
 
 def test_default_path_never_imports_ray(tmp_path, tiny_config, fashion_mnist):
@@ -75,24 +77,23 @@ def test_default_path_never_imports_ray(tmp_path, tiny_config, fashion_mnist):
 
 
 def test_ray_backend_runs_the_study(tmp_path, fashion_mnist):
-    # An early-stop rule that stops every sampled candidate once any trial has finished, so the
-    # Ray path has to carry PRUNED trials (and keep them off the front).
-    eager = {**TINY_LENET, "search": {**TINY_LENET["search"], "early_stop_margin": -1.0,
-                                      "early_stop_size_tolerance": 100.0}}
+    # Successive halving that stops most sampled candidates at rung 0, so the Ray path has to carry
+    # PRUNED trials (and keep them off the front).
+    eager = merged(TINY_LENET, search={"eta": 100, "rung_min_trials": 1})
     config = write_config(tmp_path / "eager.yaml", eager)
     out = tmp_path / "out"
     result = _run(["search.run"] + base_args(config, out) +
                   ["--quiet", "--trials", "6", "--backend", "ray", "--cpus-per-trial", "1", "--max-concurrent", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
-    study = _study(out)
+    study = study_of(out)
     _check_finished(study, 6)
     pruned = study.get_trials(states=(TrialState.PRUNED,))
-    assert pruned and all("stopped_by" in t.user_attrs for t in pruned)
+    assert pruned and all(TrialRecord.read(t).stop_reason for t in pruned)
     assert not {t.number for t in pruned} & {t.number for t in study.best_trials}
     front = study.best_trials
-    assert front and all((out / "artifacts" / t.user_attrs["checkpoint_artifact"]).exists() for t in front)
-    assert sorted(t.user_attrs["uniform"] for t in study.get_trials(states=FINISHED) if "uniform" in t.user_attrs) \
-        == [0.2, 0.5, 0.8]
+    assert front and all((out / "artifacts" / TrialRecord.read(t).checkpoint).exists() for t in front)
+    assert sorted(TrialRecord.read(t).reference_ratio for t in study.get_trials(states=FINISHED)
+                  if TrialRecord.read(t).reference) == [0.2, 0.5, 0.8]
     assert (out / "ray").is_dir() and (out / "report.md").exists()
     picked = _run(["search.pick"] + base_args(config, out) + ["--max-drop", "100", "--save", str(tmp_path / "p.pt")])
     assert picked.returncode == 0, picked.stderr[-2000:]
@@ -157,7 +158,7 @@ def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, f
             except KeyError:
                 continue
             mine = [t for t in study.get_trials(states=(TrialState.RUNNING,))
-                    if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+                    if (t.user_attrs.get("worker") or "").endswith(f":{victim.pid}")]
             if mine and study.get_trials(states=FINISHED):
                 victim.send_signal(signal.SIGKILL)
                 killed = mine[0].number

@@ -1,0 +1,120 @@
+"""Where trials run. A backend takes the runner's trials and executes :func:`run_trial` somewhere:
+``optuna`` in this process (plus ``--workers`` processes on this machine), ``ray`` on Ray Tune's
+actors. The registry below gives the CLI its choices; Ray is imported only by its own backend."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+from pruning._typed import to_plain
+from search._config import RunOptions, StudyConfig
+from search._objective import Outcome, SearchContext, run_trial
+from search._runner import TrialRunner, heartbeat
+
+
+@dataclass
+class Job:
+    """One run of a study, as a backend receives it."""
+
+    cfg: StudyConfig
+    opts: RunOptions
+    out: Path
+    storage: BaseStorage
+    runner: TrialRunner
+    ctx: SearchContext
+
+
+def run_local(runner: TrialRunner, ctx: SearchContext, *, reap: Callable[[], None] | None = None) -> None:
+    """Run trials in this process until the study holds its total."""
+    while True:
+        trial = runner.ask(reap=reap)
+        if trial is None:
+            return
+        try:
+            with heartbeat(trial, runner.storage, runner.study, ctx.opts.heartbeat_s):
+                outcome = run_trial(ctx, trial)
+        except BaseException as exc:  # a bug or an interrupt: the trial must not stay RUNNING
+            runner.tell(trial.number, Outcome(TrialState.FAIL, reason=f"{type(exc).__name__}: {exc}"[:500]))
+            raise
+        runner.tell(trial.number, outcome)
+
+
+class _Workers:
+    """Extra worker processes of this machine on the same study (``--workers N``)."""
+
+    def __init__(self, job: Job, n: int) -> None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        # CPU threads are split between the workers: oversubscribed OpenMP threads spin against each
+        # other (measured here: 2 workers x 2 threads on 2 cores ran at a third of 1 worker's rate).
+        threads = max(1, (os.cpu_count() or 1) // (n + 1))
+        if n:
+            torch.set_num_threads(threads)
+        child = replace(job.opts, workers=1, progress=False, write_report=False, recover=False, yes=True)
+        message = json.dumps({"config": to_plain(job.cfg), "options": to_plain(child), "out": str(job.out)})
+        self.procs = []
+        for i in range(1, n + 1):
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            if gpus > 1:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            proc = subprocess.Popen([sys.executable, "-m", "search._worker"], env=env, stdin=subprocess.PIPE,
+                                    text=True)
+            proc.stdin.write(message)
+            proc.stdin.close()
+            self.procs.append(proc)
+
+    def reap(self) -> None:
+        """Collect exited workers, so that a killed one is seen dead (not a zombie) and its trial freed."""
+        for p in self.procs:
+            p.poll()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+
+    def wait(self) -> list[int]:
+        return [p.wait() for p in self.procs]
+
+
+def run_optuna(job: Job) -> None:
+    """This process, plus ``--workers - 1`` more processes on this machine."""
+    workers = _Workers(job, job.opts.workers - 1)
+    try:
+        run_local(job.runner, job.ctx, reap=workers.reap)
+    except BaseException:
+        workers.stop()
+        raise
+    finally:
+        codes = workers.wait()
+    failed = [c for c in codes if c not in (0, None)]
+    if failed and job.opts.progress:
+        print(f"warning: {len(failed)} extra worker(s) exited with {failed}; their trials were failed and re-run",
+              file=sys.stderr)
+
+
+def run_ray(job: Job) -> None:
+    from search._ray import run_with_ray  # the only place that imports Ray
+
+    run_with_ray(job)
+
+
+BACKENDS: dict[str, Callable[[Job], None]] = {"optuna": run_optuna, "ray": run_ray}
+
+
+@contextlib.contextmanager
+def closing(runner: TrialRunner):
+    try:
+        yield runner
+    finally:
+        runner.close()

@@ -1,0 +1,150 @@
+"""Typed records of what a study writes: one place knows the attribute keys.
+
+A trial's attributes are one :class:`TrialRecord`, written field by field as the trial goes
+(``TrialIO.write``) and read back whole (``TrialRecord.read``); the study's own attributes
+(its config, fingerprint, base model, reference figures, recoveries) are keyed by the constants here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from pruning import Reference
+from pruning._typed import from_plain, to_plain
+from search._config import ConfigError
+
+# study user attributes
+CONFIG_KEY = "config"              # the resolved StudyConfig, plain
+SETTINGS_KEY = "settings"          # its fingerprint (dotted keys)
+BASE_KEY = "base"                  # "baseline" or the --from path the study prunes
+DIGEST_KEY = "base_digest"         # checksum of the model the study prunes
+REFERENCE_KEY = "reference"        # the unpruned baseline's figures (pruning.Reference)
+RECOVERED_PREFIX = "recovered:"    # + trial number -> RecoveryRecord
+REPORT_ARTIFACTS_KEY = "report_artifacts"  # file name -> artifact id of the study-level artifacts
+
+
+@dataclass(frozen=True)
+class Rung:
+    """A trial's validation accuracy after ``steps`` fine-tune steps (rung 0: the adaptive-BN proxy)."""
+
+    rung: int
+    steps: int
+    val_accuracy: float
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """Everything a trial records, in the order the dashboard shows it (the key figures first).
+
+    Sizes are MB of fp32 weights, ``pruned_pct`` the size reduction in percent, accuracies fractions.
+    """
+
+    val_accuracy: float | None = None        # after the full fine-tune (None: stopped or over budget)
+    size_mb: float | None = None
+    pruned_pct: float | None = None
+    macs: int | None = None
+    params: int | None = None
+    latency_ms: float | None = None          # batch 1, when the objective is latency
+    objective_value: float | None = None     # the size measure the study minimizes
+    proxy_accuracy: float | None = None      # after adaptive BatchNorm, before any fine-tune (rung 0)
+    rungs: tuple[Rung, ...] = ()
+    stop_rung: int | None = None             # the rung where successive halving stopped it
+    stop_reason: str | None = None
+    fail_reason: str | None = None
+    skipped: str | None = None               # why it was not fine-tuned (over the size budget)
+    finetune_seconds: float | None = None
+    checkpoint: str | None = None            # artifact id of its checkpoint
+    reference: str | None = None             # "uniform" or "global" for the enqueued classic plans
+    reference_ratio: float | None = None
+    plan: dict[str, float] = field(default_factory=dict)  # unit -> ratio
+    worker: str | None = None                # host:pid that ran it
+    heartbeat: float | None = None           # unix time of its worker's last sign of life (journal storages)
+
+    @classmethod
+    def read(cls, trial: FrozenTrial | optuna.Trial) -> "TrialRecord":
+        """The record of a trial (attributes this version does not know are ignored)."""
+        known = {k: v for k, v in trial.user_attrs.items() if k in _FIELDS}
+        try:
+            return from_plain(cls, known, where=f"trial {trial.number}", error=ConfigError)
+        except ConfigError as exc:
+            raise ConfigError(f"the study's trial {trial.number} has a malformed attribute ({exc}); "
+                              f"the storage was edited by hand or damaged") from None
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrialRecord)}
+KEY_FIELDS = ("val_accuracy", "size_mb", "pruned_pct")  # written first so the dashboard lists them first
+
+
+def inputs_of(rec: TrialRecord) -> dict[str, Any]:
+    """What a trial is asked to evaluate (its reference kind, and a global reference's exact plan):
+    the attributes a retry or a re-enqueued reference starts from. Everything else is an output."""
+    attrs = {k: None for k in KEY_FIELDS}
+    if rec.reference:
+        attrs.update(reference=rec.reference, reference_ratio=rec.reference_ratio)
+        if rec.reference == "global" and rec.plan:
+            attrs["plan"] = dict(rec.plan)
+    return attrs
+
+
+def cleared_outputs(rec: TrialRecord, present: set[str]) -> dict[str, Any]:
+    """The output attributes among ``present`` reset to their defaults (a retried trial's copies of
+    the failed run's figures must not pass for its own)."""
+    keep = inputs_of(rec)
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(TrialRecord)}
+    return {k: to_plain(defaults[k]) for k in present & _FIELDS if k not in keep}
+
+
+def record_value(name: str, value: Any) -> Any:
+    """A field's value as stored (plain JSON values); unknown names are a bug, so they raise."""
+    if name not in _FIELDS:
+        raise KeyError(f"TrialRecord has no field {name!r}")
+    return to_plain(value)
+
+
+@dataclass(frozen=True)
+class RecoveryRecord:
+    """A front point after the recovery fine-tune (stored on the study: finished trials are frozen)."""
+
+    trial: int
+    val_accuracy: float
+    test_accuracy: float
+    checkpoint: str          # artifact id (a study-level artifact)
+    epochs: float
+    seconds: float
+
+
+def recoveries(study: optuna.Study) -> dict[int, RecoveryRecord]:
+    """Trial number -> its recovery, for the front points recovered so far."""
+    found = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith(RECOVERED_PREFIX):
+            rec = from_plain(RecoveryRecord, value, where=key, error=ConfigError)
+            found[rec.trial] = rec
+    return found
+
+
+def save_recovery(study: optuna.Study, rec: RecoveryRecord) -> None:
+    study.set_user_attr(f"{RECOVERED_PREFIX}{rec.trial}", to_plain(rec))
+
+
+def reference_of(study: optuna.Study) -> Reference:
+    """The unpruned baseline's figures the study compares with."""
+    plain = study.user_attrs.get(REFERENCE_KEY)
+    if plain is None:
+        raise ConfigError(f"study {study.study_name!r} has no reference figures; it was not made by search.run")
+    return from_plain(Reference, plain, where="the study's reference", error=ConfigError)
+
+
+def completed(study: optuna.Study) -> list[tuple[FrozenTrial, TrialRecord]]:
+    """Complete trials that were fine-tuned, with their records."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        rec = TrialRecord.read(t)
+        if rec.val_accuracy is not None:
+            out.append((t, rec))
+    return out

@@ -1,0 +1,53 @@
+"""The classic reference plans every study measures under its own budget: the same ratio in every
+unit (uniform), and Torch-Pruning's global ranking at the same target ratios. They are enqueued
+first, always run to the end, and give the sampler good starting points."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pruning import Unit, global_ranking_plans
+from search._config import StudyConfig
+
+
+def thin(ratios: tuple[float, ...], limit: int) -> list[float]:
+    """At most ``limit`` of ``ratios``, evenly spread over their range."""
+    ordered = sorted(set(float(r) for r in ratios))
+    if len(ordered) <= limit:
+        return ordered
+    if limit == 1:
+        return [ordered[len(ordered) // 2]]
+    return sorted({ordered[round(i * (len(ordered) - 1) / (limit - 1))] for i in range(limit)})
+
+
+def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model: nn.Module,
+                    example: torch.Tensor, total_trials: int) -> dict[tuple[str, float], tuple[dict, dict]]:
+    """(kind, ratio) -> (the sampler's parameters, the exact per-unit plan or {} when the parameters
+    say it all). At most half of the study's trials are references, so the sampler keeps the rest."""
+    kinds = cfg.search.references
+    if not kinds:
+        return {}
+    ratios = thin(cfg.search.reference_ratios, max(1, total_trials // 2 // len(kinds)))
+    plans: dict[tuple[str, float], tuple[dict, dict]] = {}
+    if "uniform" in kinds:
+        for r in ratios:
+            plans[("uniform", r)] = ({k: r for k in keys}, {})
+    if "global" in kinds:
+        allocated = global_ranking_plans(model, ratios, example_input=example, max_ratio=cfg.search.max_ratio,
+                                         round_to=cfg.search.round_to)
+        for r, plan in allocated.items():
+            plans[("global", r)] = (_params(plan, units, keys, cfg.search.granularity, r), plan)
+    return plans
+
+
+def _params(plan: dict[str, float], units: list[Unit], keys: list[str], granularity: str, ratio: float) -> dict:
+    """The sampler's view of a per-unit plan: exact at unit granularity, the mean ratio of each
+    stage at stage granularity, the target ratio at global granularity."""
+    if granularity == "unit":
+        return {k: plan[k] for k in keys}
+    if granularity == "global":
+        return {"ratio": ratio}
+    by_stage: dict[str, list[float]] = {}
+    for u in units:
+        by_stage.setdefault(u.stage, []).append(plan[u.name])
+    return {k: sum(by_stage[k]) / len(by_stage[k]) for k in keys}

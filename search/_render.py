@@ -1,0 +1,148 @@
+"""report.md and pareto.png of a study."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from pruning import Reference
+from search._config import StudyConfig
+from search._records import completed
+
+@dataclass
+class Results:
+    """What the report files show: the front with search-time and recovered figures, the headline."""
+
+    table: pd.DataFrame
+    headline: pd.Series | None
+    references: pd.DataFrame
+    warning: str | None
+
+
+def selection_accuracy(row: pd.Series) -> float:
+    """The validation accuracy a point is chosen by: after recovery when it was recovered."""
+    rv = row["recovered_val_accuracy"]
+    return float(rv) if rv is not None and not pd.isna(rv) else float(row["val_accuracy"])
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+
+
+SMOKE_CAVEAT = ("> **Smoke run.** This study used the `smoke` budget (data subsets, a few training steps): its "
+                "numbers only show that the pipeline runs end to end. They say nothing about the model; run the "
+                "`default` budget for results.")
+
+
+def _fmt_drop(points: float) -> str:
+    return f"{points:.2f} pts" if points >= 0 else f"{points:.2f} pts (gain)"
+
+
+def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: Results, ref: Reference) -> str:
+    n = counts(study)
+    lines = [f"# Pruning study: {cfg.model} on {cfg.dataset}", ""]
+    if cfg.budget == "smoke":
+        lines += [SMOKE_CAVEAT, ""]
+    if results.warning:
+        lines += [f"> **Warning:** {results.warning}", ""]
+    lines += [f"Budget `{cfg.budget}`: {n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} stopped early, "
+              f"{n[TrialState.FAIL]} failed trials; objectives: validation accuracy (max) and "
+              f"{cfg.search.objective} (min). Granularity `{cfg.search.granularity}`, importance "
+              f"`{cfg.search.importance}`, sampler `{cfg.search.sampler}`.", "",
+              f"Baseline: {ref.params:,} parameters, {ref.size_mb:.3f} MB, {ref.macs / 1e6:.1f} M MACs, "
+              f"val accuracy {ref.val_accuracy:.4f}, test accuracy {ref.test_accuracy:.4f}.", ""]
+    lines += _headline(cfg, results, ref)
+    lines += _front(results.table)
+    lines += _references(results.references)
+    return "\n".join(lines) + "\n"
+
+
+def _headline(cfg: StudyConfig, results: Results, ref: Reference) -> list[str]:
+    best = results.headline
+    lines = ["| Model | Original Size | Pruned Size | Pruned % | Accuracy Drop |", "|---|---|---|---|---|"]
+    if best is None:
+        lines.append(f"| {cfg.model} | {ref.size_mb:.3f} MB | no front point within "
+                     f"{cfg.report.headline_max_drop} pts | | |")
+        return lines + [""]
+    lines.append(f"| {cfg.model} | {ref.size_mb:.3f} MB | {best['size_mb']:.3f} MB | {best['pruned_pct']:.1f} % | "
+                 f"{_fmt_drop(best['accuracy_drop'])} |")
+    recovered = best["recovered_val_accuracy"] is not None and not pd.isna(best["recovered_val_accuracy"])
+    lines += ["", f"Headline: trial {int(best['trial'])}, the smallest "
+              f"{'recovered ' if recovered else ''}front point whose validation accuracy "
+              f"({selection_accuracy(best):.4f}) is within {cfg.report.headline_max_drop} point(s) of the baseline's; "
+              f"chosen on the validation split, the drop reported on the test split. Sizes are MB of fp32 weights "
+              f"(10^6 bytes).", ""]
+    return lines
+
+
+def _front(table: pd.DataFrame) -> list[str]:
+    lines = ["## Pareto front", "",
+             "Search-time figures after each candidate's brief fine-tune; recovered figures after the longer, "
+             "distilled recovery fine-tune of a spread of front points. Test accuracy is measured for front "
+             "points only. ★ marks the headline.", "",
+             "| trial | size MB | params | MACs | pruned % | val acc | test acc | recovered val | recovered test "
+             "| drop (pts) | reference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        rv = "" if pd.isna(r["recovered_val_accuracy"]) else f"{r['recovered_val_accuracy']:.4f}"
+        rt = "" if pd.isna(r["recovered_test_accuracy"]) else f"{r['recovered_test_accuracy']:.4f}"
+        mark = " ★" if r["headline"] else ""
+        lines.append(f"| {r['trial']}{mark} | {r['size_mb']:.4f} | {r['params']:,} | {r['macs']:,} | "
+                     f"{r['pruned_pct']:.1f} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {rv} | {rt} | "
+                     f"{r['accuracy_drop']:.2f} | {'' if pd.isna(r['reference']) else r['reference']} |")
+    return lines + [""]
+
+
+def _references(gaps: pd.DataFrame) -> list[str]:
+    lines = ["## Search vs. the classic allocations", "",
+             "Each reference plan — the same ratio in every unit (uniform) and Torch-Pruning's global L1 ranking "
+             "at the same target ratio (global) — measured under the same fine-tune budget, beside the best "
+             "searched candidate of no larger size, on validation accuracy.", "",
+             "| reference | ratio | size MB | reference val acc | searched trial | searched size MB | "
+             "searched val acc | gain (pts) |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in gaps.iterrows():
+        if pd.isna(r["searched_trial"]):
+            lines.append(f"| {r['reference']} | {r['ratio']:g} | {r['size_mb']:.4f} | "
+                         f"{r['reference_val_accuracy']:.4f} | - | - | - | - |")
+            continue
+        gain = 100 * (r["searched_val_accuracy"] - r["reference_val_accuracy"])
+        lines.append(f"| {r['reference']} | {r['ratio']:g} | {r['size_mb']:.4f} | {r['reference_val_accuracy']:.4f} | "
+                     f"{int(r['searched_trial'])} | {r['searched_size_mb']:.4f} | {r['searched_val_accuracy']:.4f} | "
+                     f"{gain:+.2f} |")
+    return lines + [""]
+
+
+def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, ref: Reference):
+    """The figure of pareto.png: all candidates, the references, the front (search-time and
+    recovered), the baseline and the headline."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = completed(study)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.scatter([r.size_mb for _, r in done], [r.val_accuracy for _, r in done], s=14, c="0.75", label="all candidates")
+    for kind, style in (("uniform", "s--"), ("global", "^--")):
+        pts = sorted((r.reference_ratio, r.size_mb, r.val_accuracy) for _, r in done if r.reference == kind)
+        if pts:
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], style, ms=5, label=f"{kind} (classic)")
+    table = results.table
+    ax.step(table["size_mb"], table["val_accuracy"], "o-", where="post", c="tab:blue", label="Pareto front (search)")
+    rec = table[table["recovered_val_accuracy"].notna()]
+    if not rec.empty:
+        ax.plot(rec["size_mb"], rec["recovered_val_accuracy"], "D", c="tab:green", label="recovered")
+    ax.scatter([ref.size_mb], [ref.val_accuracy], marker="*", s=160, c="k", zorder=5, label="baseline (unpruned)")
+    if results.headline is not None:
+        h = results.headline
+        ax.scatter([h["size_mb"]], [selection_accuracy(h)], s=220, facecolors="none", edgecolors="tab:red",
+                   linewidths=2, zorder=6, label=f"headline (trial {int(h['trial'])})")
+    ax.set_xlabel("size (MB of fp32 weights)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{cfg.model} on {cfg.dataset}" + (" (smoke run)" if cfg.budget == "smoke" else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

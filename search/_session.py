@@ -1,0 +1,120 @@
+"""One run of ``search.run``: open or create the study under the lock, build what trials share,
+hand the runner to a backend, then recover the front and write the report."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage
+
+from pruning import atomic_write_text
+from search._backends import Job
+from search._config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig
+from search._context import load_data
+from search._objective import SearchContext, build_context
+from search._records import reference_of
+from search._references import reference_plans
+from search._cli import UsageError
+from search._runner import TrialRunner
+from search._storage import dashboard_command, open_storage, study_lock
+from search._study import check_resume, create_study, find_study, finished, load_existing, seed_references
+
+
+@dataclass
+class Session:
+    cfg: StudyConfig
+    opts: RunOptions
+    out: Path
+    storage: BaseStorage
+    study: optuna.Study
+    ctx: SearchContext
+    stale: int = 0
+
+
+def _say(opts: RunOptions, text: str) -> None:
+    if opts.progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
+    """Under the study lock: check a resumed study's settings and starting model before anything is
+    written, train the baseline if the study is new, create the study, enqueue the references."""
+    storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
+    with study_lock(out):  # a second worker waits here while the first trains the baseline
+        exists = find_study(storage, cfg.study_name)
+        study = None
+        if exists:
+            study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
+            check_resume(study, cfg, out)
+        data = load_data(cfg, opts)
+        _say(opts, f"device: {data.device}" + (f" ({_gpu_name()})" if data.device.type == "cuda" else ""))
+        ctx = build_context(cfg, opts, out, train_if_missing=not exists, progress=opts.progress, data=data)
+        if study is None:
+            study = create_study(storage, cfg, digest=ctx.start.checksum, reference=ctx.reference)
+            atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
+        plans = reference_plans(cfg, ctx.units, ctx.keys, ctx.start.model, ctx.example, opts.total_trials(cfg))
+        seed_references(study, ctx.keys, plans)
+        session = Session(cfg=cfg, opts=opts, out=out, storage=storage, study=study, ctx=ctx)
+    atomic_write_text(out / OPTIONS_NAME, opts.to_yaml())
+    return session
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name()
+
+
+def start_runner(session: Session) -> Job:
+    cfg, opts, study, ctx = session.cfg, session.opts, session.study, session.ctx
+    runner = TrialRunner(study, session.storage, cfg, opts, session.out, ctx.keys, reference_of(study))
+    with study_lock(session.out):
+        stale = runner.fail_stale()
+    done = finished(study)
+    resumed = f", resuming at {done} finished" if done else ""
+    stale_note = f", {stale} interrupted trial(s) marked failed" if stale else ""
+    _say(opts, f"study {cfg.study_name}: {len(ctx.units)} units, {len(ctx.keys)} ratios ({cfg.search.granularity}), "
+               f"{opts.total_trials(cfg)} trials{resumed}{stale_note}\n"
+               f"watch it live: {dashboard_command(session.out, opts.storage)}")
+    return Job(cfg=cfg, opts=opts, out=session.out, storage=session.storage, runner=runner, ctx=ctx)
+
+
+def finish_study(session: Session) -> None:
+    """After the trials: the report files (and, later, the recovery of the front)."""
+    from search._report import write_report
+
+    if not session.opts.write_report:
+        return
+    paths = write_report(session.cfg, session.out, session.study, session.ctx.data, session.ctx.reference)
+    _say(session.opts, "\n".join(f"{k}: {v}" for k, v in (("report", paths["md"]), ("front", paths["csv"]),
+                                                          ("plot", paths["png"]))))
+
+
+@dataclass
+class Existing:
+    """A study that search.run made, opened by a later command (report, pick, recover, export)."""
+
+    cfg: StudyConfig
+    opts: RunOptions
+    out: Path
+    storage: BaseStorage
+    study: optuna.Study
+
+
+def open_existing(cfg: StudyConfig, opts: RunOptions) -> Existing:
+    """The study of ``cfg``'s model and dataset in its folder (or ``--storage``), with the config it
+    stored (which wins over the YAML), its starting model checked against its pinned digest."""
+    from search._study import stored_config
+
+    out = opts.out_dir(cfg)
+    storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s, create=False)
+    if not find_study(storage, cfg.study_name):
+        raise UsageError(f"no study {cfg.study_name!r} in {opts.storage or out}; run search.run first "
+                         f"(or pass the --out / --budget / --storage it used)")
+    study = load_existing(storage, cfg.study_name)
+    stored = stored_config(study)
+    check_resume(study, stored, out)
+    return Existing(cfg=stored, opts=opts, out=out, storage=storage, study=study)

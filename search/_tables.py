@@ -1,0 +1,22 @@
+"""Name -> implementation tables of the search: the CLI choices and config validation derive from them."""
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+
+# --objective -> the field of the trial record that the study minimizes (and the dashboard's axis name)
+OBJECTIVES: dict[str, str] = {"size": "size_mb", "params": "params", "macs": "macs", "latency": "latency_ms"}
+
+# where --objective latency is measured: the study's device through PyTorch, or onnxruntime on the CPU
+LATENCY_BACKENDS = ("torch", "onnxruntime")
+
+# the classic allocations enqueued as reference trials: the same ratio in every unit, and
+# Torch-Pruning's global ranking (one L1 ranking across all units) at the same target ratio
+REFERENCES = ("uniform", "global")
