@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from pruning._typed import to_plain
 from search._config import RunOptions, StudyConfig
+from search._faults import fault
 from search._objective import Outcome, SearchContext, run_trial
 from search._runner import TrialRunner, heartbeat
 
@@ -41,6 +42,7 @@ def run_local(runner: TrialRunner, ctx: SearchContext, *, reap: Callable[[], Non
             return
         try:
             with heartbeat(trial, runner.storage, runner.study, ctx.opts.heartbeat_s):
+                fault("in_trial")
                 outcome = run_trial(ctx, trial)
         except BaseException as exc:  # a bug or an interrupt: the trial must not stay RUNNING
             runner.tell(trial.number, Outcome(TrialState.FAIL, reason=f"{type(exc).__name__}: {exc}"[:500]))

@@ -47,7 +47,7 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
     items = {f"t{t.number}": TrialRecord.read(t).checkpoint for t in front}
     items.update({f"r{n}": r.checkpoint for n, r in recovered.items()})
     tests = test_accuracies(out, cfg.model, items, data)
-    rows = [_row(t, TrialRecord.read(t), recovered.get(t.number), tests, ref) for t in front]
+    rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, ref) for t in front]
     table = pd.DataFrame(rows, columns=CSV_COLUMNS)
     best = headline(table, ref, cfg.report.headline_max_drop)
     if best is not None:
@@ -57,7 +57,13 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
                    warning=undertrained(study, recovered, ref, cfg.report.undertrained_margin))
 
 
-def _row(t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord | None, tests: dict, ref: Reference) -> dict:
+def _relative(out: Path, artifact: str) -> str:
+    """An artifact's checkpoint path relative to the study folder (checked to stay in its store)."""
+    return str(artifact_path(out, artifact).relative_to(out))
+
+
+def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord | None, tests: dict,
+         ref: Reference) -> dict:
     test = tests[f"t{t.number}"]
     final_test = recovery.test_accuracy if recovery else test
     return {"trial": t.number, "headline": False, "reference": _ref_label(rec), "size_mb": rec.size_mb,
@@ -65,8 +71,8 @@ def _row(t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord | None, test
             "test_accuracy": test, "recovered_val_accuracy": recovery.val_accuracy if recovery else None,
             "recovered_test_accuracy": recovery.test_accuracy if recovery else None,
             "accuracy_drop": 100.0 * (ref.test_accuracy - final_test),
-            "checkpoint": f"artifacts/{rec.checkpoint}",
-            "recovered_checkpoint": f"artifacts/{recovery.checkpoint}" if recovery else None,
+            "checkpoint": _relative(out, rec.checkpoint),
+            "recovered_checkpoint": _relative(out, recovery.checkpoint) if recovery else None,
             "plan": json.dumps(rec.plan)}
 
 

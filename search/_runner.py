@@ -28,6 +28,7 @@ from pruning import Reference
 from search._cli import UsageError
 from search._config import RunOptions, StudyConfig
 from search._dashboard import save_trial_note, trial_note
+from search._faults import fault
 from search._objective import Outcome
 from search._records import TrialRecord, cleared_outputs, inputs_of, record_value
 from search._storage import study_lock
@@ -112,6 +113,7 @@ class TrialRunner:
             return WAIT
         for _ in range(20):
             trial = self.study.ask()
+            fault("after_ask")
             queued = self._queued(trial.number)  # enqueued on purpose: a reference plan or a retry
             if queued:  # a retry carries the failed run's attributes: clear its outputs
                 for key, value in cleared_outputs(TrialRecord.read(trial), set(trial.user_attrs)).items():

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage
 
-from pruning import atomic_write_text
+from pruning import atomic_write_text, read_meta
 from search._backends import Job
 from search._config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig
 from search._context import load_data
@@ -19,7 +19,7 @@ from search._records import reference_of
 from search._references import reference_plans
 from search._cli import UsageError
 from search._runner import TrialRunner
-from search._storage import dashboard_command, open_storage, study_lock
+from search._storage import check_writable, dashboard_command, open_storage, study_lock
 from search._study import check_resume, create_study, find_study, finished, load_existing, seed_references
 
 
@@ -42,6 +42,10 @@ def _say(opts: RunOptions, text: str) -> None:
 def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
     """Under the study lock: check a resumed study's settings and starting model before anything is
     written, train the baseline if the study is new, create the study, enqueue the references."""
+    if cfg.from_checkpoint:
+        read_meta(cfg.from_checkpoint)  # a foreign or damaged file is refused before anything else
+    data = load_data(cfg, opts)  # a missing or damaged dataset is refused before anything is written
+    check_writable(out)
     storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
     with study_lock(out):  # a second worker waits here while the first trains the baseline
         exists = find_study(storage, cfg.study_name)
@@ -49,7 +53,6 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
         if exists:
             study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
             check_resume(study, cfg, out)
-        data = load_data(cfg, opts)
         _say(opts, f"device: {data.device}" + (f" ({_gpu_name()})" if data.device.type == "cuda" else ""))
         ctx = build_context(cfg, opts, out, train_if_missing=not exists, progress=opts.progress, data=data)
         if study is None:

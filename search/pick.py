@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")
     row = choose(results.table, baseline_val=ref.val_accuracy, **rule)
     path = out / (row["recovered_checkpoint"] if isinstance(row["recovered_checkpoint"], str) else row["checkpoint"])
+    # (both were checked to lie inside the study's artifact store when the table was made)
     ckpt = load_checkpoint(path, expect_model=cfg.model)
     model = ckpt.model
     if epochs > 0:

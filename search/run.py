@@ -11,7 +11,6 @@ from pruning import GRANULARITIES, IMPORTANCES
 from search._backends import BACKENDS
 from search._cli import UsageError, add_study_flags, number, quiet_libraries, resolve, run_cli, study_parser
 from search._session import finish_study, open_for_run, start_runner
-from search._storage import check_writable
 from search._tables import LATENCY_BACKENDS, OBJECTIVES, SAMPLERS
 
 
@@ -68,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--backend {opts.backend!r} is not one of: {', '.join(BACKENDS)}")
     if opts.backend == "ray" and opts.workers != 1:
         raise UsageError("--workers is for the optuna backend; with ray use --max-concurrent")
-    out = opts.out_dir(cfg)
-    check_writable(out)
-    session = open_for_run(cfg, opts, out)
+    session = open_for_run(cfg, opts, opts.out_dir(cfg))
     job = start_runner(session)
     try:
         BACKENDS[opts.backend](job)

@@ -1,0 +1,198 @@
+"""Fault injection: kills at random moments and at trial creation, dead worker processes, torn and
+damaged journals, a replaced starting model, records pointing outside the artifact store. After
+each, the study must hold exactly its total, evaluate no plan twice, load every artifact, and its
+report must agree with its front."""
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from pruning import load_checkpoint
+from search import pick, report, run
+from search._faults import ENV
+from search._records import TrialRecord
+from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, cli, folder_hash, has_study, merged, smoke_budget,
+                            study_of, write_config)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def check_study(out, total: int) -> optuna.Study:
+    """The invariants every fault must leave intact."""
+    study = study_of(out)
+    assert len(study.get_trials(states=FINISHED)) == total
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    evaluated = [tuple(sorted(t.params.items())) for t in study.get_trials(states=FINISHED)
+                 if not TrialRecord.read(t).reference]
+    assert len(evaluated) == len(set(evaluated)), "a plan was evaluated twice"
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        rec = TrialRecord.read(t)
+        if rec.checkpoint:
+            assert load_checkpoint(out / "artifacts" / rec.checkpoint).meta.provenance["trial"] == t.number
+    if (out / "pareto.csv").exists():
+        assert sorted(pd.read_csv(out / "pareto.csv")["trial"]) == sorted(
+            t.number for t in study.best_trials if TrialRecord.read(t).checkpoint)
+    return study
+
+
+def _slow(tmp_path, steps: int = 300):
+    return write_config(tmp_path / "slow.yaml", merged(TINY_LENET, budgets=smoke_budget(finetune_steps=steps)))
+
+
+def _cmd(config, out, *extra) -> list[str]:
+    return [PYTHON, "-m", "search.run"] + base_args(config, out) + ["--quiet", *extra]
+
+
+def _wait_for(predicate, timeout: float = 240.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.slow
+def test_kill_at_trial_creation_is_failed_and_the_study_completes(tmp_path, tiny_config, fashion_mnist):
+    out = tmp_path / "out"
+    assert run.main(base_args(tiny_config, out) + ["--quiet", "--trials", "2", "--no-report"]) == 0
+    killed = subprocess.run(_cmd(tiny_config, out, "--trials", "4"), cwd=REPO, env={**_env(), ENV: "after_ask"},
+                            capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    orphan = [t for t in study_of(out).get_trials(states=(TrialState.RUNNING,)) if not t.user_attrs.get("worker")]
+    assert len(orphan) == 1  # a trial that exists, with no worker recorded
+    resumed = subprocess.run(_cmd(tiny_config, out, "--trials", "4"), cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    study = check_study(out, 4)
+    assert study.trials[orphan[0].number].state == TrialState.FAIL
+    assert TrialRecord.read(study.trials[orphan[0].number]).fail_reason == "its worker died while creating it"
+
+
+def _env() -> dict:
+    import os
+    return {k: v for k, v in os.environ.items() if k != ENV}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_child_does_not_hang_its_parent(tmp_path, fashion_mnist):
+    config, out = _slow(tmp_path), tmp_path / "out"
+    parent = subprocess.Popen(_cmd(config, out, "--trials", "6", "--workers", "2", "--no-early-stop"), cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = {}
+
+    def child_running() -> bool:
+        if not has_study(out):
+            return False
+        for t in study_of(out).get_trials(states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get("worker") or ""
+            if worker and not worker.endswith(f":{parent.pid}"):
+                victim.update(pid=int(worker.rpartition(":")[2]), trial=t.number)
+                return True
+        return False
+
+    try:
+        assert _wait_for(child_running), "the child worker never ran a trial"
+        import os
+        os.kill(victim["pid"], signal.SIGKILL)
+        _, err = parent.communicate(timeout=400)  # before the fix: waited forever on the zombie's trial
+        assert parent.returncode == 0, err[-2000:]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    study = check_study(out, 6)
+    lost = study.trials[victim["trial"]]
+    assert lost.state == TrialState.FAIL and "died" in TrialRecord.read(lost).fail_reason
+    assert any(t.system_attrs.get("failed_trial") == victim["trial"] for t in study.trials)  # run again
+
+
+@pytest.mark.slow
+def test_random_kills_of_a_run_lose_and_duplicate_nothing(tmp_path, fashion_mnist):
+    config, out = _slow(tmp_path, steps=120), tmp_path / "out"
+    rng, total = random.Random(7), 7
+    for _ in range(4):
+        proc = subprocess.Popen(_cmd(config, out, "--trials", str(total)), cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 9.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    final = subprocess.run(_cmd(config, out, "--trials", str(total)), cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
+    assert final.returncode == 0, final.stderr[-2000:]
+    check_study(out, total)
+
+
+@pytest.fixture
+def small_study(tmp_path, tiny_config, fashion_mnist):
+    out = tmp_path / "out"
+    assert run.main(base_args(tiny_config, out) + ["--quiet", "--trials", "3"]) == 0
+    return tiny_config, out
+
+
+def test_a_torn_journal_tail_is_repaired_never_appended_to(small_study, capsys):
+    config, out = small_study
+    journal = out / "journal.log"
+    good = journal.read_bytes()
+    journal.write_bytes(good + b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "us')  # power lost mid-write
+    code, _, err = cli(run, base_args(config, out) + ["--quiet", "--trials", "4"], capsys)
+    assert code == 0, err
+    assert "journal's last line was torn" in err
+    torn = list(out.glob("journal.log.torn-*"))
+    assert len(torn) == 1 and torn[0].read_bytes().startswith(b'{"op_code": 5')
+    assert journal.read_bytes().startswith(good)
+    check_study(out, 4)
+
+
+def test_a_damaged_journal_line_is_refused_with_one_line(small_study, tmp_path, capsys):
+    config, out = small_study
+    journal = out / "journal.log"
+    lines = journal.read_bytes().split(b"\n")
+    lines[3] = b"\x00garbage\xff"
+    journal.write_bytes(b"\n".join(lines))
+    before = folder_hash(out)
+    for module, extra in ((run, ["--trials", "4"]), (report, []),
+                          (pick, ["--max-drop", "100", "--save", str(tmp_path / "p.pt")])):
+        code, _, err = cli(module, base_args(config, out) + ["--quiet"] * (module is run) + extra, capsys)
+        assert code == 2 and err.count("\n") == 1 and "line 4 is damaged" in err, err
+    assert folder_hash(out) == before
+
+
+def test_a_missing_or_replaced_baseline_is_refused(small_study, tmp_path, capsys):
+    config, out = small_study
+    baseline = out / "baseline.pt"
+    keep = baseline.read_bytes()
+    baseline.unlink()
+    code, _, err = cli(run, base_args(config, out) + ["--quiet", "--trials", "4"], capsys)
+    assert code == 2 and "is missing; restore it" in err and not baseline.exists()  # never silently retrained
+    other = tmp_path / "other"
+    assert run.main(base_args(write_config(tmp_path / "o.yaml", merged(TINY_LENET, baseline={"lr": 0.04})), other)
+                    + ["--quiet", "--trials", "1", "--no-report"]) == 0
+    baseline.write_bytes((other / "baseline.pt").read_bytes())
+    before = folder_hash(out)
+    code, _, err = cli(run, base_args(config, out) + ["--quiet", "--trials", "4"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is not the model study" in err
+    assert folder_hash(out) == before
+    baseline.write_bytes(keep)
+    assert cli(run, base_args(config, out) + ["--quiet", "--trials", "4"], capsys)[0] == 0
+
+
+def test_an_artifact_id_outside_the_store_is_refused(small_study, capsys):
+    config, out = small_study
+    front = study_of(out).best_trials[0]
+    artifact = TrialRecord.read(front).checkpoint
+    journal = out / "journal.log"
+    text = journal.read_text()
+    assert f'"checkpoint":"{artifact}"' in text
+    # a hand-edited (or hostile) journal: the record of a front trial points at ../../x.pt
+    journal.write_text(text.replace(f'"checkpoint":"{artifact}"', '"checkpoint":"../../x.pt"'))
+    before = folder_hash(out)
+    code, _, err = cli(report, base_args(config, out), capsys)
+    assert code == 2 and err.count("\n") == 1 and "not an artifact of its store" in err
+    assert folder_hash(out) == before

@@ -1,0 +1,342 @@
+"""A fuzz harness (Hypothesis) over the commands' flags, config files, checkpoint files and dataset
+folders. For every generated bad input: exit code 2, one line on stderr, no traceback, no hang, and
+an existing study folder byte for byte unchanged (a new one never created).
+
+Bad config values are derived from the config schema itself (each field's type and range), so a
+new setting is fuzzed by being declared. Examples are derandomized: CI runs the same cases."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import math
+import signal
+import struct
+import typing
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from pruning import TrainConfig
+from search import pick, report, run, train
+from search._config import Budget, Constraints, ReportConfig, SearchSpace
+from tests.conftest import REPO, TINY_LENET, cli, folder_hash, write_config
+
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+HANG_S = 60
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = HANG_S):
+    def timeout(*_):
+        raise TimeoutError(f"no answer within {seconds} s: a hang")
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+CASES: dict[str, int] = {}  # generated cases per kind, printed at the end of the module (pytest -s)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def count_cases():
+    yield
+    print(f"\nfuzz cases run: {dict(CASES)}, total {sum(CASES.values())}")
+
+
+def assert_refused(module, argv, capsys, study, new=None):
+    """Exit 2, one line, no traceback; the study unchanged; a new folder never made."""
+    import inspect
+    kind = inspect.stack()[1].function
+    CASES[kind] = CASES.get(kind, 0) + 1
+    before = folder_hash(study)
+    with no_hang():
+        code, _, err = cli(module, argv, capsys)
+    assert code == 2, (argv, err)
+    assert err.count("\n") == 1 and err.strip(), (argv, err)
+    assert "Traceback" not in err
+    assert folder_hash(study) == before
+    if new is not None:
+        assert not (new / "journal.log").exists() and not (new / "baseline.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, fashion_mnist):
+    root = tmp_path_factory.mktemp("fuzz")
+    config = write_config(root / "tiny.yaml", TINY_LENET)
+    out = root / "out"
+    assert run.main(["--model", "lenet5", "--config", str(config), "--budget", "smoke", "--out", str(out),
+                     "--data-dir", str(REPO / "data"), "--quiet", "--trials", "3"]) == 0
+    return root, config, out
+
+
+def _args(config, out):
+    return ["--model", "lenet5", "--config", str(config), "--budget", "smoke", "--out", str(out),
+            "--data-dir", str(REPO / "data")]
+
+
+# --- flags -----------------------------------------------------------------------------------------
+
+NON_NUMBERS = st.sampled_from(["nan", "inf", "-inf", "1e400", "abc", "", " ", "0x10", "1,5", "½", "--", "None"])
+BAD_FLAGS = {
+    "--trials": st.one_of(NON_NUMBERS, st.sampled_from(["0", "-3", "1.5", "100001"])),
+    "--workers": st.one_of(NON_NUMBERS, st.sampled_from(["0", "-1", "257"])),
+    "--heartbeat-s": st.one_of(NON_NUMBERS, st.sampled_from(["0", "-5"])),
+    "--max-concurrent": st.one_of(NON_NUMBERS, st.sampled_from(["0", "-1"])),
+    "--seed": st.one_of(NON_NUMBERS, st.sampled_from(["-1", "2147483648", "1.5"])),
+    "--max-size-mb": st.one_of(NON_NUMBERS, st.sampled_from(["0", "-1", "1e7"])),
+    "--min-accuracy": st.one_of(NON_NUMBERS, st.sampled_from(["-0.1", "1.5", "90", "101"])),
+    "--gpus-per-trial": st.one_of(NON_NUMBERS, st.sampled_from(["-1", "65"])),
+    "--cpus-per-trial": st.one_of(NON_NUMBERS, st.sampled_from(["0", "-2"])),
+    "--dataset": st.text(min_size=1, max_size=12).filter(lambda s: s not in ("fashion-mnist",)),
+    "--objective": st.text(min_size=1, max_size=12),
+    "--sampler": st.text(min_size=1, max_size=12),
+    "--granularity": st.text(min_size=1, max_size=12),
+    "--importance": st.text(min_size=1, max_size=12),
+    "--device": st.text(min_size=1, max_size=12),
+    "--backend": st.text(min_size=1, max_size=12),
+    "--augment": st.text(min_size=1, max_size=12),
+    "--budget": st.text(min_size=1, max_size=12).filter(lambda s: s != "smoke"),
+    "--storage": st.sampled_from(["foo://bar", "sqlite:////nonexistent/dir/s.db", "postgresql://x@127.0.0.1:1/db",
+                                  "mysql://", "://", "sqlite:///", "redis://localhost:1"]),
+    "--from": st.sampled_from(["/nonexistent.pt", "/", "/dev/null", "/etc/passwd", "{study}", "{study}/journal.log"]),
+    "--config": st.sampled_from(["/nonexistent.yaml", "/", "/dev/null", "/etc/passwd", "{study}/baseline.pt"]),
+    "--out": st.sampled_from(["/dev/null", "/proc/version/x", "/etc/passwd", "{study}/baseline.pt/sub"]),
+}
+RUN_ONLY = {"--trials", "--workers", "--heartbeat-s", "--max-concurrent", "--max-size-mb", "--min-accuracy",
+            "--gpus-per-trial", "--cpus-per-trial", "--objective", "--sampler", "--granularity", "--importance",
+            "--backend", "--from"}
+FLAG_CASES = st.sampled_from(sorted(BAD_FLAGS)).flatmap(lambda f: st.tuples(st.just(f), BAD_FLAGS[f]))
+
+
+@settings(FUZZ, max_examples=300)
+@given(case=FLAG_CASES, command=st.sampled_from(["run", "train", "report", "pick"]))
+def test_bad_flags(study, capsys, case, command):
+    root, config, out = study
+    flag, value = case
+    if flag in RUN_ONLY and command != "run" or flag in ("--seed", "--augment") and command in ("report", "pick"):
+        command = "run"
+    value = value.replace("{study}", str(out))
+    module = {"run": run, "train": train, "report": report, "pick": pick}[command]
+    argv = _args(config, out)
+    if flag in ("--config", "--out"):  # replace the study's own
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    argv += ["--quiet"] * (command == "run") + [f"{flag}={value}"]
+    if command == "pick":
+        argv += ["--max-drop", "1", "--save", str(root / "p.pt")]
+    if command == "train":
+        argv += ["--epochs", "0.01"]
+    assert_refused(module, argv, capsys, out)
+
+
+# --- config files --------------------------------------------------------------------------------
+
+SECTIONS = {"baseline": TrainConfig, "finetune": TrainConfig, "recovery": TrainConfig, "search": SearchSpace,
+            "constraints": Constraints, "report": ReportConfig}
+
+
+def _bad_values(cls, name: str) -> list:
+    """Values a field must refuse: the wrong type, out of its range, not finite."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    hint = typing.get_type_hints(cls)[name]
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) in (typing.Union, type(int | None)) else hint
+    meta, bad = f.metadata, [{"nested": 1}, "text"]
+    if base in (int, float):
+        bad += [True, [1, 2], math.nan, math.inf, -math.inf, 1e300 if "high" in meta or "below" in meta else "x"]
+        if base is int:
+            bad.append(1.5)
+        for key, delta in (("low", -1), ("above", 0), ("high", 1), ("below", 0)):
+            if key in meta:
+                bad.append(meta[key] + delta if key in ("low", "high") else meta[key])
+    elif base is bool:
+        bad += [1, "yes", None]
+    elif base is str:
+        bad += [3, ["a"]] + (["not-a-choice"] if "choices" in meta else [])
+    elif typing.get_origin(base) is tuple:
+        bad += [0.5, ["x"], [math.nan], [-1.0] if "low" in meta or "choices" in meta else "x"]
+    return [v for v in bad if v is not None or base is bool]
+
+
+CONFIG_CASES = [(section, f.name, v) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+                for v in _bad_values(cls, f.name)]
+CONFIG_CASES += [("budgets", f.name, v) for f in dataclasses.fields(Budget) for v in _bad_values(Budget, f.name)]
+CONFIG_CASES += [("", k, v) for k, v in (("val_fraction", 0), ("val_fraction", 1.5), ("val_fraction", "x"),
+                                          ("seed", -1), ("seed", 1.5), ("dataset", "imagenet"), ("augment", "rotate"),
+                                          ("model", "alexnet"), ("budgets", {}),
+                                          ("budgets", [1]), ("unknown_key", 1), ("search", [1]), ("baseline", 3))]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=lambda c: f"{c[0]}.{c[1]}={c[2]!r}"[:60])
+def test_bad_config_values(study, capsys, tmp_path_factory, case):
+    root, _, out = study
+    section, key, value = case
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY_LENET.items()}
+    if section == "budgets":
+        config["budgets"] = {"smoke": {**config["budgets"]["smoke"], key: value}}
+    elif section:
+        config[section] = {**config.get(section, {}), key: value}
+    else:
+        config[key] = value
+    new = tmp_path_factory.mktemp("cfg")
+    path = new / "bad.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    for target in (out, new / "out"):
+        argv = ["--model", "lenet5", "--config", str(path), "--budget", "smoke", "--out", str(target),
+                "--data-dir", str(REPO / "data"), "--quiet", "--trials", "3"]
+        assert_refused(run, argv, capsys, out, new=new / "out")
+
+
+@settings(FUZZ, max_examples=100)
+@given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+                      st.sampled_from(["a: &x [1]\nb: *x\n", "[" * 2000, "{" * 5000, "model: lenet5\nbudgets: 3\n",
+                                       "a: &a [&b [&c [1,1],*c],*b]\nb: [*a,*a,*a,*a,*a,*a,*a,*a]\n",
+                                       "!!python/object/apply:os.system ['touch /tmp/pwned']"])))
+def test_garbage_config_files(study, capsys, tmp_path_factory, text):
+    root, _, out = study
+    new = tmp_path_factory.mktemp("garbage")
+    path = new / "bad.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    argv = ["--model", "lenet5", "--config", str(path), "--budget", "smoke", "--out", str(new / "out"),
+            "--data-dir", str(REPO / "data"), "--quiet"]
+    assert_refused(run, argv, capsys, out, new=new / "out")
+
+
+# --- checkpoint files ------------------------------------------------------------------------------
+
+@st.composite
+def damaged(draw, good: bytes):
+    kind = draw(st.sampled_from(["truncate", "flip", "insert", "random", "empty", "zip-of-junk"]))
+    data = bytearray(good)
+    if kind == "truncate":
+        return bytes(data[: draw(st.integers(0, len(data) - 1))])
+    if kind == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+        return bytes(data)
+    if kind == "insert":
+        at = draw(st.integers(0, len(data)))
+        return bytes(data[:at]) + draw(st.binary(min_size=1, max_size=64)) + bytes(data[at:])
+    if kind == "random":
+        return draw(st.binary(min_size=1, max_size=4096))
+    if kind == "empty":
+        return b""
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("archive/data.pkl", draw(st.binary(max_size=256)))
+    return buffer.getvalue()
+
+
+@settings(FUZZ, max_examples=100)
+@given(data=st.data())
+def test_damaged_checkpoints(study, capsys, tmp_path_factory, data):
+    root, config, out = study
+    bad_bytes = data.draw(damaged((out / "baseline.pt").read_bytes()))
+    new = tmp_path_factory.mktemp("ckpt")
+    (new / "bad.pt").write_bytes(bad_bytes)
+    assume(not _intact(new / "bad.pt"))  # e.g. bytes appended after the archive: the checkpoint is whole
+    argv = _args(config, new / "out") + ["--quiet", "--from", str(new / "bad.pt")]
+    assert_refused(run, argv, capsys, out, new=new / "out")
+
+
+def _intact(path) -> bool:
+    """Whether a mutated file still holds the very checkpoint (its checksum verifies)."""
+    from pruning import CheckpointError, read_meta
+    try:
+        read_meta(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+# --- dataset folders -------------------------------------------------------------------------------
+
+def _idx(array_bytes: bytes, dims: tuple[int, ...]) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 8, len(dims)) + struct.pack(f">{len(dims)}I", *dims) + array_bytes
+
+
+@st.composite
+def broken_mnist(draw):
+    """Four IDX files of which at least one is damaged (header, length, gzip, labels)."""
+    n = draw(st.integers(2, 12))
+    files = {
+        "train-images-idx3-ubyte": _idx(bytes(n * 784), (n, 28, 28)),
+        "train-labels-idx1-ubyte": _idx(bytes(n), (n,)),
+        "t10k-images-idx3-ubyte": _idx(bytes(2 * 784), (2, 28, 28)),
+        "t10k-labels-idx1-ubyte": _idx(bytes(2), (2,)),
+    }
+    victim = draw(st.sampled_from(sorted(files)))
+    how = draw(st.sampled_from(["truncate", "header", "garbage", "labels", "count", "gzip-cut"]))
+    raw = files[victim]
+    if how == "truncate":
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]
+    elif how == "header":
+        raw = draw(st.binary(min_size=4, max_size=4)).replace(b"\x00\x00\x08", b"\x00\x01\x08") + raw[4:]
+    elif how == "garbage":
+        raw = draw(st.binary(max_size=300))
+    elif how == "labels" and "labels" in victim:
+        raw = raw[:-1] + bytes([draw(st.integers(10, 255))])
+    elif how == "count":
+        raw = raw[:4] + struct.pack(">I", draw(st.integers(10_000, 2**31))) + raw[8:]
+    files[victim] = raw
+    out = {k: gzip.compress(v) for k, v in files.items()}
+    if how == "gzip-cut" or (how == "labels" and "labels" not in victim):
+        out[victim] = out[victim][: max(1, len(out[victim]) // 2)]
+    return out
+
+
+@FUZZ
+@given(files=broken_mnist())
+def test_broken_idx_datasets(study, capsys, tmp_path_factory, files):
+    root, config, out = study
+    folder = tmp_path_factory.mktemp("mnist")
+    for name, content in files.items():
+        (folder / f"{name}.gz").write_bytes(content)
+    argv = ["--model", "lenet5", "--config", str(config), "--budget", "smoke", "--dataset", "mnist",
+            "--data-dir", str(folder), "--out", str(folder / "out"), "--quiet", "--no-download"]
+    assert_refused(run, argv, capsys, out, new=folder / "out")
+
+
+@st.composite
+def broken_image_tree(draw):
+    """An image folder where at least one file is not a readable, sane image."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    def png(w: int, h: int) -> bytes:
+        buffer = BytesIO()
+        Image.new("RGB", (w, h), (draw(st.integers(0, 255)), 0, 0)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    good = png(8, 8)
+    bomb = bytearray(png(1, 1))
+    bomb[16:24] = struct.pack(">II", 200_000, 200_000)  # a header claiming 40 gigapixels
+    bad = draw(st.sampled_from([b"", b"not an image", good[: len(good) // 2], bytes(bomb),
+                                draw(st.binary(min_size=1, max_size=200))]))
+    tree = {f"train/{c}/{i}.png": good for c in ("a", "b") for i in range(2)}
+    tree.update({f"test/{c}/0.png": good for c in ("a", "b")})
+    tree[draw(st.sampled_from(sorted(tree)))] = bad
+    return tree
+
+
+@FUZZ
+@given(tree=broken_image_tree())
+def test_broken_image_folders(study, capsys, tmp_path_factory, tree):
+    root, config, out = study
+    folder = tmp_path_factory.mktemp("images")
+    for name, content in tree.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    argv = ["--model", "lenet5", "--config", str(config), "--budget", "smoke", "--dataset", "imagefolder",
+            "--data-dir", str(folder), "--out", str(folder / "out"), "--quiet"]
+    assert_refused(run, argv, capsys, out, new=folder / "out")
