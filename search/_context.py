@@ -14,6 +14,7 @@ from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, Refer
 from pruning._train import prepare
 from pruning._typed import to_plain
 from search._config import ConfigError, RunOptions, StudyConfig
+from search._faults import fault
 from search._storage import BASELINE_PARTIAL, baseline_path
 
 # The validation split never follows --seed: a baseline trained on one split and evaluated on another
@@ -55,6 +56,7 @@ def train_baseline(cfg: StudyConfig, out: Path, data: Dataset, *, epochs: float 
         payload = {"recipe": to_plain(recipe), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                    "state": asdict(state)}
         atomic_write(partial, lambda tmp: torch.save(payload, tmp))
+        fault("after_baseline_epoch")
 
     result = train(model, data, recipe, progress=progress, desc=f"baseline {cfg.model}",
                    hooks=TrainHooks(on_epoch=save_epoch, resume=resume))

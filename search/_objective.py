@@ -25,6 +25,7 @@ from search._context import load_data, reference_of, start_checkpoint
 from search._dashboard import trial_note
 from search._records import Rung, TrialRecord, record_value
 from search._rungs import decide, rung_steps
+from search._space import sample
 from search._storage import artifact_dir
 from search._tables import OBJECTIVES
 
@@ -118,8 +119,7 @@ def _plan(ctx: SearchContext, trial: optuna.Trial, rec: TrialRecord) -> dict[str
     if rec.reference and rec.plan:  # a global-ranking reference: its exact per-unit plan
         return dict(rec.plan)
     space = ctx.cfg.search
-    values = {k: trial.suggest_float(k, 0.0, space.max_ratio) for k in ctx.keys}
-    return expand_plan(ctx.units, space.granularity, values)
+    return expand_plan(ctx.units, space.granularity, sample(trial, ctx.keys, space.granularity, space.max_ratio))
 
 
 def _run(ctx: SearchContext, io: TrialIO) -> Outcome:

@@ -8,6 +8,7 @@ from torch import nn
 
 from pruning import Unit, global_ranking_plans
 from search._config import StudyConfig
+from search._space import params_for
 
 
 def thin(ratios: tuple[float, ...], limit: int) -> list[float]:
@@ -29,25 +30,24 @@ def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model:
         return {}
     ratios = thin(cfg.search.reference_ratios, max(1, total_trials // 2 // len(kinds)))
     plans: dict[tuple[str, float], tuple[dict, dict]] = {}
+    g = cfg.search.granularity
     if "uniform" in kinds:
         for r in ratios:
-            plans[("uniform", r)] = ({k: r for k in keys}, {})
+            plans[("uniform", r)] = (params_for({k: r for k in keys}, r, g), {})
     if "global" in kinds:
         allocated = global_ranking_plans(model, ratios, example_input=example, max_ratio=cfg.search.max_ratio,
                                          round_to=cfg.search.round_to)
         for r, plan in allocated.items():
-            plans[("global", r)] = (_params(plan, units, keys, cfg.search.granularity, r), plan)
+            plans[("global", r)] = (params_for(_per_key(plan, units, keys, g), r, g), plan)
     return plans
 
 
-def _params(plan: dict[str, float], units: list[Unit], keys: list[str], granularity: str, ratio: float) -> dict:
-    """The sampler's view of a per-unit plan: exact at unit granularity, the mean ratio of each
-    stage at stage granularity, the target ratio at global granularity."""
+def _per_key(plan: dict[str, float], units: list[Unit], keys: list[str], granularity: str) -> dict[str, float]:
+    """A per-unit plan seen per plan key: exact at unit granularity, each stage's mean ratio at
+    stage granularity (the exact plan is what the trial prunes)."""
     if granularity == "unit":
         return {k: plan[k] for k in keys}
-    if granularity == "global":
-        return {"ratio": ratio}
-    by_stage: dict[str, list[float]] = {}
+    groups: dict[str, list[float]] = {}
     for u in units:
-        by_stage.setdefault(u.stage, []).append(plan[u.name])
-    return {k: sum(by_stage[k]) / len(by_stage[k]) for k in keys}
+        groups.setdefault(u.stage if granularity == "stage" else "ratio", []).append(plan[u.name])
+    return {k: sum(v) / len(v) for k, v in groups.items()}

@@ -31,6 +31,7 @@ from search._dashboard import save_trial_note, trial_note
 from search._faults import fault
 from search._objective import Outcome
 from search._records import TrialRecord, cleared_outputs, inputs_of, record_value
+from search._space import sample
 from search._storage import study_lock
 from search._study import FINISHED, finished, occupied, placeholders, trial_handle, worker_id
 
@@ -122,8 +123,7 @@ class TrialRunner:
                 for key, value in placeholders().items():
                     trial.set_user_attr(key, value)
             trial.set_user_attr("worker", record_value("worker", worker_id(HOST)))
-            for key in self.keys:
-                trial.suggest_float(key, 0.0, self.cfg.search.max_ratio)
+            sample(trial, self.keys, self.cfg.search.granularity, self.cfg.search.max_ratio)
             twin = None if queued else self._twin(trial)
             if twin is None:
                 self.started[trial.number] = time.perf_counter()

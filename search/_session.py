@@ -86,14 +86,25 @@ def start_runner(session: Session) -> Job:
 
 
 def finish_study(session: Session) -> None:
-    """After the trials: the report files (and, later, the recovery of the front)."""
-    from search._report import write_report
+    """After the trials: recover a spread of the front, write the report, warn about an
+    under-trained baseline."""
+    from search._recovery import recover
+    from search._report import collect, write_report
 
-    if not session.opts.write_report:
+    cfg, opts, ctx = session.cfg, session.opts, session.ctx
+    if opts.recover:
+        for rec in recover(cfg, session.out, session.study, ctx.data, ctx.start, ctx.reference,
+                           progress=opts.progress):
+            _say(opts, f"recovered trial {rec.trial}: val accuracy {rec.val_accuracy:.4f} "
+                       f"({rec.epochs:g} epochs, {rec.seconds:.0f} s)")
+    if not opts.write_report:
         return
-    paths = write_report(session.cfg, session.out, session.study, session.ctx.data, session.ctx.reference)
-    _say(session.opts, "\n".join(f"{k}: {v}" for k, v in (("report", paths["md"]), ("front", paths["csv"]),
-                                                          ("plot", paths["png"]))))
+    paths = write_report(cfg, session.out, session.study, ctx.data, ctx.reference)
+    warning = collect(cfg, session.out, session.study, ctx.data, ctx.reference).warning
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    _say(opts, "\n".join(f"{k}: {v}" for k, v in (("report", paths["md"]), ("front", paths["csv"]),
+                                                  ("plot", paths["png"]))))
 
 
 @dataclass

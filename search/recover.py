@@ -1,0 +1,44 @@
+"""Recover a spread of an existing study's front (a longer, distilled fine-tune) and rewrite its
+report: ``python -m search.recover --model lenet5``. search.run does this at its end."""
+from __future__ import annotations
+
+from search._cli import number, quiet_libraries, resolve, run_cli, study_parser
+from search._context import load_data, start_checkpoint
+from search._records import reference_of
+from search._recovery import recover
+from search._report import write_report
+from search._session import open_existing
+
+
+def get_args_parser():
+    parser = study_parser("search.recover", "Fine-tune a spread of a study's front longer; rewrite its report.",
+                          "python -m search.recover --model lenet5 --points 8")
+    parser.add_argument("--points", type=number(int, low=0, high=1000),
+                        help="front points to recover (default: the config's report.recover_points)")
+    parser.add_argument("--quiet", dest="progress", action="store_const", const=False, help="no progress output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    points = args.points
+    del args.points
+    quiet_libraries()
+    found = open_existing(*resolve(args))
+    cfg = found.cfg
+    if points is not None:
+        from dataclasses import replace
+        cfg = replace(cfg, report=replace(cfg.report, recover_points=points))
+    data = load_data(cfg, found.opts)
+    ref = reference_of(found.study)
+    start = start_checkpoint(cfg, found.out, data, train_if_missing=False)
+    for rec in recover(cfg, found.out, found.study, data, start, ref, progress=found.opts.progress):
+        print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {rec.test_accuracy:.4f} after {rec.epochs:g} "
+              f"epochs ({rec.seconds:.0f} s)")
+    for path in write_report(cfg, found.out, found.study, data, ref).values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

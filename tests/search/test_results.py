@@ -1,0 +1,134 @@
+"""Results that hold up: the recovery stage, a headline chosen on validation only, baselines with a
+step floor that resume per epoch, and the under-trained warning."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from pruning import Reference, load_checkpoint
+from search import recover, run, train
+from search._faults import ENV
+from search._records import recoveries
+from search._report import headline
+from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, cli, merged, smoke_budget, study_of,
+                            write_config)
+
+REF = Reference(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.90, test_accuracy=0.90)
+
+
+def _table(rows):
+    columns = ["trial", "size_mb", "val_accuracy", "test_accuracy", "recovered_val_accuracy",
+               "recovered_test_accuracy"]
+    return pd.DataFrame([dict(zip(columns, r)) for r in rows])
+
+
+def test_the_headline_never_reads_the_test_split():
+    # trial 1 is the smallest within 1 point on validation; the planted test split says trial 0 (smaller)
+    # is excellent and trial 1 terrible: selection must not notice.
+    planted = _table([(0, 0.1, 0.80, 0.95, None, None), (1, 0.2, 0.895, 0.10, None, None),
+                      (2, 0.5, 0.90, 0.50, None, None)])
+    assert headline(planted, REF, 1.0)["trial"] == 1
+    honest = planted.assign(test_accuracy=planted["val_accuracy"])
+    assert headline(honest, REF, 1.0)["trial"] == 1
+
+
+def test_the_headline_uses_recovered_figures_when_there_are_any():
+    table = _table([(0, 0.1, 0.85, 0.85, 0.895, 0.80), (1, 0.2, 0.895, 0.9, None, None), (2, 0.5, 0.9, 0.9, 0.9, 0.9)])
+    assert headline(table, REF, 1.0)["trial"] == 0  # recovered into the drop; trial 1 was never recovered
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, fashion_mnist):
+    root = tmp_path_factory.mktemp("results")
+    config = write_config(root / "tiny.yaml", merged(TINY_LENET, report={"recover_points": 3}))
+    out = root / "out"
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "6", "--no-recover"]) == 0
+    return config, out
+
+
+def _recovered_uploads(out) -> dict[str, int]:
+    import optuna
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "journal.log")))
+    names: dict[str, int] = {}
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("lenet5-fashion-mnist"))
+    for key, value in attrs.items():
+        if key.startswith("artifacts:") and value and "recovered-trial" in value:
+            name = json.loads(value)["filename"]
+            names[name] = names.get(name, 0) + 1
+    return names
+
+
+@pytest.mark.slow
+def test_recovery_resumes_after_a_kill_and_never_recovers_twice(searched):
+    config, out = searched
+    cmd = [PYTHON, "-m", "search.recover"] + base_args(config, out) + ["--quiet"]
+    killed = subprocess.run(cmd, cwd=REPO, env={**_env(), ENV: "between_recoveries"}, capture_output=True,
+                            timeout=600)
+    assert killed.returncode < 0
+    assert len(recoveries(study_of(out))) == 1  # the first point was recorded before the kill
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)  # nothing left to do
+    assert again.returncode == 0 and "after" not in again.stdout
+    study = study_of(out)
+    recovered = recoveries(study)
+    assert len(recovered) == 3
+    uploads = _recovered_uploads(out)
+    assert sorted(uploads) == sorted(f"recovered-trial-{n}.pt" for n in recovered) and set(uploads.values()) == {1}
+    table = pd.read_csv(out / "pareto.csv")
+    assert table["recovered_val_accuracy"].notna().sum() == 3
+    for _, row in table[table["recovered_checkpoint"].notna()].iterrows():
+        ckpt = load_checkpoint(out / row["recovered_checkpoint"])
+        assert ckpt.meta.provenance["recovered"] and ckpt.meta.metrics["val_accuracy"] == row["recovered_val_accuracy"]
+
+
+def _env() -> dict:
+    import os
+    return {k: v for k, v in os.environ.items() if k != ENV}
+
+
+def test_a_small_dataset_gets_the_step_floor(tmp_path, capsys):
+    config = write_config(tmp_path / "small.yaml", merged(
+        TINY_LENET, dataset="synthetic", baseline={"epochs": 1, "min_steps": 120, "batch_size": 64},
+        budgets=smoke_budget(baseline_epochs=1, train_subset=300, baseline_min_steps=None)))
+    code, stdout, err = cli(train, ["--model", "lenet5", "--config", str(config), "--budget", "smoke",
+                                    "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["steps"] == 120  # one epoch of 300 images would be 4 steps of 64
+
+
+@pytest.mark.slow
+def test_an_interrupted_baseline_resumes_at_its_last_epoch(tmp_path):
+    config = write_config(tmp_path / "b.yaml", merged(TINY_LENET, budgets=smoke_budget(baseline_epochs=3)))
+    out, plain = tmp_path / "out", tmp_path / "plain"
+    cmd = [PYTHON, "-m", "search.train"] + base_args(config, out)
+    killed = subprocess.run(cmd, cwd=REPO, env={**_env(), ENV: "after_baseline_epoch"}, capture_output=True,
+                            timeout=600)
+    assert killed.returncode < 0 and (out / ".baseline.partial.pt").exists() and not (out / "baseline.pt").exists()
+    resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "resuming the interrupted baseline at step 32" in resumed.stderr
+    assert not (out / ".baseline.partial.pt").exists()
+    straight = subprocess.run([PYTHON, "-m", "search.train"] + base_args(config, plain), cwd=REPO, timeout=600,
+                              capture_output=True)
+    assert straight.returncode == 0
+    a, b = load_checkpoint(out / "baseline.pt").model, load_checkpoint(plain / "baseline.pt").model
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_an_under_trained_baseline_is_called_out(tmp_path, capsys, fashion_mnist):
+    config = write_config(tmp_path / "weak.yaml", merged(
+        TINY_LENET, baseline={"epochs": 0.4, "lr": 0.05}, finetune={"lr": 0.03},
+        report={"undertrained_margin": 0.5, "recover_points": 1},
+        budgets=smoke_budget(baseline_epochs=0.4, finetune_steps=150)))  # 13 baseline steps, 150 per candidate
+    out = tmp_path / "out"
+    code, _, err = cli(run, base_args(config, out) + ["--quiet", "--trials", "4", "--no-early-stop"], capsys)
+    assert code == 0
+    assert "warning: the baseline looks under-trained" in err
+    assert "the baseline looks under-trained" in (out / "report.md").read_text()
+    assert len(study_of(out).get_trials(states=(TrialState.COMPLETE,))) == 4

@@ -1,0 +1,122 @@
+"""Multi-objective successive halving: the ranking, the decisions, and trials that go on being the
+very trials they would have been without rungs."""
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from pruning import load_checkpoint
+from search import run
+from search._records import TrialRecord
+from search._rungs import crowding, decide, fronts, ranking, rung_steps
+from search._space import LEVEL
+from tests.conftest import TINY_LENET, base_args, merged, study_of, write_config
+
+
+def test_rung_steps_are_fractions_of_the_fine_tune():
+    assert rung_steps(250, (0.0, 1 / 9, 1 / 3)) == [0, 28, 83]
+    assert rung_steps(3, (0.0, 0.5, 0.99)) == [0, 2]  # never the last step, never twice
+
+
+def test_fronts_and_crowding():
+    points = [(0.9, 1.0), (0.8, 0.5), (0.7, 0.6), (0.95, 2.0), (0.6, 0.4)]
+    assert fronts(points) == [[0, 1, 3, 4], [2]]
+    dist = crowding(points, [0, 1, 3, 4])
+    assert dist[3] == math.inf and dist[4] == math.inf and 0 < dist[1] < math.inf
+    assert ranking(points)[-1] == 2  # the dominated point ranks last
+
+
+def test_decide_keeps_the_top_third_and_starts_only_with_enough_trials():
+    others = [(0.9, 1.0), (0.8, 0.5)]
+    assert decide((0.5, 0.9), others, eta=3, min_trials=4).go_on  # 3 reached the rung: too few to decide
+    stop = decide((0.5, 0.9), others + [(0.85, 0.7)], eta=3, min_trials=4)
+    assert not stop.go_on and "ranks 4 of 4" in stop.reason and "top 2 (1/3)" in stop.reason
+    assert decide((0.99, 0.1), others + [(0.85, 0.7)], eta=3, min_trials=4).go_on  # dominates everyone
+
+
+def _params_of(study) -> list:
+    return [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+def test_a_trial_that_goes_on_is_the_uninterrupted_trial(tmp_path, fashion_mnist):
+    """Rungs that never stop anyone (min_trials above the trial count) change no weight."""
+    cfgs = {"rungs": merged(TINY_LENET, search={"rung_min_trials": 1000, "rungs": [0.0, 0.2, 0.5]}),
+            "plain": merged(TINY_LENET, search={"early_stop": False})}
+    outs = {}
+    for name, config in cfgs.items():
+        outs[name] = tmp_path / name
+        assert run.main(base_args(write_config(tmp_path / f"{name}.yaml", config), outs[name]) +
+                        ["--quiet", "--trials", "5", "--no-report", "--no-recover"]) == 0
+    a, b = study_of(outs["rungs"]), study_of(outs["plain"])
+    assert _params_of(a) == _params_of(b)
+    assert all(len(TrialRecord.read(t).rungs) == 3 for t in a.trials if TrialRecord.read(t).val_accuracy)
+    for ta, tb in zip(a.trials, b.trials):
+        ra, rb = TrialRecord.read(ta), TrialRecord.read(tb)
+        assert ra.val_accuracy == rb.val_accuracy and ta.state == tb.state == TrialState.COMPLETE
+        wa = load_checkpoint(outs["rungs"] / "artifacts" / ra.checkpoint).model.state_dict()
+        wb = load_checkpoint(outs["plain"] / "artifacts" / rb.checkpoint).model.state_dict()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_dominated_candidate_stops_at_the_first_rung_and_never_reaches_the_front(tmp_path, fashion_mnist):
+    config = write_config(tmp_path / "c.yaml", merged(
+        TINY_LENET, search={"references": ["uniform"], "reference_ratios": [0.2, 0.5], "rung_min_trials": 3}))
+    out = tmp_path / "out"
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "4", "--no-report", "--no-recover"]) == 0
+    study = study_of(out)
+    u02 = next(t for t in study.trials if TrialRecord.read(t).reference_ratio == 0.2)
+    # conv1 cut to 1 of 6 channels, the rest barely pruned: larger than the 0.2 plan and far less accurate
+    study.enqueue_trial({LEVEL: 0.225, "conv1": 2.0, "conv2": -2.0, "fc1": -2.0, "fc2": -2.0})
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "5", "--no-report", "--no-recover"]) == 0
+    study = study_of(out)
+    bad = study.trials[4]
+    rec = TrialRecord.read(bad)
+    assert bad.state == TrialState.PRUNED and rec.stop_rung == 0 and [r.rung for r in rec.rungs] == [0]
+    assert rec.plan["conv1"] == 0.9 and rec.size_mb > TrialRecord.read(u02).size_mb
+    assert rec.proxy_accuracy < TrialRecord.read(u02).proxy_accuracy  # dominated by the 0.2 plan
+    assert "of 5 at this rung; the top 2 (1/3) go on" in rec.stop_reason and rec.val_accuracy is None
+    assert bad.number not in {t.number for t in study.best_trials}
+
+
+def test_reference_plans_are_never_stopped(tmp_path, fashion_mnist):
+    greedy = merged(TINY_LENET, search={"references": ["uniform", "global"], "eta": 100, "rung_min_trials": 1})
+    out = tmp_path / "out"
+    assert run.main(base_args(write_config(tmp_path / "g.yaml", greedy), out) +
+                    ["--quiet", "--trials", "12", "--no-report", "--no-recover"]) == 0
+    study = study_of(out)
+    refs = [t for t in study.trials if TrialRecord.read(t).reference]
+    assert len(refs) == 6 and all(t.state == TrialState.COMPLETE for t in refs)
+    assert all(TrialRecord.read(t).rungs for t in refs)  # recorded at every rung, never judged
+    assert study.get_trials(states=(TrialState.PRUNED,)), "with eta 100 the sampled candidates are stopped"
+
+
+@pytest.mark.slow
+def test_two_workers_decide_from_the_shared_storage(tmp_path, fashion_mnist):
+    import subprocess
+
+    from tests.conftest import PYTHON, REPO, smoke_budget
+    config = write_config(tmp_path / "w.yaml", merged(TINY_LENET, search={"rung_min_trials": 2},
+                                                      budgets=smoke_budget(finetune_steps=200)))
+    out = tmp_path / "out"
+    result = subprocess.run([PYTHON, "-m", "search.run"] + base_args(config, out) +
+                            ["--quiet", "--trials", "12", "--workers", "2", "--no-recover"], cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = study_of(out)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 12 and not study.get_trials(states=(TrialState.RUNNING,))
+    plans = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(plans) == len(set(plans))
+    workers = {TrialRecord.read(t).worker for t in finished}
+    assert len(workers) == 2
+    crossed = 0
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        rec = TrialRecord.read(t)
+        earlier = [s for s in study.trials if s.number != t.number and any(
+            r.rung == rec.stop_rung for r in TrialRecord.read(s).rungs)]
+        crossed += any(TrialRecord.read(s).worker != rec.worker for s in earlier)
+    assert crossed, "no stop decision ranked trials of the other worker"
