@@ -5,9 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  ?= lenet5
+BUDGET ?= default
+OUT    ?= studies/$(MODEL)-fashion-mnist$(if $(filter default,$(BUDGET)),,-$(BUDGET))
 ARGS   ?=
 
-.PHONY: setup data postgres search test test-fast bench clean-venv
+.PHONY: setup data postgres search dashboard test test-fast bench gpu-bundle clean-venv
 
 setup: $(STAMP) data
 
@@ -36,6 +38,11 @@ postgres:
 search: setup
 	$(PY) -m search.run --model $(MODEL) $(ARGS)
 
+# Watch a study live (or look at a finished one): make dashboard MODEL=lenet5 [OUT=studies/...]
+dashboard: setup
+	@test -f $(OUT)/journal.log || (echo "no study in $(OUT); run make search MODEL=$(MODEL) or pass OUT=<study folder>"; exit 2)
+	$(VENV)/bin/optuna-dashboard $(OUT)/journal.log --artifact-dir $(OUT)/artifacts $(ARGS)
+
 test: setup postgres
 	$(PY) -m pytest -q tests
 
@@ -46,6 +53,10 @@ test-fast: setup
 bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/prune_cost.py
+
+# Wheels + Fashion-MNIST for an offline GPU machine, in .gpu-bundle/ (carry it; see bench/gpu_run.sh).
+gpu-bundle: setup
+	PYTHON=$(PY) bash bench/gpu_bundle.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,8 +33,16 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default when it has one (flags without one default to the config's value and
+    say so in their help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" not in text and not unset and action.option_strings and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
 
 
 def number(kind: type, *, low: float | None = None, high: float | None = None, above: float | None = None,
@@ -67,22 +75,24 @@ def study_parser(prog: str, description: str, example: str) -> Parser:
     parser.add_argument("--model", choices=list_models(), metavar="{" + ",".join(list_models()) + "}",
                         help="required unless --config is a resolved config that names it")
     parser.add_argument("--dataset", choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}",
-                        help="default: the config's")
+                        help="default: the config's (fashion-mnist)")
     parser.add_argument("--config", help="YAML config (default: configs/<model>.yaml)")
     parser.add_argument("--budget", help="a budget of the config: smoke, default, full, ... (default: default)")
     parser.add_argument("--out", help="study folder (default: studies/<model>-<dataset>[-<budget>])")
     parser.add_argument("--data-dir", dest="data_dir", help="where datasets are found or downloaded (default: data)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
-    parser.add_argument("--storage", help="Optuna RDB URL (default: the journal file in the study folder)")
+    parser.add_argument("--storage", help="an Optuna RDB URL, e.g. postgresql://user@host/db "
+                                           "(default: the journal file in the study folder)")
     parser.add_argument("--no-download", dest="download", action="store_const", const=False,
-                        help="never download a missing dataset")
+                        help="never download a missing dataset (default: download where the network allows)")
     return parser
 
 
 def add_study_flags(parser: Parser) -> None:
     """Flags of search.run and search.train that change the study's config."""
     parser.add_argument("--seed", type=number(int, low=0, high=2**31 - 1), help="default: the config's (0)")
-    parser.add_argument("--augment", choices=AUGMENTATIONS, help="training augmentation (default: the dataset's)")
+    parser.add_argument("--augment", choices=AUGMENTATIONS,
+                        help="training augmentation (default: the config's, auto: the dataset's)")
 
 
 def resolve(args: argparse.Namespace) -> tuple[StudyConfig, RunOptions]:

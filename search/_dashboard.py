@@ -47,6 +47,27 @@ def trial_note(rec: TrialRecord, state: TrialState, reason: str | None, ref: Ref
     return "\n\n".join(lines)
 
 
+def study_note(answer: dict) -> str:
+    """Markdown for the study: the baseline, the headline and the command that returns it."""
+    base = answer["baseline"]
+    lines = [f"## {answer['model']} on {answer['dataset']} (budget `{answer['budget']}`)",
+             f"Baseline: **{base['size_mb']:.4f} MB**, {base['params']:,} parameters, {base['macs'] / 1e6:.1f} M MACs, "
+             f"val accuracy {base['val_accuracy']:.4f}, test accuracy {base['test_accuracy']:.4f}."]
+    head = answer["headline"]
+    if head:
+        lines.append(f"Headline: **trial {head['trial']}**, {head['size_mb']:.4f} MB (**{head['pruned_pct']:.1f} % "
+                     f"smaller**), test accuracy drop **{head['accuracy_drop']:.2f} pts**"
+                     + (f", {head['ort_b1_speedup']:.2f}x faster at batch 1 (onnxruntime)"
+                        if head.get("ort_b1_speedup") else "") + ".")
+        lines.append(f"Take it:\n\n    {head['pick_command']}")
+    else:
+        lines.append("No front point is within the headline's accuracy drop yet.")
+    if answer["warning"]:
+        lines.append(f"**Warning:** {answer['warning']}")
+    lines.append("The full report, the plot, the front as CSV and the baseline are this study's artifacts.")
+    return "\n\n".join(lines)
+
+
 def save_trial_note(trial: optuna.Trial, body: str) -> None:
     from optuna_dashboard import save_note
 

@@ -23,6 +23,7 @@ from pruning._checkpoint import Checkpoint
 from search._config import RunOptions, StudyConfig
 from search._context import load_data, reference_of, start_checkpoint
 from search._dashboard import trial_note
+from search._latency import ort_ms
 from search._records import Rung, TrialRecord, record_value
 from search._rungs import decide, rung_steps
 from search._space import sample
@@ -97,9 +98,15 @@ class TrialIO:
         self.write(rungs=self.record().rungs + (rung,))
 
 
-def _objective_value(m: Measurement, objective: str) -> float:
-    field = OBJECTIVES[objective]
-    return m.latency_ms[1] if field == "latency_ms" else float(getattr(m, field))
+def _size(ctx: SearchContext, model: nn.Module) -> tuple[Measurement, float]:
+    """Exact size, and the measure the study minimizes (latency: batch 1, on the configured backend)."""
+    space = ctx.cfg.search
+    latency = space.objective == "latency"
+    m = measure(model, ctx.example, latency=latency and space.latency_backend == "torch", batch_sizes=(1,))
+    if latency and space.latency_backend == "onnxruntime":
+        m = replace(m, latency_ms=ort_ms(model, ctx.example, (1,)))
+    field = OBJECTIVES[space.objective]
+    return m, (m.latency_ms[1] if field == "latency_ms" else float(getattr(m, field)))
 
 
 def run_trial(ctx: SearchContext, trial: optuna.Trial) -> Outcome:
@@ -130,8 +137,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
         ctx.start.model, plan, example_input=ctx.example, importance=space.importance, round_to=space.round_to,
         history=ctx.start.history, max_ratio=space.max_ratio, seed=cfg.seed + trial.number,
         calibration=ctx.calibration if space.importance == "taylor" else None)
-    m = measure(pruned, ctx.example, latency=space.objective == "latency", batch_sizes=(1,))
-    size = _objective_value(m, space.objective)
+    m, size = _size(ctx, pruned)
     io.write(size_mb=m.size_mb, pruned_pct=100.0 * (1 - m.size_mb / ctx.reference.size_mb), macs=m.macs,
              params=m.params, objective_value=size, plan={k: round(v, 4) for k, v in surgery.plan.items()})
     if m.latency_ms:

@@ -1,7 +1,7 @@
 """report.md and pareto.png of a study."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -14,12 +14,16 @@ from search._records import completed
 
 @dataclass
 class Results:
-    """What the report files show: the front with search-time and recovered figures, the headline."""
+    """What the report files show: the front with search-time, recovered and latency figures, the
+    headline, the references, a warning about the baseline, and the headline's channel widths."""
 
     table: pd.DataFrame
     headline: pd.Series | None
     references: pd.DataFrame
     warning: str | None
+    baseline_latency: dict | None = None   # {"ort": {batch: ms}, "device": {batch: ms}} of the pruned-from model
+    latency_setting: str | None = None
+    widths: list = field(default_factory=list)  # (layer, channels before, after) of the headline
 
 
 def selection_accuracy(row: pd.Series) -> float:
@@ -56,9 +60,47 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
               f"Baseline: {ref.params:,} parameters, {ref.size_mb:.3f} MB, {ref.macs / 1e6:.1f} M MACs, "
               f"val accuracy {ref.val_accuracy:.4f}, test accuracy {ref.test_accuracy:.4f}.", ""]
     lines += _headline(cfg, results, ref)
+    lines += _commands(cfg, out, results)
+    lines += _latency(results)
     lines += _front(results.table)
+    lines += _widths(results)
     lines += _references(results.references)
     return "\n".join(lines) + "\n"
+
+
+def pick_command(cfg: StudyConfig, out: Path, trial: int) -> str:
+    """The command that returns a front point as a checkpoint and its ONNX export."""
+    dataset = "" if cfg.dataset == "fashion-mnist" else f" --dataset {cfg.dataset}"
+    return (f"python -m search.pick --model {cfg.model}{dataset} --out {out} --trial {trial} "
+            f"--save {cfg.model}-trial{trial}.pt --export onnx")
+
+
+def _commands(cfg: StudyConfig, out: Path, results: Results) -> list[str]:
+    if results.headline is None:
+        return []
+    trial = int(results.headline["trial"])
+    return ["Take it (a checkpoint, plus `.onnx` and a `.json` sidecar with the preprocessing):", "", "```",
+            pick_command(cfg, out, trial),
+            f"python -m search.export --checkpoint {cfg.model}-trial{trial}.pt   # any checkpoint, later", "```", ""]
+
+
+def _latency(results: Results) -> list[str]:
+    base = results.baseline_latency
+    if not base:
+        return []
+    return [f"Latency of the model pruned from: onnxruntime {base['ort'][1]:.3f} ms at batch 1, "
+            f"{base['ort'][64]:.2f} ms at batch 64; PyTorch on the study's device {base['device'][1]:.3f} / "
+            f"{base['device'][64]:.2f} ms. Measured: {results.latency_setting}. Speed-ups below are that "
+            f"latency divided by the point's.", ""]
+
+
+def _widths(results: Results) -> list[str]:
+    if not results.widths:
+        return []
+    lines = ["<details><summary>Channel widths of the headline, before → after "
+             f"({len(results.widths)} layers narrowed)</summary>", "", "| layer | before | after |", "|---|---|---|"]
+    lines += [f"| `{name}` | {b} | {a} |" for name, b, a in results.widths]
+    return lines + ["", "</details>", ""]
 
 
 def _headline(cfg: StudyConfig, results: Results, ref: Reference) -> list[str]:
@@ -83,16 +125,19 @@ def _front(table: pd.DataFrame) -> list[str]:
     lines = ["## Pareto front", "",
              "Search-time figures after each candidate's brief fine-tune; recovered figures after the longer, "
              "distilled recovery fine-tune of a spread of front points. Test accuracy is measured for front "
-             "points only. ★ marks the headline.", "",
+             "points only. ★ marks the headline. Latency: ms at batch 1 (onnxruntime, CPU) and its speed-up.", "",
              "| trial | size MB | params | MACs | pruned % | val acc | test acc | recovered val | recovered test "
-             "| drop (pts) | reference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| drop (pts) | ORT ms b1 | speed-up b1 / b64 | reference |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         rv = "" if pd.isna(r["recovered_val_accuracy"]) else f"{r['recovered_val_accuracy']:.4f}"
         rt = "" if pd.isna(r["recovered_test_accuracy"]) else f"{r['recovered_test_accuracy']:.4f}"
+        ms = "" if pd.isna(r["ort_b1_ms"]) else f"{r['ort_b1_ms']:.3f}"
+        up = "" if pd.isna(r["ort_b1_speedup"]) else f"{r['ort_b1_speedup']:.2f}x / {r['ort_b64_speedup']:.2f}x"
         mark = " ★" if r["headline"] else ""
         lines.append(f"| {r['trial']}{mark} | {r['size_mb']:.4f} | {r['params']:,} | {r['macs']:,} | "
                      f"{r['pruned_pct']:.1f} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {rv} | {rt} | "
-                     f"{r['accuracy_drop']:.2f} | {'' if pd.isna(r['reference']) else r['reference']} |")
+                     f"{r['accuracy_drop']:.2f} | {ms} | {up} | {'' if pd.isna(r['reference']) else r['reference']} |")
     return lines + [""]
 
 
@@ -123,7 +168,7 @@ def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, ref: Ref
     import matplotlib.pyplot as plt
 
     done = completed(study)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, (ax, lat) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     ax.scatter([r.size_mb for _, r in done], [r.val_accuracy for _, r in done], s=14, c="0.75", label="all candidates")
     for kind, style in (("uniform", "s--"), ("global", "^--")):
         pts = sorted((r.reference_ratio, r.size_mb, r.val_accuracy) for _, r in done if r.reference == kind)
@@ -144,5 +189,26 @@ def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, ref: Ref
     ax.set_title(f"{cfg.model} on {cfg.dataset}" + (" (smoke run)" if cfg.budget == "smoke" else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    _latency_panel(lat, results, ref)
     fig.tight_layout()
     return fig
+
+
+def _latency_panel(ax, results: Results, ref: Reference) -> None:
+    """Validation accuracy against measured latency (onnxruntime, batch 1) of the front."""
+    table = results.table
+    if results.baseline_latency is None or table.empty:
+        ax.set_axis_off()
+        return
+    acc = [selection_accuracy(r) for _, r in table.iterrows()]
+    ax.plot(table["ort_b1_ms"], acc, "o", c="tab:blue", label="front (recovered where recovered)")
+    ax.scatter([results.baseline_latency["ort"][1]], [ref.val_accuracy], marker="*", s=160, c="k", zorder=5,
+               label="pruned-from model")
+    if results.headline is not None:
+        h = results.headline
+        ax.scatter([h["ort_b1_ms"]], [selection_accuracy(h)], s=220, facecolors="none", edgecolors="tab:red",
+                   linewidths=2, zorder=6, label="headline")
+    ax.set_xlabel("latency, ms at batch 1 (onnxruntime, CPU, 1 thread)")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)

@@ -8,14 +8,21 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from pruning import Dataset, Reference, atomic_write, atomic_write_text, evaluate, load_checkpoint
+import copy
+
+from torch import nn
+
+from pruning import Checkpoint, Dataset, Reference, atomic_write, atomic_write_text, evaluate, load_checkpoint
 from search._config import StudyConfig
+from search._latency import latencies, setting
 from search._records import RecoveryRecord, TrialRecord, completed, recoveries
-from search._render import Results, plot_front, render_markdown, selection_accuracy
+from search._render import Results, pick_command, plot_front, render_markdown, selection_accuracy
 from search._storage import TEST_CACHE, artifact_path
 
+LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
 CSV_COLUMNS = ["trial", "headline", "reference", "size_mb", "params", "macs", "pruned_pct", "val_accuracy",
                "test_accuracy", "recovered_val_accuracy", "recovered_test_accuracy", "accuracy_drop",
+               *LATENCY_COLUMNS, *[c.replace("_ms", "_speedup") for c in LATENCY_COLUMNS],
                "checkpoint", "recovered_checkpoint", "plan"]
 
 
@@ -41,20 +48,58 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset)
     return {key: cache[a] for key, a in items.items()}
 
 
-def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference) -> Results:
+def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference, start: Checkpoint, *,
+            latency: bool = True) -> Results:
+    """Everything the report files show. ``start`` is the model the study prunes (the speed-up
+    reference and the "before" of the channel widths); ``latency`` measures every front point."""
     front = front_trials(study)
     recovered = recoveries(study)
     items = {f"t{t.number}": TrialRecord.read(t).checkpoint for t in front}
     items.update({f"r{n}": r.checkpoint for n, r in recovered.items()})
     tests = test_accuracies(out, cfg.model, items, data)
-    rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, ref) for t in front]
+    timing = _latencies(cfg, out, front, data, start) if latency else {}
+    rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, ref, timing) for t in front]
     table = pd.DataFrame(rows, columns=CSV_COLUMNS)
     best = headline(table, ref, cfg.report.headline_max_drop)
+    widths = []
     if best is not None:
         table.loc[table["trial"] == best["trial"], "headline"] = True
         best = table[table["trial"] == best["trial"]].iloc[0]
+        widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"]).model)
     return Results(table=table, headline=best, references=reference_gaps(study),
-                   warning=undertrained(study, recovered, ref, cfg.report.undertrained_margin))
+                   warning=undertrained(study, recovered, ref, cfg.report.undertrained_margin),
+                   baseline_latency=timing.get("start"), latency_setting=setting(data.device) if latency else None,
+                   widths=widths)
+
+
+def _latencies(cfg: StudyConfig, out: Path, front: list[FrozenTrial], data: Dataset, start: Checkpoint) -> dict:
+    example = data.example_input(1)
+    models = {"start": (start.checksum, _Lazy(lambda: copy.deepcopy(start.model)))}
+    for t in front:
+        artifact = TrialRecord.read(t).checkpoint
+        models[f"t{t.number}"] = (artifact, _Lazy(lambda a=artifact: load_checkpoint(
+            artifact_path(out, a), expect_model=cfg.model).model))
+    return latencies(out, models, example)
+
+
+class _Lazy:
+    """A model loaded only if its latency is not cached yet."""
+
+    def __init__(self, load) -> None:
+        self.load = load
+
+
+def channel_widths(before: nn.Module, after: nn.Module) -> list[tuple[str, int, int]]:
+    """(layer, output channels before, after) of every conv/linear layer the pruning narrowed."""
+    widths = []
+    old = dict(before.named_modules())
+    for name, layer in after.named_modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)) and name in old:
+            a = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+            b = old[name].out_channels if isinstance(old[name], nn.Conv2d) else old[name].out_features
+            if a != b:
+                widths.append((name, b, a))
+    return widths
 
 
 def _relative(out: Path, artifact: str) -> str:
@@ -63,10 +108,16 @@ def _relative(out: Path, artifact: str) -> str:
 
 
 def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord | None, tests: dict,
-         ref: Reference) -> dict:
+         ref: Reference, timing: dict) -> dict:
     test = tests[f"t{t.number}"]
     final_test = recovery.test_accuracy if recovery else test
-    return {"trial": t.number, "headline": False, "reference": _ref_label(rec), "size_mb": rec.size_mb,
+    speed = {}
+    if timing:
+        mine, base = timing[f"t{t.number}"], timing["start"]
+        for kind, batch in (("ort", 1), ("ort", 64), ("device", 1), ("device", 64)):
+            speed[f"{kind}_b{batch}_ms"] = mine[kind][batch]
+            speed[f"{kind}_b{batch}_speedup"] = base[kind][batch] / mine[kind][batch]
+    return {**speed, "trial": t.number, "headline": False, "reference": _ref_label(rec), "size_mb": rec.size_mb,
             "params": rec.params, "macs": rec.macs, "pruned_pct": rec.pruned_pct, "val_accuracy": rec.val_accuracy,
             "test_accuracy": test, "recovered_val_accuracy": recovery.val_accuracy if recovery else None,
             "recovered_test_accuracy": recovery.test_accuracy if recovery else None,
@@ -125,18 +176,36 @@ def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], ref:
             f"(baseline.epochs / min_steps) before trusting the accuracy drops")
 
 
-def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference) -> dict[str, Path]:
+def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference,
+                 start: Checkpoint) -> dict[str, Path]:
     """Write pareto.csv, report.md and pareto.png into the study folder; return their paths."""
-    results = collect(cfg, out, study, data, ref)
+    results = collect(cfg, out, study, data, ref, start)
     paths = {"csv": out / "pareto.csv", "md": out / "report.md", "png": out / "pareto.png"}
     atomic_write_text(paths["csv"], results.table.to_csv(index=False))
     atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, ref))
+    results_file = out / "report.json"  # what the console, the study note and the benchmarks read
+    atomic_write_text(results_file, json.dumps(summary(cfg, out, results, ref), indent=1))
     figure = plot_front(cfg, study, results, ref)
     try:
         atomic_write(paths["png"], lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     finally:
         import matplotlib.pyplot as plt
         plt.close(figure)
-    return paths
+    return {**paths, "json": results_file}
 
 
+
+
+def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference) -> dict:
+    """The report's answer as plain values (report.json): headline, its command, the warning."""
+    best = results.headline
+    head = None
+    if best is not None:
+        head = {k: (None if pd.isna(best[k]) else best[k].item() if hasattr(best[k], "item") else best[k])
+                for k in ("trial", "size_mb", "pruned_pct", "accuracy_drop", "val_accuracy", "test_accuracy",
+                          "recovered_val_accuracy", "recovered_test_accuracy", "macs", "ort_b1_ms", "ort_b1_speedup")}
+        head["pick_command"] = pick_command(cfg, out, int(best["trial"]))
+    return {"model": cfg.model, "dataset": cfg.dataset, "budget": cfg.budget, "baseline": {
+            "size_mb": ref.size_mb, "params": ref.params, "macs": ref.macs, "val_accuracy": ref.val_accuracy,
+            "test_accuracy": ref.test_accuracy}, "headline": head, "front_points": len(results.table),
+            "warning": results.warning}

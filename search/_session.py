@@ -2,6 +2,7 @@
 hand the runner to a backend, then recover the front and write the report."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -14,12 +15,13 @@ from pruning import atomic_write_text, read_meta
 from search._backends import Job
 from search._config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig
 from search._context import load_data
+from search._estimate import Estimate, describe, estimate, guard
 from search._objective import SearchContext, build_context
 from search._records import reference_of
 from search._references import reference_plans
 from search._cli import UsageError
 from search._runner import TrialRunner
-from search._storage import check_writable, dashboard_command, open_storage, study_lock
+from search._storage import BASELINE, JOURNAL, check_writable, dashboard_command, open_storage, study_lock
 from search._study import check_resume, create_study, find_study, finished, load_existing, seed_references
 
 
@@ -31,7 +33,7 @@ class Session:
     storage: BaseStorage
     study: optuna.Study
     ctx: SearchContext
-    stale: int = 0
+    estimate: Estimate | None = None
 
 
 def _say(opts: RunOptions, text: str) -> None:
@@ -45,24 +47,43 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
     if cfg.from_checkpoint:
         read_meta(cfg.from_checkpoint)  # a foreign or damaged file is refused before anything else
     data = load_data(cfg, opts)  # a missing or damaged dataset is refused before anything is written
+    _say(opts, f"device: {data.device}" + (f" ({_gpu_name()})" if data.device.type == "cuda" else ""))
+    storage = None
+    if opts.storage or (out / JOURNAL).exists():  # an existing study is checked before the estimate
+        storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
+        if find_study(storage, cfg.study_name):
+            check_resume(load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg), cfg, out)
+    est = _estimate(cfg, opts, out, data, storage)  # refuses before anything is written
     check_writable(out)
-    storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
+    storage = storage or open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
     with study_lock(out):  # a second worker waits here while the first trains the baseline
         exists = find_study(storage, cfg.study_name)
         study = None
         if exists:
             study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
             check_resume(study, cfg, out)
-        _say(opts, f"device: {data.device}" + (f" ({_gpu_name()})" if data.device.type == "cuda" else ""))
         ctx = build_context(cfg, opts, out, train_if_missing=not exists, progress=opts.progress, data=data)
         if study is None:
             study = create_study(storage, cfg, digest=ctx.start.checksum, reference=ctx.reference)
             atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
         plans = reference_plans(cfg, ctx.units, ctx.keys, ctx.start.model, ctx.example, opts.total_trials(cfg))
         seed_references(study, ctx.keys, plans)
-        session = Session(cfg=cfg, opts=opts, out=out, storage=storage, study=study, ctx=ctx)
+        session = Session(cfg=cfg, opts=opts, out=out, storage=storage, study=study, ctx=ctx, estimate=est)
     atomic_write_text(out / OPTIONS_NAME, opts.to_yaml())
     return session
+
+
+def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, storage: BaseStorage | None) -> Estimate | None:
+    """The whole study's time from a few timed steps; on a CPU, over an hour needs --yes."""
+    exists = storage is not None and find_study(storage, cfg.study_name)
+    left = opts.total_trials(cfg) - (finished(load_existing(storage, cfg.study_name, cfg=cfg)) if exists else 0)
+    if left <= 0 and exists:
+        return None
+    baseline = bool(cfg.from_checkpoint) or (out / BASELINE).exists()
+    est = estimate(cfg, opts, data, baseline_exists=baseline, trials_left=max(0, left))
+    _say(opts, describe(est, data.device))
+    guard(cfg, opts, est, data.device)
+    return est
 
 
 def _gpu_name() -> str:
@@ -73,7 +94,10 @@ def _gpu_name() -> str:
 
 def start_runner(session: Session) -> Job:
     cfg, opts, study, ctx = session.cfg, session.opts, session.study, session.ctx
-    runner = TrialRunner(study, session.storage, cfg, opts, session.out, ctx.keys, reference_of(study))
+    est = session.estimate
+    runner = TrialRunner(study, session.storage, cfg, opts, session.out, ctx.keys, reference_of(study),
+                         seconds_per_trial=est.per_trial_s if est else None,
+                         after_trials_s=est.recovery_s if est else 0.0)
     with study_lock(session.out):
         stale = runner.fail_stale()
     done = finished(study)
@@ -89,7 +113,7 @@ def finish_study(session: Session) -> None:
     """After the trials: recover a spread of the front, write the report, warn about an
     under-trained baseline."""
     from search._recovery import recover
-    from search._report import collect, write_report
+    from search._report import write_report
 
     cfg, opts, ctx = session.cfg, session.opts, session.ctx
     if opts.recover:
@@ -99,12 +123,29 @@ def finish_study(session: Session) -> None:
                        f"({rec.epochs:g} epochs, {rec.seconds:.0f} s)")
     if not opts.write_report:
         return
-    paths = write_report(cfg, session.out, session.study, ctx.data, ctx.reference)
-    warning = collect(cfg, session.out, session.study, ctx.data, ctx.reference).warning
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    paths = write_report(cfg, session.out, session.study, ctx.data, ctx.reference, ctx.start)
+    answer = json.loads(paths["json"].read_text())
+    if answer["warning"]:
+        print(f"warning: {answer['warning']}", file=sys.stderr, flush=True)
+    publish_study(session.study, session.storage, session.out, answer)
+    head = answer["headline"]
+    if head:
+        _say(opts, f"headline: trial {head['trial']}, {head['size_mb']:.4f} MB ({head['pruned_pct']:.1f} % smaller), "
+                   f"test accuracy drop {head['accuracy_drop']:.2f} pts\ntake it: {head['pick_command']}")
     _say(opts, "\n".join(f"{k}: {v}" for k, v in (("report", paths["md"]), ("front", paths["csv"]),
                                                   ("plot", paths["png"]))))
+
+
+def publish_study(study: optuna.Study, storage: BaseStorage, out: Path, answer: dict) -> None:
+    """The dashboard's view of the results: a study note, and the report files as study artifacts."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from search._dashboard import publish, save_study_note, study_note
+    from search._storage import BASELINE, artifact_dir
+
+    save_study_note(study, study_note(answer))
+    publish(study, storage, FileSystemArtifactStore(str(artifact_dir(out))),
+            [out / "report.md", out / "pareto.png", out / "pareto.csv", out / BASELINE])
 
 
 @dataclass

@@ -55,6 +55,15 @@ def refuse_own_file(out: Path, target: Path, flag: str) -> None:
                          f"save elsewhere")
 
 
+def refuse_study_file(target: Path, flag: str) -> None:
+    """:func:`refuse_own_file` for whatever study folder ``target`` lies in (a folder with a journal)."""
+    folder = target.resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / JOURNAL).exists():
+            refuse_own_file(candidate, target, flag)
+            return
+
+
 def check_writable(out: Path) -> None:
     """Fail with one line before anything is written when the study folder cannot be written."""
     try:

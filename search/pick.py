@@ -17,6 +17,7 @@ from search._records import reference_of
 from search._render import selection_accuracy
 from search._report import collect
 from search._session import open_existing
+from search._deploy import ship, sidecar_path
 from search._storage import refuse_own_file
 
 
@@ -30,10 +31,13 @@ def get_args_parser():
                       help="the smallest front point with at least this val accuracy (a fraction)")
     rule.add_argument("--max-drop", type=number(float, low=0, high=100),
                       help="the smallest front point within this many val accuracy points of the baseline")
-    rule.add_argument("--trial", type=number(int, low=0), help="this trial (e.g. the report's headline)")
+    rule.add_argument("--trial", type=number(int, low=0), help="this front trial, e.g. the report's headline")
     parser.add_argument("--finetune-epochs", type=number(float, low=0, high=10_000), default=0.0,
-                        help="a further recovery fine-tune (distilled when recovery.kd_weight > 0)")
-    parser.add_argument("--save", required=True, help="where to write the picked checkpoint")
+                        help="a further fine-tune with the recovery recipe, distilled when recovery.kd_weight > 0")
+    parser.add_argument("--save", required=True, help="where to write the picked checkpoint (required)")
+    parser.add_argument("--export", choices=("onnx",),
+                        help="also write <save>.onnx and a <save>.json sidecar, verified against onnxruntime "
+                             "(default: the checkpoint only)")
     return parser
 
 
@@ -71,15 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_libraries()
     rule = {k: getattr(args, k) for k in ("max_size_mb", "min_accuracy", "max_drop", "trial")}
-    epochs, save = args.finetune_epochs, Path(args.save)
-    for k in (*rule, "finetune_epochs", "save"):
+    epochs, save, export = args.finetune_epochs, Path(args.save), args.export
+    for k in (*rule, "finetune_epochs", "save", "export"):
         delattr(args, k)
     found = open_existing(*resolve(args))
     cfg, out = found.cfg, found.out
     refuse_own_file(out, save, "--save")
+    for target in ((save.with_suffix(".onnx"), sidecar_path(save.with_suffix(".onnx"))) if export else ()):
+        refuse_own_file(out, target, "--export")
     data = load_data(cfg, found.opts)
     ref = reference_of(found.study)
-    results = collect(cfg, out, found.study, data, ref)
+    start = start_checkpoint(cfg, out, data, train_if_missing=False)
+    results = collect(cfg, out, found.study, data, ref, start, latency=False)
     if results.table.empty:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")
     row = choose(results.table, baseline_val=ref.val_accuracy, **rule)
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(path, expect_model=cfg.model)
     model = ckpt.model
     if epochs > 0:
-        teacher = start_checkpoint(cfg, out, data, train_if_missing=False).model if cfg.recovery.kd_weight > 0 else None
+        teacher = start.model if cfg.recovery.kd_weight > 0 else None
         train(model, data, replace(cfg.recovery_recipe(cfg.seed), epochs=epochs), teacher=teacher,
               progress=found.opts.progress, desc="pick fine-tune")
     m = measure(model, data.example_input(1))
@@ -97,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                                                        "trial": int(row["trial"]), "finetune_epochs": epochs}),
                         val_accuracy=val, test_accuracy=test, params=m.params, macs=m.macs, size_mb=m.size_mb)
     save_pruned(save, model, PruningRecord(history=ckpt.history, plan=ckpt.plan), meta)
-    print(json.dumps({"checkpoint": str(save), "trial": int(row["trial"]),
+    shipped = {}
+    if export:
+        sidecar = ship(model, meta, ckpt.plan, data, save.with_suffix(".onnx"))
+        shipped = {"onnx": str(save.with_suffix(".onnx")), "onnx_latency_ms": sidecar["latency_ms"]["onnxruntime_cpu"]}
+    print(json.dumps({"checkpoint": str(save), **shipped, "trial": int(row["trial"]),
                       "recovered": isinstance(row["recovered_checkpoint"], str), "size_mb": m.size_mb,
                       "params": m.params, "macs": m.macs, "pruned_pct": 100 * (1 - m.size_mb / ref.size_mb),
                       "val_accuracy": val, "test_accuracy": test,

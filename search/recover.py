@@ -15,7 +15,8 @@ def get_args_parser():
                           "python -m search.recover --model lenet5 --points 8")
     parser.add_argument("--points", type=number(int, low=0, high=1000),
                         help="front points to recover (default: the config's report.recover_points)")
-    parser.add_argument("--quiet", dest="progress", action="store_const", const=False, help="no progress output")
+    parser.add_argument("--quiet", dest="progress", action="store_const", const=False,
+                        help="no progress output (default: progress on stderr)")
     return parser
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     for rec in recover(cfg, found.out, found.study, data, start, ref, progress=found.opts.progress):
         print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {rec.test_accuracy:.4f} after {rec.epochs:g} "
               f"epochs ({rec.seconds:.0f} s)")
-    for path in write_report(cfg, found.out, found.study, data, ref).values():
+    for path in write_report(cfg, found.out, found.study, data, ref, start).values():
         print(path)
     return 0
 

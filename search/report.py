@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from search._cli import quiet_libraries, resolve, run_cli, study_parser
-from search._context import load_data
+from search._context import load_data, start_checkpoint
 from search._records import reference_of
 from search._report import write_report
 from search._session import open_existing
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     found = open_existing(*resolve(args))
     data = load_data(found.cfg, found.opts)
-    for path in write_report(found.cfg, found.out, found.study, data, reference_of(found.study)).values():
+    start = start_checkpoint(found.cfg, found.out, data, train_if_missing=False)
+    for path in write_report(found.cfg, found.out, found.study, data, reference_of(found.study), start).values():
         print(path)
     return 0
 

@@ -24,25 +24,29 @@ def get_args_parser():
                         help="the size measure to minimize (default: the config's, size in MB)")
     parser.add_argument("--latency-backend", dest="search.latency_backend", choices=LATENCY_BACKENDS,
                         help="where --objective latency is measured (default: torch, on the study's device)")
-    parser.add_argument("--granularity", dest="search.granularity", choices=GRANULARITIES)
-    parser.add_argument("--sampler", dest="search.sampler", choices=tuple(SAMPLERS))
-    parser.add_argument("--importance", dest="search.importance", choices=tuple(IMPORTANCES))
+    parser.add_argument("--granularity", dest="search.granularity", choices=GRANULARITIES,
+                        help="one ratio per unit, per stage and role, or one everywhere (default: the config's)")
+    parser.add_argument("--sampler", dest="search.sampler", choices=tuple(SAMPLERS), help="default: the config's (tpe)")
+    parser.add_argument("--importance", dest="search.importance", choices=tuple(IMPORTANCES),
+                        help="channel criterion (default: the config's, l1)")
     parser.add_argument("--max-size-mb", dest="constraints.max_size_mb", type=number(float, above=0, high=1e6),
-                        help="constraint: candidates above it are infeasible")
+                        help="constraint: candidates above it are infeasible (default: none)")
     parser.add_argument("--min-accuracy", dest="constraints.min_accuracy",
                         type=number(float, low=0, high=1, fraction=True),
-                        help="constraint: validation accuracy, a fraction (0.9, not 90)")
+                        help="constraint: validation accuracy, a fraction: 0.9, not 90 (default: none)")
     parser.add_argument("--from", dest="from_checkpoint", metavar="CHECKPOINT",
-                        help="prune an already pruned checkpoint further (iterative compression)")
+                        help="prune an already pruned checkpoint further (default: the study folder's baseline)")
     parser.add_argument("--no-early-stop", dest="search.early_stop", action="store_const", const=False,
-                        help="fine-tune every candidate to the end (no successive halving)")
-    parser.add_argument("--quiet", dest="progress", action="store_const", const=False, help="no progress output")
+                        help="fine-tune every candidate to the end (default: successive halving over rungs)")
+    parser.add_argument("--quiet", dest="progress", action="store_const", const=False,
+                        help="no progress output (default: progress bars and notes on stderr)")
     parser.add_argument("--no-report", dest="write_report", action="store_const", const=False,
-                        help="skip the report files")
+                        help="skip the report files (default: write them)")
     parser.add_argument("--no-recover", dest="recover", action="store_const", const=False,
-                        help="skip the recovery of the front after the search")
+                        help="skip the recovery of the front after the search (default: recover)")
     parser.add_argument("--yes", action="store_const", const=True,
-                        help="go on with a study estimated at over an hour on a CPU (or set AUTOML_PRUNE_YES=1)")
+                        help="go on with a study estimated at over an hour on a CPU, also AUTOML_PRUNE_YES=1 "
+                             "(default: refuse with the alternatives)")
     scale = parser.add_argument_group("scaling out")
     scale.add_argument("--workers", type=number(int, low=1, high=256),
                        help="processes on this machine sharing the study (default 1)")
@@ -55,7 +59,8 @@ def get_args_parser():
                        help="ray: CPUs per trial (default 1)")
     scale.add_argument("--max-concurrent", dest="max_concurrent", type=number(int, low=1, high=10_000),
                        help="ray: trials at once (default: as resources allow)")
-    scale.add_argument("--ray-address", dest="ray_address", help="ray: an existing cluster (auto or HOST:PORT)")
+    scale.add_argument("--ray-address", dest="ray_address",
+                       help="ray: an existing cluster, auto or HOST:PORT (default: start a local Ray)")
     return parser
 
 

@@ -71,3 +71,19 @@ def test_dashboard_serves_study_front_notes_and_artifacts(served_study):
     artifact = trial["artifacts"][0]
     body = _get(f"{base}/artifacts/{summary['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}")
     assert body == (out / "artifacts" / artifact["artifact_id"]).read_bytes() and len(body) > 1000
+    stopped = [t for t in detail["trials"] if t["state"] in ("Pruned", "Fail")]
+    assert all(t["note"]["body"].startswith(("**Stopped early**", "**Failed**")) for t in stopped)
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_note_and_the_report_as_artifacts(served_study):
+    base, out = served_study
+    summaries = json.loads(_get(base + "/api/studies"))["study_summaries"]
+    (summary,) = [s for s in summaries if s["study_name"] == "lenet5-fashion-mnist"]
+    detail = json.loads(_get(f"{base}/api/studies/{summary['study_id']}"))
+    note = detail["note"]["body"]
+    assert "Baseline:" in note and ("Take it" in note and "python -m search.pick" in note or "No front point" in note)
+    names = {a["filename"]: a["artifact_id"] for a in detail["artifacts"]}
+    assert {"report.md", "pareto.png", "pareto.csv", "baseline.pt"} <= set(names)
+    served = _get(f"{base}/artifacts/{summary['study_id']}/{names['report.md']}")
+    assert served == (out / "report.md").read_bytes()

@@ -1,0 +1,49 @@
+"""Shipping a picked model: ONNX with a dynamic batch, verified against onnxruntime on a validation
+batch, and a JSON sidecar with what a deployment needs (preprocessing, class names, metrics,
+provenance, the verification and the measured latency)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from pruning import CheckpointMeta, Dataset, atomic_write_text, export_onnx, onnx_latency, verify_onnx
+from pruning._checkpoint import library_versions
+from pruning._export import INPUT, OUTPUT
+from pruning._typed import to_plain
+from search._latency import ORT_THREADS
+
+VERIFY_BATCH = 64
+
+
+def sidecar_path(onnx: Path) -> Path:
+    return onnx.with_suffix(".json")
+
+
+def ship(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx: Path) -> dict:
+    """Export ``model`` to ``onnx``, verify it on the first validation images, measure it, and write
+    the sidecar beside it. Returns the sidecar's content."""
+    batch = data.normalize(data.val_x[:VERIFY_BATCH]).cpu()
+    model = model.float().cpu().eval()
+    export_onnx(model, onnx, batch)
+    check = verify_onnx(onnx, model, batch)
+    latency = onnx_latency(onnx, batch, (1, 64), threads=ORT_THREADS)
+    pre = meta.preprocessing or data.preprocessing
+    sidecar = {
+        "onnx": onnx.name,
+        "input": {"name": INPUT, "shape": ["batch", pre.channels, pre.input_size, pre.input_size],
+                  "dtype": "float32"},
+        "output": {"name": OUTPUT, "shape": ["batch", meta.num_classes], "meaning": "class logits (argmax = class)"},
+        "preprocessing": {**to_plain(pre), "formula": "x = (pixels / 255 - mean) / std, per channel, after "
+                                                       "padding `pad` zero pixels on each side (or resizing)"},
+        "class_names": list(pre.class_names),
+        "metrics": dict(meta.metrics),
+        "reference": to_plain(meta.reference) if meta.reference else None,
+        "provenance": {"model": meta.model, "dataset": meta.dataset, **meta.provenance, "plan": plan},
+        "verification": {**to_plain(check), "against": "PyTorch fp32 on the CPU, the first validation images"},
+        "latency_ms": {"onnxruntime_cpu": {str(k): v for k, v in latency.items()}, "threads": ORT_THREADS},
+        "versions": library_versions(),
+    }
+    atomic_write_text(sidecar_path(onnx), json.dumps(sidecar, indent=1))
+    return sidecar

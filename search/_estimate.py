@@ -1,0 +1,93 @@
+"""An estimate of a whole study's time before it starts (baseline + trials + recovery), from a few
+timed training steps on the run's device; on a CPU a study estimated at over an hour asks for
+``--yes`` (or AUTOML_PRUNE_YES=1) and names the alternatives."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from models import create_model
+from pruning import Dataset, TrainConfig, train
+from search._cli import UsageError, env_flag
+from search._config import RunOptions, StudyConfig
+
+LIMIT_S = 3600.0
+YES_ENV = "AUTOML_PRUNE_YES"
+PROBE_STEPS = 2
+# A candidate is smaller than the baseline (fewer MACs per step) and successive halving stops most
+# of them early; measured here on LeNet5 studies, a trial costs about this share of a full fine-tune.
+TRIAL_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class Estimate:
+    baseline_s: float
+    trials_s: float
+    recovery_s: float
+    per_trial_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.baseline_s + self.trials_s + self.recovery_s
+
+
+def seconds_per_image(cfg: StudyConfig, data: Dataset) -> float:
+    """Training seconds per image of the unpruned model on the data's device, from the training
+    loop's own clock: a warm-up step at batch 8; a model that trains fast is then timed at the
+    recipe's batch for about a second, a slow one (a large model on a CPU) for two steps at batch 16."""
+    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    n = data.train_x.shape[0]
+    warm = train(model, data, TrainConfig(steps=1, batch_size=min(8, n), lr=0.01), progress=False)
+    def run(k: int, batch: int) -> float:
+        return train(model, data, TrainConfig(steps=k, batch_size=batch, lr=0.01), progress=False).seconds
+
+    if warm.seconds >= 0.05:  # a slow model: two steps at batch 16; what a run costs once is small beside them
+        batch = min(16, n)
+        return run(PROBE_STEPS, batch) / (PROBE_STEPS * batch)
+    batch = min(cfg.baseline_recipe().batch_size, n)
+    steps = max(3, min(100, int(0.5 / max(warm.seconds * batch / 8, 1e-4))))
+    # a fast model: the difference of two runs cancels what a run costs once; the least of three
+    # repeats is the machine's speed, not a neighbour's load
+    return min(max(1e-9, run(1 + steps, batch) - run(1, batch)) for _ in range(3)) / (steps * batch)
+
+
+def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exists: bool,
+             trials_left: int) -> Estimate:
+    per_image = seconds_per_image(cfg, data)
+    n_train, n_val = data.train_x.shape[0], data.val_x.shape[0]
+    base = cfg.baseline_recipe()
+    baseline = 0.0 if baseline_exists else base.total_steps(n_train) * base.batch_size * per_image
+    ft = cfg.finetune_recipe(0)
+    evals = (1 + len(cfg.search.rungs)) * n_val * per_image / 3  # a forward pass is about a third of a step
+    per_trial = TRIAL_SHARE * ft.total_steps(n_train) * ft.batch_size * per_image + evals
+    rec = cfg.recovery_recipe(0)
+    recovery = cfg.report.recover_points * rec.total_steps(n_train) * rec.batch_size * per_image * TRIAL_SHARE \
+        if opts.recover else 0.0
+    return Estimate(baseline_s=baseline, trials_s=trials_left * per_trial / max(1, opts.workers),
+                    recovery_s=recovery, per_trial_s=per_trial)
+
+
+def duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def describe(est: Estimate, device: torch.device) -> str:
+    return (f"estimated study time on {device.type}: {duration(est.total_s)} (baseline {duration(est.baseline_s)}, "
+            f"trials {duration(est.trials_s)}, recovery {duration(est.recovery_s)})")
+
+
+def guard(cfg: StudyConfig, opts: RunOptions, est: Estimate, device: torch.device) -> None:
+    """Refuse, with one line naming the alternatives, a CPU study estimated at over an hour."""
+    if device.type != "cpu" or est.total_s <= LIMIT_S or opts.yes or env_flag(YES_ENV):
+        return
+    raise UsageError(f"{cfg.model} at budget {cfg.budget!r} is estimated at {duration(est.total_s)} on this CPU "
+                     f"(baseline {duration(est.baseline_s)}, trials {duration(est.trials_s)}, recovery "
+                     f"{duration(est.recovery_s)}): this is GPU work; run it on a GPU machine (bench/gpu_run.sh), "
+                     f"try --budget smoke (minutes, proves the pipeline), or spread it with --workers / --backend "
+                     f"ray on GPU machines; pass --yes (or {YES_ENV}=1) to go on anyway")

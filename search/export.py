@@ -1,0 +1,49 @@
+"""Export any checkpoint of this project to ONNX (verified against onnxruntime) with a JSON sidecar:
+
+    python -m search.export --checkpoint picked.pt [--out picked.onnx]
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pruning import load_checkpoint, load_dataset
+from search._cli import Parser, quiet_libraries, run_cli
+from search._context import VAL_SPLIT_SEED
+from search._deploy import VERIFY_BATCH, ship, sidecar_path
+from search._storage import refuse_study_file
+
+
+def get_args_parser() -> Parser:
+    parser = Parser(prog="search.export", description="Export a checkpoint to ONNX with a preprocessing sidecar.",
+                    example="python -m search.export --checkpoint picked.pt --out picked.onnx")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a .pt written by search.train, search.run or search.pick (required)")
+    parser.add_argument("--out", help="the .onnx to write (default: the checkpoint's name with .onnx); "
+                                      "the sidecar is the same name with .json")
+    parser.add_argument("--data-dir", default="data",
+                        help=f"where the checkpoint's dataset is found, for the {VERIFY_BATCH}-image verification "
+                             f"batch (default: data)")
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="never download the dataset (default: download where the network allows)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    quiet_libraries()
+    ckpt = load_checkpoint(args.checkpoint)
+    onnx = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    for target in (onnx, sidecar_path(onnx)):
+        refuse_study_file(target, "--out")
+    data = load_dataset(ckpt.meta.dataset or "fashion-mnist", data_dir=args.data_dir, seed=VAL_SPLIT_SEED,
+                        download=args.download)
+    sidecar = ship(ckpt.model, ckpt.meta, ckpt.plan, data, onnx)
+    print(json.dumps({"onnx": str(onnx), "sidecar": str(sidecar_path(onnx)),
+                      "max_abs_diff": sidecar["verification"]["max_abs_diff"],
+                      "latency_ms": sidecar["latency_ms"]["onnxruntime_cpu"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,114 @@
+"""From front to deployment: ONNX export verified on onnxruntime, the sidecar, the report that
+names its pick command, the CPU-time guard and the commands' help."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models import create_model
+from pruning import CheckpointMeta, apply_plan, load_pruned, prunable_units, save_pruned
+from search import pick, run
+from search._config import RunOptions, load_config
+from search._context import load_data
+from search._estimate import estimate, guard
+from search._cli import UsageError
+from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, cli, write_config
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, fashion_mnist):
+    root = tmp_path_factory.mktemp("deploy")
+    config = write_config(root / "tiny.yaml", TINY_LENET)
+    out = root / "out"
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "6"]) == 0
+    return root, config, out
+
+
+def _ort(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": x.numpy()})[0]
+
+
+def test_the_report_leads_to_a_model(study, capsys):
+    root, config, out = study
+    report = (out / "report.md").read_text()
+    assert "★" in report and "python -m search.pick" in report and "Channel widths of the headline" in report
+    command = next(line for line in report.splitlines() if line.startswith("python -m search.pick"))
+    argv = command.split()[3:]
+    argv[argv.index("--save") + 1] = str(root / "headline.pt")
+    code, stdout, err = cli(pick, argv + ["--data-dir", str(REPO / "data")], capsys)  # the exact command works
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    headline = json.loads((out / "report.json").read_text())["headline"]
+    assert result["trial"] == headline["trial"] and (root / "headline.onnx").exists()
+
+
+def test_an_exported_lenet5_matches_pytorch_in_onnxruntime(study):
+    root, config, out = study
+    saved = root / "headline.pt"
+    if not saved.exists():
+        pytest.skip("needs test_the_report_leads_to_a_model's export")
+    model = load_pruned(saved)
+    data = load_data(load_config("lenet5", path=config, overrides={"budget": "smoke"}),
+                     RunOptions(data_dir=str(REPO / "data")))
+    for batch in (1, 7, 64):  # a dynamic batch dimension
+        x = data.normalize(data.test_x[:batch]).cpu()
+        with torch.no_grad():
+            np.testing.assert_allclose(_ort(root / "headline.onnx", x), model(x).numpy(), atol=1e-4, rtol=1e-4)
+    sidecar = json.loads((root / "headline.json").read_text())
+    pre = sidecar["preprocessing"]
+    assert pre["pad"] == 2 and pre["channels"] == 1 and pre["mean"] == [0.286] and pre["std"] == [0.353]
+    assert sidecar["class_names"][0] == "T-shirt/top" and len(sidecar["class_names"]) == 10
+    assert sidecar["verification"]["max_abs_diff"] <= 1e-3 and sidecar["provenance"]["study"] == "lenet5-fashion-mnist"
+    assert model.preprocessing.pad == 2  # load_pruned hands the preprocessing to the code that uses the model
+
+
+@pytest.mark.slow
+def test_a_pruned_resnet50_exports_and_matches(tmp_path, fashion_mnist):
+    torch.manual_seed(0)
+    model = create_model("resnet50", num_classes=10, in_channels=1).eval()
+    x = torch.randn(1, 1, 32, 32)
+    pruned, record = apply_plan(model, {u.name: 0.5 for u in prunable_units(model, x)}, example_input=x, round_to=8)
+    ckpt = save_pruned(tmp_path / "r50.pt", pruned, record,
+                       CheckpointMeta(model="resnet50", num_classes=10, in_channels=1, dataset="fashion-mnist",
+                                      preprocessing=fashion_mnist.preprocessing))
+    result = subprocess.run([PYTHON, "-m", "search.export", "--checkpoint", str(ckpt), "--data-dir",
+                             str(REPO / "data")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    xb = fashion_mnist.normalize(fashion_mnist.val_x[:16])
+    with torch.no_grad():
+        np.testing.assert_allclose(_ort(tmp_path / "r50.onnx", xb), pruned.eval()(xb).numpy(), atol=1e-3, rtol=1e-3)
+    assert json.loads((tmp_path / "r50.json").read_text())["input"]["shape"] == ["batch", 1, 32, 32]
+
+
+@pytest.mark.parametrize("model, refused", [("densenet121", True), ("lenet5", False)])
+def test_the_cpu_guard(model, refused, fashion_mnist):
+    cfg = load_config(model)  # the default budget
+    opts = RunOptions(data_dir=str(REPO / "data"), device="cpu")
+    data = load_data(cfg, opts)
+    est = estimate(cfg, opts, data, baseline_exists=False, trials_left=cfg.spend.trials)
+    if refused:
+        with pytest.raises(UsageError, match="this is GPU work.*--budget smoke.*--yes"):
+            guard(cfg, opts, est, data.device)
+        guard(cfg, RunOptions(yes=True), est, data.device)  # --yes goes on
+    else:
+        guard(cfg, opts, est, data.device)
+        assert est.total_s < 3600
+
+
+@pytest.mark.parametrize("command", ["run", "train", "pick", "report", "recover", "export"])
+def test_help_gives_defaults_and_an_example(command, capsys):
+    import importlib
+    parser = importlib.import_module(f"search.{command}").get_args_parser()
+    text = parser.format_help()
+    assert "example:\n  python -m search." in text
+    exclusive = [a for group in parser._mutually_exclusive_groups for a in group._group_actions]
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help" and action not in exclusive:
+            rendered = parser._get_formatter()._get_help_string(action)
+            assert "default" in rendered or "required" in rendered, (command, action.dest)
