@@ -23,6 +23,7 @@ INPUT, OUTPUT = "images", "logits"
 # orders, so logits agree to about 1e-5 of their scale; these bounds leave room for deep nets.
 ATOL, RTOL = 1e-3, 1e-3
 LATENCY_WARMUP, LATENCY_REPEATS = 10, 50
+LATENCY_BUDGET_S = 2.0  # per batch size: a slow model gets fewer timed runs (at least 5), not minutes
 
 
 class ExportError(PruningError):
@@ -111,11 +112,21 @@ def onnx_latency(path: str | Path, example_input: torch.Tensor, batch_sizes: tup
     result = {}
     for bs in batch_sizes:
         x = np.ascontiguousarray(np.repeat(one, bs, axis=0))
-        samples = []
-        for i in range(warmup + repeats):
+
+        def once() -> float:
             start = time.perf_counter()
             session.run([OUTPUT], {INPUT: x})
-            if i >= warmup:
-                samples.append((time.perf_counter() - start) * 1000)
-        result[bs] = statistics.median(samples)
+            return (time.perf_counter() - start) * 1000
+
+        result[bs] = timed_median(once, warmup, repeats)
     return result
+
+
+def timed_median(once, warmup: int, repeats: int, budget_s: float = LATENCY_BUDGET_S) -> float:
+    """Median of ``repeats`` calls of ``once()`` (milliseconds) after ``warmup`` unmeasured ones; a
+    slow call gets fewer of both, so one measurement stays within about ``budget_s`` (at least 5 timed)."""
+    first = once()
+    n = max(5, min(repeats, int(budget_s * 1000 / max(first, 1e-3))))
+    for _ in range(min(warmup, n) - 1):
+        once()
+    return statistics.median(once() for _ in range(n))

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -45,19 +44,21 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, latency: bool = Fa
 
 @torch.no_grad()
 def _latency(model: nn.Module, one: torch.Tensor, batch_sizes, repeats: int, warmup: int) -> dict[int, float]:
+    from pruning._export import timed_median
+
     device = next(model.parameters()).device
     result = {}
     for bs in batch_sizes:
         x = one.to(device).expand(bs, *one.shape[1:]).contiguous()
-        samples = []
-        for i in range(warmup + repeats):
+
+        def once() -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
             model(x)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if i >= warmup:
-                samples.append((time.perf_counter() - start) * 1000)
-        result[bs] = statistics.median(samples)
+            return (time.perf_counter() - start) * 1000
+
+        result[bs] = timed_median(once, warmup, repeats)
     return result

@@ -91,6 +91,7 @@ class ReportConfig:
     headline_max_drop: float = field(default=1.0, metadata=bounds(low=0, high=100))  # points of val accuracy
     recover_points: int = field(default=5, metadata=bounds(low=0, high=1000))  # front points recovered
     undertrained_margin: float = field(default=0.5, metadata=bounds(low=0, high=100))  # points
+    latency: str = field(default="all", metadata=bounds(choices=("all", "recovered", "none")))  # which front points are timed
 
     def __post_init__(self) -> None:
         check_fields(self, "report")

@@ -57,7 +57,8 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
     items = {f"t{t.number}": TrialRecord.read(t).checkpoint for t in front}
     items.update({f"r{n}": r.checkpoint for n, r in recovered.items()})
     tests = test_accuracies(out, cfg.model, items, data)
-    timing = _latencies(cfg, out, front, data, start) if latency else {}
+    timed = [t for t in front if cfg.report.latency == "all" or t.number in recovered]
+    timing = _latencies(cfg, out, timed, data, start) if latency and cfg.report.latency != "none" else {}
     rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, ref, timing) for t in front]
     table = pd.DataFrame(rows, columns=CSV_COLUMNS)
     best = headline(table, ref, cfg.report.headline_max_drop)
@@ -68,7 +69,7 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
         widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"]).model)
     return Results(table=table, headline=best, references=reference_gaps(study),
                    warning=undertrained(study, recovered, ref, cfg.report.undertrained_margin),
-                   baseline_latency=timing.get("start"), latency_setting=setting(data.device) if latency else None,
+                   baseline_latency=timing.get("start"), latency_setting=setting(data.device) if timing else None,
                    widths=widths)
 
 
@@ -112,7 +113,7 @@ def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord |
     test = tests[f"t{t.number}"]
     final_test = recovery.test_accuracy if recovery else test
     speed = {}
-    if timing:
+    if f"t{t.number}" in timing:
         mine, base = timing[f"t{t.number}"], timing["start"]
         for kind, batch in (("ort", 1), ("ort", 64), ("device", 1), ("device", 64)):
             speed[f"{kind}_b{batch}_ms"] = mine[kind][batch]
