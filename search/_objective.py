@@ -196,12 +196,18 @@ class _Halving:
 
 
 def _population(trial: optuna.Trial, rung: int) -> list[tuple[float, float]]:
-    """(accuracy at ``rung``, size) of every other trial of the study that has reached it."""
+    """(accuracy at ``rung``, size) of every other searched trial of the study that has reached it.
+
+    The reference plans are left out: they always run to the end, so ranked beside the candidates
+    they would take promotion slots that nobody else can use (measured: with them in, the searched
+    front trailed the references by up to 2 points at light ratios)."""
     points = []
     for t in trial.study.get_trials(deepcopy=False):
         if t.number == trial.number:
             continue
         rec = TrialRecord.read(t)
+        if rec.reference:
+            continue
         hit = [r for r in rec.rungs if r.rung == rung]
         if hit and rec.objective_value is not None:
             points.append((hit[0].val_accuracy, rec.objective_value))

@@ -2,7 +2,8 @@
 
 A candidate's fine-tune is cut into rungs (rung 0 is the adaptive-BatchNorm proxy before any
 fine-tune). At each rung the candidate's validation accuracy is recorded, and it goes on only if it
-ranks in the top ``ceil(n / eta)`` of the ``n`` trials that have reached that rung, ranked by
+ranks in the top ``ceil(n / eta)`` of the ``n`` searched trials that have reached that rung (the
+reference plans are measured at every rung but neither stopped nor ranked against), ranked by
 non-dominated sorting on (accuracy at the rung, max; size, min) and, inside the front that straddles
 the cut, by crowding distance (the extremes and the sparse parts of the front first, so the
 promoted set keeps its spread over sizes). While fewer than ``min_trials`` have reached a rung,

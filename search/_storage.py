@@ -21,7 +21,7 @@ JOURNAL = "journal.log"
 ARTIFACTS = "artifacts"
 BASELINE = "baseline.pt"
 BASELINE_PARTIAL = ".baseline.partial.pt"  # the interrupted baseline's last epoch
-REPORT_FILES = ("report.md", "pareto.csv", "pareto.png")
+REPORT_FILES = ("report.md", "report.json", "pareto.csv", "pareto.png")
 TEST_CACHE = "test_accuracy.json"
 _ARTIFACT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -41,7 +41,7 @@ def baseline_path(out: Path) -> Path:
 def own_files(out: Path) -> list[Path]:
     """The files of a study folder that only its own commands write (``--save`` may not name them)."""
     names = [JOURNAL, JOURNAL + ".lock", BASELINE, BASELINE_PARTIAL, RESOLVED_NAME, OPTIONS_NAME, TEST_CACHE,
-             ".lock", *REPORT_FILES]
+             "latency.json", ".lock", ".recover.lock", *REPORT_FILES]
     return [out / n for n in names]
 
 

@@ -69,11 +69,16 @@ def test_a_dominated_candidate_stops_at_the_first_rung_and_never_reaches_the_fro
     assert run.main(base_args(config, out) + ["--quiet", "--trials", "4", "--no-report", "--no-recover"]) == 0
     study = study_of(out)
     u02 = next(t for t in study.trials if TrialRecord.read(t).reference_ratio == 0.2)
+    # two more searched plans reach rung 0 before the bad one: uniform-like shapes near the references
+    study.enqueue_trial({LEVEL: 0.2, "conv1": 0.0, "conv2": 0.1, "fc1": 0.0, "fc2": 0.0})
+    study.enqueue_trial({LEVEL: 0.5, "conv1": 0.0, "conv2": 0.0, "fc1": -0.1, "fc2": 0.0})
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "6", "--no-report", "--no-recover"]) == 0
+    study = study_of(out)
     # conv1 cut to 1 of 6 channels, the rest barely pruned: larger than the 0.2 plan and far less accurate
     study.enqueue_trial({LEVEL: 0.225, "conv1": 2.0, "conv2": -2.0, "fc1": -2.0, "fc2": -2.0})
-    assert run.main(base_args(config, out) + ["--quiet", "--trials", "5", "--no-report", "--no-recover"]) == 0
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "7", "--no-report", "--no-recover"]) == 0
     study = study_of(out)
-    bad = study.trials[4]
+    bad = study.trials[6]
     rec = TrialRecord.read(bad)
     assert bad.state == TrialState.PRUNED and rec.stop_rung == 0 and [r.rung for r in rec.rungs] == [0]
     assert rec.plan["conv1"] == 0.9 and rec.size_mb > TrialRecord.read(u02).size_mb
