@@ -23,6 +23,7 @@ RESULTS=${1:-${OUT:-gpu-results}}
 mkdir -p "$RESULTS"
 RESULTS=$(cd "$RESULTS" && pwd)
 WORK=${GPU_RUN_WORK:-$(mktemp -d /tmp/gpu-run.XXXXXX)}
+mkdir -p "$WORK"
 LOG="$RESULTS/gpu-run.log"
 PY=${PYTHON:-python3}
 START=$(date +%s)

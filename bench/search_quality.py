@@ -32,7 +32,7 @@ from search import recover as recover_cmd
 from search import run
 from search._config import RunOptions, load_config
 from search._context import load_data, train_baseline
-from search._records import TrialRecord
+from search._records import TrialRecord, recoveries
 
 NAME = "lenet5-fashion-mnist"
 
@@ -160,23 +160,22 @@ def recovered_headline(root: Path, out: Path, seed: int, budget: str, search_s: 
     import pandas as pd
     copy = root / f"seed{seed}-c-recovered"
     start = time.perf_counter()
-    try:
-        recover_cmd.main(["--model", "lenet5", "--budget", budget, "--out", str(copy), "--quiet"])
-    except SystemExit:
-        pass
-    recovery_s = time.perf_counter() - start
+    recover_cmd.main(["--model", "lenet5", "--budget", budget, "--out", str(copy), "--quiet"])
+    command_s = time.perf_counter() - start  # the recovery and the report (test accuracy, latency of the front)
+    recovery_s = sum(r.seconds for r in recoveries(load(copy)).values())  # the recovery's fine-tunes
     table = pd.read_csv(copy / "pareto.csv")
     head = table[table["headline"]]
-    if head.empty:
-        return {"search_s": search_s, "recovery_s": recovery_s, "headline": None}
-    h = head.iloc[0]
-    return {"search_s": search_s, "recovery_s": recovery_s,
-            "headline": f"trial {int(h['trial'])}: {h['pruned_pct']:.1f} % smaller, test drop {h['accuracy_drop']:.2f} pts"}
+    out = {"search_s": search_s, "recovery_s": recovery_s, "recover_command_s": command_s, "headline": None}
+    if not head.empty:
+        h = head.iloc[0]
+        out["headline"] = (f"trial {int(h['trial'])}: {h['pruned_pct']:.1f} % smaller, test drop "
+                           f"{h['accuracy_drop']:.2f} pts")
+    return out
 
 
 def _line(r: dict) -> str:
-    extra = f"; headline {r['headline']}; recovery {r['recovery_s']:.0f} s vs search {r['search_s']:.0f} s" \
-        if "headline" in r else ""
+    extra = (f"; headline {r['headline']}; recovery fine-tunes {r['recovery_s']:.0f} s vs search {r['search_s']:.0f} s "
+             f"(search.recover with the report: {r['recover_command_s']:.0f} s)") if "headline" in r else ""
     return (f"seed {r['seed']} {r['mode']:<18} trials {r['trials']:>3} (stopped {r['stopped']:>2}): HV {r['hv']:.5f}, "
             f"HV searched {r['hv_searched']:.5f}; fine-tune {r['finetune_s']:.0f} s / {r['finetune_steps']} steps; "
             f"worst reference gap {r['worst_gap']:+.2f} pts{extra}")

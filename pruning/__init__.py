@@ -25,4 +25,5 @@ __all__ = [
     "export_onnx", "finetune", "onnx_latency", "verify_onnx",
     "global_ranking_plans", "load_checkpoint", "load_dataset", "load_pruned", "measure", "plan_keys",
     "prunable_units", "read_meta", "recalibrate_bn", "save_pruned", "train", "train_batches", "validate_plan",
+    "with_metrics",
 ]

@@ -3,7 +3,6 @@
 actors. The registry below gives the CLI its choices; Ray is imported only by its own backend."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -112,11 +111,3 @@ def run_ray(job: Job) -> None:
 
 
 BACKENDS: dict[str, Callable[[Job], None]] = {"optuna": run_optuna, "ray": run_ray}
-
-
-@contextlib.contextmanager
-def closing(runner: TrialRunner):
-    try:
-        yield runner
-    finally:
-        runner.close()

@@ -58,7 +58,7 @@ def latencies(out: Path, key_models: dict[str, tuple[str, object]], example: tor
         cache = {}  # a damaged cache is only a cache
     device = str(example.device)
     changed = False
-    for key, (cache_key, lazy) in key_models.items():
+    for cache_key, lazy in key_models.values():
         slot = f"{cache_key}@{device}"
         if slot not in cache:
             model = lazy.load().to(example.device)

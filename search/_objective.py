@@ -154,7 +154,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
     total = recipe.total_steps(ctx.data.train_x.shape[0])
     rungs = rung_steps(total, space.rungs) if space.early_stop else []
     halving = _Halving(ctx, io, size, protected=rec.reference is not None, steps=rungs)
-    if rungs:
+    if rungs and rungs[0] == 0:
         halving.at(0, proxy)
     start = time.perf_counter()
     teacher = ctx.start.model if recipe.kd_weight > 0 else None

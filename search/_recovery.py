@@ -4,8 +4,6 @@ then use the recovered figures. Resumable: recovered points are skipped, one pro
 time, and a point interrupted half-way is simply recovered again."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
 import sys
 import tempfile
@@ -23,39 +21,43 @@ from search._config import StudyConfig
 from search._faults import fault
 from search._records import RecoveryRecord, TrialRecord, recoveries, save_recovery
 from search._report import front_trials
-from search._storage import artifact_dir, artifact_path
+from search._storage import artifact_dir, artifact_path, file_lock
+
+
+REACH = 3.0  # recovery brings a point up by one to two points: those within 3x the drop are worth a try
 
 
 def targets(front: list[FrozenTrial], ref: Reference, count: int, max_drop: float) -> list[int]:
-    """Which front points to recover (trial numbers, smallest first): the search-time headline (the
-    smallest point within ``max_drop`` val points of the baseline), the two next smaller points
-    (recovery may bring them within the drop), then points spread evenly over log size."""
+    """Which front points to recover (trial numbers, smallest first), ``count`` at most: the
+    search-time headline (the smallest point within ``max_drop`` val points of the baseline); points
+    smaller than it that recovery may bring within the drop (within ``REACH`` times the drop), spread
+    over their sizes; the smallest front point; then points spread evenly over log size."""
     if count <= 0 or not front:
         return []
-    recs = [(t.number, TrialRecord.read(t)) for t in front]  # front_trials: smallest first
-    ok = [i for i, (_, r) in enumerate(recs) if 100.0 * (ref.val_accuracy - r.val_accuracy) <= max_drop]
+    recs = [TrialRecord.read(t) for t in front]  # front_trials: smallest first
+    drops = [100.0 * (ref.val_accuracy - r.val_accuracy) for r in recs]
+    ok = [i for i, d in enumerate(drops) if d <= max_drop]
     anchor = ok[0] if ok else len(recs) - 1
-    chosen = [i for i in (anchor, anchor - 1, anchor - 2) if i >= 0][:count]
-    logs = [math.log(max(r.size_mb, 1e-9)) for _, r in recs]
-    for q in range(count):  # evenly spaced quantiles of log size, nearest front point each
-        if len(set(chosen)) >= min(count, len(recs)):
-            break
-        goal = logs[0] + (logs[-1] - logs[0]) * q / max(1, count - 1)
-        nearest = min((i for i in range(len(recs)) if i not in chosen), key=lambda i: abs(logs[i] - goal), default=None)
-        if nearest is not None:
-            chosen.append(nearest)
-    return sorted({recs[i][0] for i in chosen}, key=lambda n: next(r.size_mb for m, r in recs if m == n))
+    reach = [i for i in range(anchor) if drops[i] <= REACH * max_drop]
+    chosen = [anchor] + _spread(reach, recs, max(0, count - 2)) + [0]
+    chosen += _spread([i for i in range(len(recs)) if i not in chosen], recs, count)
+    picked = list(dict.fromkeys(chosen))[:count]
+    return [front[i].number for i in sorted(picked)]
 
 
-@contextlib.contextmanager
-def _recovery_lock(out: Path):
-    """One recovering process per study folder (a second waits, then skips what the first did)."""
-    with open(out / ".recover.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _spread(indices: list[int], recs: list[TrialRecord], k: int) -> list[int]:
+    """Up to ``k`` of ``indices``, evenly spaced in log size (the ends first)."""
+    if k <= 0 or not indices:
+        return []
+    logs = {i: math.log(max(recs[i].size_mb, 1e-9)) for i in indices}
+    lo, hi = min(logs.values()), max(logs.values())
+    out: list[int] = []
+    for q in range(min(k, len(indices))):
+        goal = lo + (hi - lo) * q / max(1, min(k, len(indices)) - 1)
+        best = min((i for i in indices if i not in out), key=lambda i: abs(logs[i] - goal), default=None)
+        if best is not None:
+            out.append(best)
+    return out
 
 
 def recover(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, start: Checkpoint, ref: Reference,
@@ -63,7 +65,7 @@ def recover(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, sta
     """Recover the chosen front points not recovered yet; returns the new records."""
     store = FileSystemArtifactStore(str(artifact_dir(out)))
     done = []
-    with _recovery_lock(out):
+    with file_lock(out / ".recover.lock"):  # one recovering process: a second waits, then skips what is done
         chosen = targets(front_trials(study), ref, cfg.report.recover_points, cfg.report.headline_max_drop)
         have = recoveries(study)
         todo = [n for n in chosen if n not in have]

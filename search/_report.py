@@ -148,7 +148,7 @@ def reference_gaps(study: optuna.Study) -> pd.DataFrame:
     done = completed(study)
     searched = [(t, r) for t, r in done if r.reference is None]
     rows = []
-    for t, r in sorted(((t, r) for t, r in done if r.reference), key=lambda p: (p[1].reference, p[1].reference_ratio)):
+    for r in sorted((r for _, r in done if r.reference), key=lambda r: (r.reference, r.reference_ratio)):
         rivals = [(s, sr) for s, sr in searched if sr.size_mb <= r.size_mb]
         best = max(rivals, key=lambda p: p[1].val_accuracy, default=None)
         rows.append({"reference": r.reference, "ratio": r.reference_ratio, "size_mb": r.size_mb,

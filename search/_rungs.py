@@ -19,9 +19,8 @@ Point = tuple[float, float]  # (accuracy at the rung, size): accuracy maximized,
 
 
 def rung_steps(total_steps: int, fractions: tuple[float, ...]) -> list[int]:
-    """The fine-tune step of each rung (rung 0 at step 0 is the proxy), all before the last step."""
-    steps = sorted({min(total_steps - 1, max(0, round(f * total_steps))) for f in fractions} | {0})
-    return [s for s in steps if s < total_steps]
+    """The fine-tune step of each rung (a fraction 0 is the proxy, before any step), all before the last."""
+    return sorted({min(total_steps - 1, max(0, round(f * total_steps))) for f in fractions})
 
 
 def _dominates(a: Point, b: Point) -> bool:

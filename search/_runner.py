@@ -81,9 +81,16 @@ class TrialRunner:
         self.started: dict[int, float] = {}
         self.clock = _Clock(guess=seconds_per_trial)
         self.after_trials_s = after_trials_s  # the recovery that follows, for the ETA
-        self.bar = tqdm(total=self.total, initial=min(self.total, finished(study)), desc="trials", unit="trial",
-                        disable=not opts.progress, dynamic_ncols=True)
+        self._bar: tqdm | None = None
         self._waiting = False
+
+    @property
+    def bar(self) -> tqdm:
+        """The progress bar, made at first use (after the run's header lines)."""
+        if self._bar is None:
+            self._bar = tqdm(total=self.total, initial=min(self.total, finished(self.study)), desc="trials",
+                             unit="trial", disable=not self.opts.progress, dynamic_ncols=True)
+        return self._bar
 
     # --- ask ---------------------------------------------------------------------------------
 
@@ -239,7 +246,8 @@ class TrialRunner:
         self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _duration(seconds: float) -> str:

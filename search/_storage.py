@@ -77,16 +77,21 @@ def check_writable(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def study_lock(out: Path):
-    """Serialize the workers of a study folder around seeding and creating trials (an advisory file
-    lock), so that the trial total holds and a trial is never seen half-created."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a") as handle:
+def file_lock(path: Path):
+    """An advisory lock on ``path`` (made if missing), held for the ``with`` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def study_lock(out: Path):
+    """Serialize the workers of a study folder around seeding and creating trials, so that the trial
+    total holds and a trial is never seen half-created."""
+    return file_lock(out / ".lock")
 
 
 def check_journal(path: Path) -> str | None:

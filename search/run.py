@@ -5,7 +5,6 @@ and writes the report.
 """
 from __future__ import annotations
 
-import sys
 
 from pruning import GRANULARITIES, IMPORTANCES
 from search._backends import BACKENDS

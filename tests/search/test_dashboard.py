@@ -15,7 +15,7 @@ import pytest
 
 from search import run
 from search._storage import dashboard_command
-from tests.conftest import REPO, base_args
+from tests.conftest import base_args
 
 
 def _free_port() -> int:

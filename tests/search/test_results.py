@@ -11,7 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from pruning import Reference, load_checkpoint
-from search import recover, run, train
+from search import run, train
 from search._faults import ENV
 from search._records import recoveries
 from search._report import headline

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -19,6 +18,7 @@ from tests.conftest import TINY_LENET, base_args, merged, study_of, write_config
 
 def test_rung_steps_are_fractions_of_the_fine_tune():
     assert rung_steps(250, (0.0, 1 / 9, 1 / 3)) == [0, 28, 83]
+    assert rung_steps(250, (1 / 9, 1 / 3)) == [28, 83]  # no proxy rung unless asked for
     assert rung_steps(3, (0.0, 0.5, 0.99)) == [0, 2]  # never the last step, never twice
 
 
