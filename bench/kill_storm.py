@@ -72,6 +72,15 @@ def command(config: Path, out: Path, trials: int, workers: int) -> list[str]:
             str(REPO / "data")]
 
 
+def _extend_if_complete(out: Path, trials: int, done: dict) -> int:
+    """A run that ended by itself: the study is complete, so extend it (the storm needs work to kill)."""
+    done["ended before a kill"] += 1
+    study = study_of(out)
+    if study is not None and len(study.get_trials(states=FINISHED)) >= trials:
+        return trials + 5
+    return trials
+
+
 def storm(config: Path, out: Path, trials: int, kills: int, rng: random.Random) -> dict[str, int]:
     done = {"parent": 0, "child": 0, "at creation": 0, "single run": 0, "ended before a kill": 0}
     env = {k: v for k, v in os.environ.items() if k != ENV}
@@ -83,14 +92,14 @@ def storm(config: Path, out: Path, trials: int, kills: int, rng: random.Random) 
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if kind == "at creation":
             proc.wait()
-            done[kind] += proc.returncode == -signal.SIGKILL
+            if proc.returncode == -signal.SIGKILL:
+                done[kind] += 1
+            else:
+                trials = _extend_if_complete(out, trials, done)
             continue
         time.sleep(rng.uniform(0.5, 6.0))
         if proc.poll() is not None:
-            done["ended before a kill"] += 1
-            study = study_of(out)
-            if study is not None and len(study.get_trials(states=FINISHED)) >= trials:
-                trials += 5  # the study is complete: extend it, so the storm has something to kill
+            trials = _extend_if_complete(out, trials, done)
             continue
         victims = child_pids(out, proc.pid) if kind == "child" else []
         if kind == "child" and victims:

@@ -70,6 +70,7 @@ class SearchSpace:
     eta: int = field(default=3, metadata=bounds(low=2, high=100))
     rungs: tuple[float, ...] = field(default=(0.0, 1 / 9, 1 / 3), metadata=_ratio())
     rung_min_trials: int = field(default=4, metadata=bounds(low=1, high=100_000))
+    rung_val_images: int | None = field(default=2000, metadata=bounds(low=1, high=100_000_000))  # None: all
 
     def __post_init__(self) -> None:
         check_fields(self, "search")

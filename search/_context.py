@@ -40,8 +40,9 @@ def load_data(cfg: StudyConfig, opts: RunOptions) -> Dataset:
 
 
 def train_baseline(cfg: StudyConfig, out: Path, data: Dataset, *, epochs: float | None = None,
-                   progress: bool = True) -> Checkpoint:
-    """Train the unpruned model with the config's recipe and save ``<out>/baseline.pt``.
+                   progress: bool = True, then: str = "") -> Checkpoint:
+    """Train the unpruned model with the config's recipe and save ``<out>/baseline.pt`` (``then``:
+    what follows it, shown beside the progress bar so its ETA reads as the whole study's).
 
     The run saves its state after every epoch, so an interrupted baseline continues where it
     stopped (with the same recipe) instead of starting over.
@@ -58,7 +59,7 @@ def train_baseline(cfg: StudyConfig, out: Path, data: Dataset, *, epochs: float 
         atomic_write(partial, lambda tmp: torch.save(payload, tmp))
         fault("after_baseline_epoch")
 
-    result = train(model, data, recipe, progress=progress, desc=f"baseline {cfg.model}",
+    result = train(model, data, recipe, progress=progress, desc=f"baseline {cfg.model}{then}",
                    hooks=TrainHooks(on_epoch=save_epoch, resume=resume))
     meta = CheckpointMeta(
         model=cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, dataset=cfg.dataset,

@@ -99,8 +99,9 @@ def guard(cfg: StudyConfig, opts: RunOptions, est: Estimate, device: torch.devic
     """Refuse, with one line naming the alternatives, a CPU study estimated at over an hour."""
     if device.type != "cpu" or est.total_s <= LIMIT_S or opts.yes or env_flag(YES_ENV):
         return
-    raise UsageError(f"{cfg.model} at budget {cfg.budget!r} is estimated at {duration(est.total_s)} on this CPU "
-                     f"(baseline {duration(est.baseline_s)}, trials {duration(est.trials_s)}, recovery "
-                     f"{duration(est.recovery_s)}): this is GPU work; run it on a GPU machine (bench/gpu_run.sh), "
-                     f"try --budget smoke (minutes, proves the pipeline), or spread it with --workers / --backend "
-                     f"ray on GPU machines; pass --yes (or {YES_ENV}=1) to go on anyway")
+    smoke = "" if cfg.budget == "smoke" else "try --budget smoke (minutes, proves the pipeline), "
+    raise UsageError(f"{cfg.model} at budget {cfg.budget!r} is estimated at {duration(est.total_s)} on this CPU as "
+                     f"busy as it is now (baseline {duration(est.baseline_s)}, trials {duration(est.trials_s)}, "
+                     f"recovery {duration(est.recovery_s)}): this is GPU work; run it on a GPU machine "
+                     f"(bench/gpu_run.sh), {smoke}or spread it with --workers / --backend ray on GPU machines; "
+                     f"pass --yes (or {YES_ENV}=1) to go on anyway")

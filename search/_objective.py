@@ -158,10 +158,11 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
         halving.at(0, proxy)
     start = time.perf_counter()
     teacher = ctx.start.model if recipe.kd_weight > 0 else None
+    rung_data = ctx.data.subset(val=space.rung_val_images)  # a rung's evaluation costs a few steps, not dozens
     try:
         train(pruned, ctx.data, recipe, teacher=teacher, progress=False, desc=f"trial {trial.number}",
               hooks=TrainHooks(at_steps=tuple(s for s in rungs if s > 0),
-                               on_step=lambda step: halving.at(step, evaluate(pruned, ctx.data, "val"))))
+                               on_step=lambda step: halving.at(step, evaluate(pruned, rung_data, "val"))))
     finally:
         io.write(finetune_seconds=time.perf_counter() - start)
     val = evaluate(pruned, ctx.data, "val")

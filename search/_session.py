@@ -14,8 +14,8 @@ from optuna.storages import BaseStorage
 from pruning import atomic_write_text, read_meta
 from search._backends import Job
 from search._config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig
-from search._context import load_data
-from search._estimate import Estimate, describe, estimate, guard
+from search._context import load_data, train_baseline
+from search._estimate import Estimate, describe, duration, estimate, guard
 from search._objective import SearchContext, build_context
 from search._records import reference_of
 from search._references import reference_plans
@@ -62,6 +62,10 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
         if exists:
             study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
             check_resume(study, cfg, out)
+        if not exists and not cfg.from_checkpoint and not (out / BASELINE).exists():
+            _say(opts, f"no baseline in {out}; training one")
+            after = f" (then trials + recovery ~{duration(est.trials_s + est.recovery_s)})" if est else ""
+            train_baseline(cfg, out, data, progress=opts.progress, then=after)
         ctx = build_context(cfg, opts, out, train_if_missing=not exists, progress=opts.progress, data=data)
         if study is None:
             study = create_study(storage, cfg, digest=ctx.start.checksum, reference=ctx.reference)

@@ -125,3 +125,22 @@ def test_two_workers_decide_from_the_shared_storage(tmp_path, fashion_mnist):
             r.rung == rec.stop_rung for r in TrialRecord.read(s).rungs)]
         crossed += any(TrialRecord.read(s).worker != rec.worker for s in earlier)
     assert crossed, "no stop decision ranked trials of the other worker"
+
+
+def test_rungs_judge_on_a_slice_of_validation_and_the_trial_on_all_of_it(tmp_path, fashion_mnist, monkeypatch):
+    import search._objective as objective
+    seen: list[int] = []
+
+    def counting(model, data, split, *args, **kwargs):
+        seen.append(len(data.val_y))
+        return evaluate(model, data, split, *args, **kwargs)
+
+    evaluate = objective.evaluate
+    monkeypatch.setattr(objective, "evaluate", counting)
+    config = write_config(tmp_path / "s.yaml", merged(TINY_LENET, search={
+        "references": [], "rungs": [0.0, 0.5], "rung_val_images": 100, "rung_min_trials": 1000}))
+    out = tmp_path / "out"
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "2", "--no-report", "--no-recover"]) == 0
+    val = TINY_LENET["budgets"]["smoke"]["val_subset"]
+    # per trial: the proxy (rung 0) and the final score on all of validation, the rung at 50% on 100 images
+    assert sorted(seen) == [100, 100, val, val, val, val]
