@@ -36,32 +36,35 @@ class Estimate:
 
 def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) -> float:
     """Training seconds per image of the unpruned model on the data's device, from the training
-    loop's own clock: a warm-up step at batch 8; a model that trains fast is then timed at the
+    loop's own clock: two warm-up steps at batch 8; a model that trains fast is then timed at the
     recipe's batch for about a second, a slow one (a large model on a CPU) for two steps at batch 16."""
     model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
     n = data.train_x.shape[0]
-    warm = train(model, data, TrainConfig(steps=1, batch_size=min(8, n), lr=0.01), progress=False)
-    if not precise:  # one step at batch 8, overheads included: an upper bound
-        return warm.seconds / min(8, n)
 
     def run(k: int, batch: int) -> float:
         return train(model, data, TrainConfig(steps=k, batch_size=batch, lr=0.01), progress=False).seconds
 
-    if warm.seconds >= 0.05:  # a slow model: two steps at batch 16; what a run costs once is small beside them
+    first = run(1, min(8, n))
+    if not precise:  # one step at batch 8, the process's one-time costs included: an upper bound
+        return first / min(8, n)
+    # every figure is the least of a few repeats: the machine's speed, not a neighbour's load spike
+    warm = min(run(1, min(8, n)) for _ in range(2))  # the first step paid the one-time costs
+    if warm >= 0.05:  # a slow model: two steps at batch 16; what a run costs once is small beside them
         batch = min(16, n)
-        return run(PROBE_STEPS, batch) / (PROBE_STEPS * batch)
+        return min(run(PROBE_STEPS, batch) for _ in range(2)) / (PROBE_STEPS * batch)
     batch = min(cfg.baseline_recipe().batch_size, n)
-    steps = max(3, min(100, int(0.5 / max(warm.seconds * batch / 8, 1e-4))))
-    # a fast model: the difference of two runs cancels what a run costs once; the least of three
-    # repeats is the machine's speed, not a neighbour's load
-    return min(max(1e-9, run(1 + steps, batch) - run(1, batch)) for _ in range(3)) / (steps * batch)
+    steps = max(3, min(100, int(0.5 / max(warm * batch / 8, 1e-4))))
+    # a fast model: the difference of two runs cancels what a run costs once
+    long, short = (min(run(k, batch) for _ in range(3)) for k in (1 + steps, 1))
+    return (long - short) / (steps * batch) if long > short else long / ((1 + steps) * batch)
 
 
 def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exists: bool,
-             trials_left: int) -> Estimate:
-    """The study's time; measured precisely only when a quick upper bound exceeds the CPU limit."""
+             trials_left: int, precise: bool = True) -> Estimate:
+    """The study's time. A quick upper bound (one small step, overheads included) first; it is
+    measured precisely (a few seconds) when it is shown (``precise``) or exceeds the CPU limit."""
     rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, precise=False), baseline_exists, trials_left)
-    if rough.total_s <= LIMIT_S:
+    if rough.total_s <= LIMIT_S and not precise:
         return replace(rough, upper_bound=True)
     return _estimate(cfg, opts, data, seconds_per_image(cfg, data), baseline_exists, trials_left)
 

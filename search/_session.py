@@ -84,7 +84,7 @@ def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, storage: Base
     if left <= 0 and exists:
         return None
     baseline = bool(cfg.from_checkpoint) or (out / BASELINE).exists()
-    est = estimate(cfg, opts, data, baseline_exists=baseline, trials_left=max(0, left))
+    est = estimate(cfg, opts, data, baseline_exists=baseline, trials_left=max(0, left), precise=opts.progress)
     _say(opts, describe(est, data.device))
     guard(cfg, opts, est, data.device)
     return est

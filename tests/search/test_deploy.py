@@ -98,7 +98,17 @@ def test_the_cpu_guard(model, refused, fashion_mnist):
         guard(cfg, RunOptions(yes=True), est, data.device)  # --yes goes on
     else:
         guard(cfg, opts, est, data.device)
-        assert est.total_s < 3600
+        assert est.total_s < 3600 and not est.upper_bound
+
+
+@pytest.mark.parametrize("rough_s, shown, measured", [(1e-4, False, False), (1e-4, True, True), (1.0, False, True)])
+def test_the_estimate_is_measured_when_shown_or_over_the_limit(rough_s, shown, measured, monkeypatch, fashion_mnist):
+    import search._estimate as est_mod
+    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: 1e-6 if precise else rough_s)
+    cfg = load_config("lenet5")
+    est = estimate(cfg, RunOptions(), fashion_mnist, baseline_exists=False, trials_left=60, precise=shown)
+    assert est.upper_bound is not measured
+    assert (est.total_s < 60) is measured  # 1 µs per image: seconds; 100 µs: minutes; 1 s: days
 
 
 @pytest.mark.parametrize("command", ["run", "train", "pick", "report", "recover", "export"])
