@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,13 +16,13 @@ from torch import nn
 
 from pruning._errors import PruningError
 from pruning._io import atomic_write
+from pruning._measure import timed_median
 
 INPUT, OUTPUT = "images", "logits"
 # onnxruntime against PyTorch on the same fp32 inputs: both run fp32 kernels that sum in different
 # orders, so logits agree to about 1e-5 of their scale; these bounds leave room for deep nets.
 ATOL, RTOL = 1e-3, 1e-3
 LATENCY_WARMUP, LATENCY_REPEATS = 10, 50
-LATENCY_BUDGET_S = 2.0  # per batch size: a slow model gets fewer timed runs (at least 5), not minutes
 
 
 class ExportError(PruningError):
@@ -120,13 +119,3 @@ def onnx_latency(path: str | Path, example_input: torch.Tensor, batch_sizes: tup
 
         result[bs] = timed_median(once, warmup, repeats)
     return result
-
-
-def timed_median(once, warmup: int, repeats: int, budget_s: float = LATENCY_BUDGET_S) -> float:
-    """Median of ``repeats`` calls of ``once()`` (milliseconds) after ``warmup`` unmeasured ones; a
-    slow call gets fewer of both, so one measurement stays within about ``budget_s`` (at least 5 timed)."""
-    first = once()
-    n = max(5, min(repeats, int(budget_s * 1000 / max(first, 1e-3))))
-    for _ in range(min(warmup, n) - 1):
-        once()
-    return statistics.median(once() for _ in range(n))

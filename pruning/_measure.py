@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -44,8 +45,6 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, latency: bool = Fa
 
 @torch.no_grad()
 def _latency(model: nn.Module, one: torch.Tensor, batch_sizes, repeats: int, warmup: int) -> dict[int, float]:
-    from pruning._export import timed_median
-
     device = next(model.parameters()).device
     result = {}
     for bs in batch_sizes:
@@ -62,3 +61,13 @@ def _latency(model: nn.Module, one: torch.Tensor, batch_sizes, repeats: int, war
 
         result[bs] = timed_median(once, warmup, repeats)
     return result
+
+
+def timed_median(once, warmup: int, repeats: int, budget_s: float = 2.0) -> float:
+    """Median of ``repeats`` calls of ``once()`` (milliseconds) after ``warmup`` unmeasured ones; a
+    slow call gets fewer of both, so one measurement stays within about ``budget_s`` (at least 5 timed)."""
+    first = once()
+    n = max(5, min(repeats, int(budget_s * 1000 / max(first, 1e-3))))
+    for _ in range(min(warmup, n) - 1):
+        once()
+    return statistics.median(once() for _ in range(n))

@@ -104,21 +104,11 @@ def reference_of(ckpt: Checkpoint, example: torch.Tensor) -> Reference:
                      test_accuracy=float(metrics["test_accuracy"]))
 
 
-def start_checkpoint(cfg: StudyConfig, out: Path, data: Dataset, *, train_if_missing: bool,
-                     progress: bool = True) -> Checkpoint:
-    """The model a study prunes from: ``from_checkpoint``, or the study folder's baseline (trained
-    when missing and ``train_if_missing``), checked against the dataset, on the data's device."""
-    if cfg.from_checkpoint:
-        ckpt = load_checkpoint(cfg.from_checkpoint, expect_model=cfg.model)
-        source = cfg.from_checkpoint
-    elif baseline_path(out).exists() or not train_if_missing:
-        ckpt = load_checkpoint(baseline_path(out), expect_model=cfg.model)
-        source = str(baseline_path(out))
-    else:
-        if progress:
-            print(f"no baseline in {out}; training one", file=sys.stderr)
-        ckpt = train_baseline(cfg, out, data, progress=progress)
-        source = str(baseline_path(out))
+def start_checkpoint(cfg: StudyConfig, out: Path, data: Dataset) -> Checkpoint:
+    """The model a study prunes from: ``from_checkpoint``, or the study folder's baseline (a new
+    study's session trains it first), checked against the dataset, on the data's device."""
+    source = cfg.from_checkpoint or str(baseline_path(out))
+    ckpt = load_checkpoint(source, expect_model=cfg.model)
     meta = ckpt.meta
     if meta.dataset not in (None, cfg.dataset):
         raise CheckpointError(f"{source} was trained on {meta.dataset!r}, not {cfg.dataset!r}; "

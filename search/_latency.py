@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ def setting(device: torch.device) -> str:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({cpu}, {torch.get_num_threads()} threads)"
     return (f"onnxruntime {_ort_version()} on the CPU ({cpu}, {ORT_THREADS} thread, {os.cpu_count()} cores); "
-            f"PyTorch on {where}; median of 50 (onnxruntime) / 20 (PyTorch) timed runs after 10 / 5 warm-up runs")
+            f"PyTorch on {where}; median of up to 50 (onnxruntime) / 20 (PyTorch) timed runs after up to 10 / 5 warm-up runs, fewer for a slow model")
 
 
 def _ort_version() -> str:
@@ -47,9 +48,10 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def latencies(out: Path, key_models: dict[str, tuple[str, object]], example: torch.Tensor) -> dict[str, dict]:
+def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module]]],
+              example: torch.Tensor) -> dict[str, dict]:
     """key -> {"ort": {batch: ms}, "device": {batch: ms}} for models given as (cache key: an artifact id
-    or a checksum, a lazy loader with ``.load()``), measuring only those not cached yet."""
+    or a checksum, a loader called only when needed), measuring only those not cached yet."""
     path = out / CACHE
     try:
         cache = json.loads(path.read_text()) if path.exists() else {}
@@ -61,7 +63,7 @@ def latencies(out: Path, key_models: dict[str, tuple[str, object]], example: tor
     for cache_key, lazy in key_models.values():
         slot = f"{cache_key}@{device}"
         if slot not in cache:
-            model = lazy.load().to(example.device)
+            model = lazy().to(example.device)
             on_device = device_ms(model, example)  # before the export, which moves the model to the CPU
             cache[slot] = {"ort": ort_ms(model, example), "device": on_device}
             changed = True

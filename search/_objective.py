@@ -51,11 +51,10 @@ class SearchContext:
     calibration: list          # fixed training batches: BN recalibration and Taylor importance
 
 
-def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, train_if_missing: bool = False,
-                  progress: bool = True, data: Dataset | None = None) -> SearchContext:
+def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Dataset | None = None) -> SearchContext:
     """Data, starting model, units and calibration batches: everything trials share."""
     data = data if data is not None else load_data(cfg, opts)
-    start = start_checkpoint(cfg, out, data, train_if_missing=train_if_missing, progress=progress)
+    start = start_checkpoint(cfg, out, data)
     example = data.example_input(1)
     units = prunable_units(start.model, example)
     artifact_dir(out).mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def ray_trial(config: dict, *, cfg: dict, opts: dict, out: str) -> dict:
         study_cfg, run_opts = config_from_plain(cfg), options_from_plain(opts)
         storage = open_storage(Path(out), run_opts.storage, heartbeat_s=run_opts.heartbeat_s)
         study = load_existing(storage, study_cfg.study_name, salt=os.getpid(), cfg=study_cfg)
-        _ACTOR_STATE[out] = (build_context(study_cfg, run_opts, Path(out), progress=False), study, storage)
+        _ACTOR_STATE[out] = (build_context(study_cfg, run_opts, Path(out)), study, storage)
     ctx, study, storage = _ACTOR_STATE[out]
     trial = trial_handle(study, storage, config["number"])
     with heartbeat(trial, storage, study, ctx.opts.heartbeat_s):

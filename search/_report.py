@@ -1,15 +1,13 @@
 """The study's outputs: pareto.csv, report.md and pareto.png, from the trial and recovery records."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
-
-import copy
-
 from torch import nn
 
 from pruning import Checkpoint, Dataset, Reference, atomic_write, atomic_write_text, evaluate, load_checkpoint
@@ -75,19 +73,12 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
 
 def _latencies(cfg: StudyConfig, out: Path, front: list[FrozenTrial], data: Dataset, start: Checkpoint) -> dict:
     example = data.example_input(1)
-    models = {"start": (start.checksum, _Lazy(lambda: copy.deepcopy(start.model)))}
+    models = {"start": (start.checksum, lambda: copy.deepcopy(start.model))}
     for t in front:
         artifact = TrialRecord.read(t).checkpoint
-        models[f"t{t.number}"] = (artifact, _Lazy(lambda a=artifact: load_checkpoint(
-            artifact_path(out, a), expect_model=cfg.model).model))
+        models[f"t{t.number}"] = (artifact, lambda a=artifact: load_checkpoint(
+            artifact_path(out, a), expect_model=cfg.model).model)
     return latencies(out, models, example)
-
-
-class _Lazy:
-    """A model loaded only if its latency is not cached yet."""
-
-    def __init__(self, load) -> None:
-        self.load = load
 
 
 def channel_widths(before: nn.Module, after: nn.Module) -> list[tuple[str, int, int]]:
@@ -193,8 +184,6 @@ def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset
         import matplotlib.pyplot as plt
         plt.close(figure)
     return {**paths, "json": results_file}
-
-
 
 
 def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference) -> dict:

@@ -48,12 +48,14 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
         read_meta(cfg.from_checkpoint)  # a foreign or damaged file is refused before anything else
     data = load_data(cfg, opts)  # a missing or damaged dataset is refused before anything is written
     _say(opts, f"device: {data.device}" + (f" ({_gpu_name()})" if data.device.type == "cuda" else ""))
-    storage = None
+    storage, done = None, None
     if opts.storage or (out / JOURNAL).exists():  # an existing study is checked before the estimate
         storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
         if find_study(storage, cfg.study_name):
-            check_resume(load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg), cfg, out)
-    est = _estimate(cfg, opts, out, data, storage)  # refuses before anything is written
+            existing = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
+            check_resume(existing, cfg, out)
+            done = finished(existing)
+    est = _estimate(cfg, opts, out, data, done)  # refuses before anything is written
     check_writable(out)
     storage = storage or open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
     with study_lock(out):  # a second worker waits here while the first trains the baseline
@@ -66,7 +68,7 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
             _say(opts, f"no baseline in {out}; training one")
             after = f" (then trials + recovery ~{duration(est.trials_s + est.recovery_s)})" if est else ""
             train_baseline(cfg, out, data, progress=opts.progress, then=after)
-        ctx = build_context(cfg, opts, out, train_if_missing=not exists, progress=opts.progress, data=data)
+        ctx = build_context(cfg, opts, out, data=data)
         if study is None:
             study = create_study(storage, cfg, digest=ctx.start.checksum, reference=ctx.reference)
             atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
@@ -77,11 +79,11 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
     return session
 
 
-def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, storage: BaseStorage | None) -> Estimate | None:
-    """The whole study's time from a few timed steps; on a CPU, over an hour needs --yes."""
-    exists = storage is not None and find_study(storage, cfg.study_name)
-    left = opts.total_trials(cfg) - (finished(load_existing(storage, cfg.study_name, cfg=cfg)) if exists else 0)
-    if left <= 0 and exists:
+def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, done: int | None) -> Estimate | None:
+    """The whole study's time from a few timed steps (``done``: an existing study's finished trials);
+    on a CPU, over an hour needs --yes."""
+    left = opts.total_trials(cfg) - (done or 0)
+    if left <= 0 and done is not None:
         return None
     baseline = bool(cfg.from_checkpoint) or (out / BASELINE).exists()
     est = estimate(cfg, opts, data, baseline_exists=baseline, trials_left=max(0, left), precise=opts.progress)
@@ -145,7 +147,7 @@ def publish_study(study: optuna.Study, storage: BaseStorage, out: Path, answer: 
     from optuna.artifacts import FileSystemArtifactStore
 
     from search._dashboard import publish, save_study_note, study_note
-    from search._storage import BASELINE, artifact_dir
+    from search._storage import artifact_dir
 
     save_study_note(study, study_note(answer))
     publish(study, storage, FileSystemArtifactStore(str(artifact_dir(out))),

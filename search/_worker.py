@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
     study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
-    ctx = build_context(cfg, opts, out, progress=False)
+    ctx = build_context(cfg, opts, out)
     runner = TrialRunner(study, storage, cfg, opts, out, ctx.keys, reference_of(study))
     try:
         run_local(runner, ctx)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         refuse_own_file(out, target, "--export")
     data = load_data(cfg, found.opts)
     ref = reference_of(found.study)
-    start = start_checkpoint(cfg, out, data, train_if_missing=False)
+    start = start_checkpoint(cfg, out, data)
     results = collect(cfg, out, found.study, data, ref, start, latency=False)
     if results.table.empty:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")

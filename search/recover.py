@@ -2,6 +2,8 @@
 report: ``python -m search.recover --model lenet5``. search.run does this at its end."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from search._cli import number, quiet_libraries, resolve, run_cli, study_parser
 from search._context import load_data, start_checkpoint
 from search._records import reference_of
@@ -28,11 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     found = open_existing(*resolve(args))
     cfg = found.cfg
     if points is not None:
-        from dataclasses import replace
         cfg = replace(cfg, report=replace(cfg.report, recover_points=points))
     data = load_data(cfg, found.opts)
     ref = reference_of(found.study)
-    start = start_checkpoint(cfg, found.out, data, train_if_missing=False)
+    start = start_checkpoint(cfg, found.out, data)
     for rec in recover(cfg, found.out, found.study, data, start, ref, progress=found.opts.progress):
         print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {rec.test_accuracy:.4f} after {rec.epochs:g} "
               f"epochs ({rec.seconds:.0f} s)")

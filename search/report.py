@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     found = open_existing(*resolve(args))
     data = load_data(found.cfg, found.opts)
-    start = start_checkpoint(found.cfg, found.out, data, train_if_missing=False)
+    start = start_checkpoint(found.cfg, found.out, data)
     for path in write_report(found.cfg, found.out, found.study, data, reference_of(found.study), start).values():
         print(path)
     return 0
