@@ -38,6 +38,9 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 ARCH_ATTR = "arch"  # set on every model create_model builds: the registry name it came from
+# set on every model create_model builds: its stage grouping (None: it has none), which the pruning
+# engine reads instead of deriving stages from the module tree (timm's group_matcher, in spirit)
+STAGES_ATTR = "pruning_stages"
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -84,4 +87,5 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> n
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     model = spec.build(num_classes=num_classes, in_channels=in_channels)
     setattr(model, ARCH_ATTR, name)
+    setattr(model, STAGES_ATTR, spec.stage_of)
     return model

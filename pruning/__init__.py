@@ -2,7 +2,7 @@
 Torch-Pruning, adaptive BatchNorm, the training loop, measurement, data and safe checkpoints."""
 from __future__ import annotations
 
-from pruning._apply import IMPORTANCES, PruningRecord, apply_plan, global_ranking_plans
+from pruning._apply import IMPORTANCES, PruningRecord, apply_plan, global_ranking_plans, prunable_safely
 from pruning._bn import recalibrate_bn
 from pruning._checkpoint import (Checkpoint, CheckpointMeta, Reference, load_checkpoint, load_pruned, read_meta,
                                  save_pruned, with_metrics)
@@ -24,6 +24,6 @@ __all__ = [
     "apply_plan", "atomic_write", "atomic_write_text", "channels_to_keep", "evaluate", "expand_plan",
     "export_onnx", "finetune", "onnx_latency", "verify_onnx",
     "global_ranking_plans", "load_checkpoint", "load_dataset", "load_pruned", "measure", "plan_keys",
-    "prunable_units", "read_meta", "recalibrate_bn", "save_pruned", "train", "train_batches", "validate_plan",
+    "prunable_safely", "prunable_units", "read_meta", "recalibrate_bn", "save_pruned", "train", "train_batches", "validate_plan",
     "with_metrics",
 ]

@@ -11,7 +11,7 @@ import torch_pruning as tp
 from torch import nn
 
 from pruning._errors import PlanError
-from pruning._units import DEFAULT_MAX_RATIO, Unit, build_graph, channels_to_keep, validate_plan
+from pruning._units import DEFAULT_MAX_RATIO, Unit, build_graph, channels_to_keep, kept_layers, validate_plan
 
 # name -> Torch-Pruning criterion; the CLI choices and validation derive from this table.
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
@@ -68,7 +68,8 @@ def apply_plan(model: nn.Module, plan: Mapping[str, float], *, example_input: to
                importance: str = "l1", round_to: int | None = None, steps: int = 1,
                between_steps: Callable[[nn.Module, int], None] | None = None,
                calibration: Iterable | None = None, history: History = (),
-               max_ratio: float = DEFAULT_MAX_RATIO, seed: int = 0) -> tuple[nn.Module, PruningRecord]:
+               max_ratio: float = DEFAULT_MAX_RATIO, seed: int = 0,
+               keep: tuple[str, ...] | list[str] = ()) -> tuple[nn.Module, PruningRecord]:
     """Prune a copy of ``model`` by ``plan`` (unit name -> fraction of its channels to remove).
 
     Args:
@@ -80,6 +81,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, float], *, example_input: to
         calibration: (x, y) training batches for ``taylor``.
         history: the surgery history of ``model`` itself when it is already pruned.
         seed: seed of ``random`` importance.
+        keep: layers whose outputs are kept (the classifier always is).
 
     Returns:
         The pruned copy and a :class:`PruningRecord` whose history includes ``history``.
@@ -90,7 +92,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, float], *, example_input: to
         raise PlanError("taylor importance needs calibration batches")
     scorer = _importance(importance)
     pruned = copy.deepcopy(model)
-    graph, units, groups = build_graph(pruned, example_input)
+    graph, units, groups = build_graph(pruned, example_input, keep=keep)
     plan = validate_plan(units, plan, max_ratio=max_ratio)
     before = {u.name: u.channels for u in units}
     target = {u.name: channels_to_keep(u.channels, plan[u.name], round_to) for u in units}
@@ -131,20 +133,20 @@ def _prune_step(graph, model, units, before, target, step, steps, scorer, calibr
 
 
 def global_ranking_plans(model: nn.Module, ratios: Iterable[float], *, example_input: torch.Tensor,
-                         max_ratio: float = DEFAULT_MAX_RATIO, round_to: int | None = None) -> dict[float, dict[str, float]]:
+                         max_ratio: float = DEFAULT_MAX_RATIO, round_to: int | None = None,
+                         keep: tuple[str, ...] | list[str] = ()) -> dict[float, dict[str, float]]:
     """The classic global allocation: for each target ratio, the plan that Torch-Pruning's
     ``MetaPruner(global_pruning=True)`` chooses when one L1 ranking (normalized per group) spans all
     units and that fraction of all channels goes. ``model`` is not modified."""
-    from pruning._units import build_graph, classifier_of
-
-    _, units, _ = build_graph(model, example_input)
+    _, units, _ = build_graph(model, example_input, keep=keep)
+    ignored = kept_layers(model, example_input, keep)
     unit_of = {model.get_submodule(u.root): u for u in units}
     plans = {}
     for ratio in ratios:
         with torch.inference_mode(False), torch.enable_grad():  # the pruner traces its own graph
             pruner = tp.pruner.MetaPruner(
                 model, example_input, importance=tp.importance.GroupMagnitudeImportance(p=1), global_pruning=True,
-                pruning_ratio=float(ratio), max_pruning_ratio=max_ratio, ignored_layers=[classifier_of(model)],
+                pruning_ratio=float(ratio), max_pruning_ratio=max_ratio, ignored_layers=ignored,
                 round_to=round_to)
         plan = {u.name: 0.0 for u in units}
         for group in pruner.step(interactive=True):  # interactive: the groups are read, never pruned
@@ -153,3 +155,40 @@ def global_ranking_plans(model: nn.Module, ratios: Iterable[float], *, example_i
                 plan[unit.name] = min(max_ratio, len(group[0].idxs) / unit.channels)
         plans[float(ratio)] = plan
     return plans
+
+
+def prunable_safely(model: nn.Module, example_input: torch.Tensor, *, max_ratio: float = DEFAULT_MAX_RATIO,
+                    round_to: int | None = None, keep: tuple[str, ...] = ()
+                    ) -> tuple[list[Unit], tuple[str, ...], list[Unit]]:
+    """(units, kept layers, units found unsafe): every unit pruned at once at ``max_ratio`` must
+    still run on ``example_input``; where the model breaks, each unit is tried alone and those that
+    break it are kept whole, and so are units coupled to a grouped (not depthwise) convolution,
+    whose channels Torch-Pruning 1.6.1 removes across group boundaries (ResNeXt, RegNet)."""
+    graph, units, _ = build_graph(model, example_input, keep=keep)
+    grouped = [u for u in units if _touches_grouped_conv(graph, model, u)]
+
+    def works(names: list[str]) -> bool:
+        try:
+            pruned, _ = apply_plan(model, {n: max_ratio for n in names}, example_input=example_input,
+                                   round_to=round_to, max_ratio=max_ratio, keep=keep)
+            with torch.no_grad():
+                out = pruned.eval()(example_input)
+            return isinstance(out, torch.Tensor) and bool(torch.isfinite(out).all())
+        except Exception:  # any failure of the surgery or the pruned forward means: do not prune it
+            return False
+    rest = [u for u in units if u not in grouped]
+    if not rest or works([u.name for u in rest]):
+        bad = grouped
+    else:
+        bad = grouped + [u for u in rest if not works([u.name])]
+    if not bad:
+        return units, tuple(keep), []
+    keep = tuple(keep) + tuple(u.root for u in bad)
+    return build_graph(model, example_input, keep=keep)[1], keep, bad
+
+
+def _touches_grouped_conv(graph: tp.DependencyGraph, model: nn.Module, unit: Unit) -> bool:
+    root = model.get_submodule(unit.root)
+    group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, [0])
+    return any(isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels
+               for m in (dep.target.module for dep, _ in group))

@@ -14,7 +14,7 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from models import UnknownModelError, create_model
+from models import ModelSource, UnknownModelError, parse_source
 from pruning._apply import History, PruningRecord
 from pruning._data import Preprocessing
 from pruning._errors import CheckpointError
@@ -36,7 +36,7 @@ class Reference:
     macs: int
     size_mb: float
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None = None  # None: the dataset has no test split
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ class CheckpointMeta:
     """What a checkpoint says about its model.
 
     Attributes:
-        model, num_classes, in_channels: the build arguments of the base model.
+        model, num_classes, in_channels: the base model's source (``lenet5``, ``torchvision:resnet50``,
+            ``nets.py:build``) and build arguments.
+        model_kwargs: keyword arguments of the source's builder.
         dataset: the dataset it was trained on.
         preprocessing: what a deployment does to an image first.
         reference: the unpruned baseline's figures (None in a baseline itself).
@@ -60,6 +62,16 @@ class CheckpointMeta:
     reference: Reference | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> ModelSource:
+        return parse_source(self.model, self.model_kwargs)
+
+    @property
+    def input_size(self) -> int:
+        """The model's input side in pixels (32 where the checkpoint predates other sizes)."""
+        return self.preprocessing.input_size if self.preprocessing else 32
 
 
 @dataclass
@@ -164,13 +176,23 @@ def _meta(path: Path, plain: dict) -> CheckpointMeta:
 
 def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> Checkpoint:
     """Read a checkpoint with ``torch.load(weights_only=True)``, verify its checksum, rebuild the base
-    model, replay the surgery history and load the weights. ``expect_model`` refuses a checkpoint of
-    another model. Works inside ``torch.no_grad()`` and ``torch.inference_mode()``."""
+    model from its recorded source, replay the surgery history and load the weights.
+    ``expect_model`` refuses a checkpoint of another model; a checkpoint of the user's own code is
+    rebuilt only when ``expect_model`` names that entry point (loading imports it: the caller must
+    ask for that, a file alone never makes it happen). Works inside ``torch.no_grad()`` and
+    ``torch.inference_mode()``."""
     path = Path(path)
     state, history, plan, plain, digest = _verified(path, _read(path))
     meta = _meta(path, plain)
     if expect_model is not None and meta.model != expect_model:
         raise CheckpointError(f"{path} is a {meta.model!r} checkpoint, not {expect_model!r}")
+    try:
+        source = meta.source
+    except UnknownModelError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if source.kind == "code" and expect_model != meta.model:
+        raise CheckpointError(f"{path} was built by your code {meta.model}; loading it imports that code, so name "
+                              f"it: --model {meta.model} (in Python: load_pruned(path, model={meta.model!r}))")
     try:
         with torch.inference_mode(False), torch.enable_grad():
             model = _rebuild(state, history, meta)
@@ -185,27 +207,38 @@ def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> Che
 def _rebuild(state: dict, history: History, meta: CheckpointMeta) -> nn.Module:
     """A fresh base model with the surgery history replayed and the weights loaded."""
     try:
-        model = create_model(meta.model, num_classes=meta.num_classes, in_channels=meta.in_channels)
+        model = meta.source.build(num_classes=meta.num_classes, in_channels=meta.in_channels)
     except (UnknownModelError, ValueError) as exc:
         raise CheckpointError(str(exc)) from None
     if history:
-        graph = trace(model, torch.zeros(1, meta.in_channels, 32, 32))
+        graph = trace(model, torch.zeros(1, meta.in_channels, meta.input_size, meta.input_size))
         graph.load_pruning_history([list(h) for h in history])
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(with_layout_versions(state, model))
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not match the rebuilt {meta.model} "
                               f"({str(exc).splitlines()[0][:160]})") from None
     return model
 
 
-def load_pruned(path: str | Path) -> nn.Module:
+def with_layout_versions(state: dict, model: nn.Module) -> dict:
+    """``state`` carrying the built model's per-module layout versions (``_metadata``), which a
+    plain dict of tensors has lost; modules that check them (torchvision's MNASNet) load then."""
+    from collections import OrderedDict
+
+    out = OrderedDict(state)
+    out._metadata = getattr(model.state_dict(), "_metadata", OrderedDict())  # type: ignore[attr-defined]
+    return out
+
+
+def load_pruned(path: str | Path, *, model: str | None = None) -> nn.Module:
     """The pruned (or baseline) model stored at ``path``, ready for inference: eval mode, no
-    gradients, and its :class:`Preprocessing` as ``model.preprocessing`` (None if not recorded)."""
-    ckpt = load_checkpoint(path)
-    model = ckpt.model.eval().requires_grad_(False)
-    model.preprocessing = ckpt.meta.preprocessing
-    return model
+    gradients, and its :class:`Preprocessing` as ``model.preprocessing`` (None if not recorded).
+    ``model`` names the source (required for a model of your own code: loading imports it)."""
+    ckpt = load_checkpoint(path, expect_model=model)
+    net = ckpt.model.eval().requires_grad_(False)
+    net.preprocessing = ckpt.meta.preprocessing
+    return net
 
 
 def with_metrics(meta: CheckpointMeta, **metrics: float) -> CheckpointMeta:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import os
 import pickle
 import warnings
 import zlib
@@ -20,9 +21,16 @@ from pruning._errors import DatasetError
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 # Training-time augmentation: "auto" is the dataset's default (pad-crop and flip for natural images,
 # none for digits and clothing); flips are wrong for digits and text, so they can be turned off.
-AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop+flip")
+# "rrc" is the random-resized crop of ImageNet training (from the cached, larger image to the input).
+AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop+flip", "rrc", "rrc+flip")
 _DEFAULT_AUGMENT = {"fashion-mnist": "none", "mnist": "none", "cifar10": "crop+flip", "cifar100": "crop+flip",
                     "imagefolder": "crop+flip", "synthetic": "none"}
+INTERPOLATIONS = ("bilinear", "bicubic")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_MAX_TENSOR_MB = 8000  # a built-in set resized above this is refused with the size that fits
+MAX_BAD_SHARE = 0.05  # unreadable files in an image folder: skipped and counted up to this share, refused above
+RRC_SCALE = (0.25, 1.0)  # area share of a random-resized crop (timm's fine-tuning recipes use 0.08-1; small sets
+RRC_RATIO = (3 / 4, 4 / 3)  # lose too much at 0.08)
 _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                     "Ankle boot")
 MAX_IMAGE_PIXELS = 50_000_000  # an image folder's file above this is refused (decompression bombs)
@@ -43,15 +51,18 @@ _STATS = {
 @dataclass(frozen=True)
 class Preprocessing:
     """What a deployment must do to an image before the model sees it, recorded in checkpoints and
-    export sidecars: ``x = (pixels / 255 - mean) / std`` on a ``channels`` x 32 x 32 float tensor.
+    export sidecars: bring it to ``channels`` x ``input_size`` x ``input_size``, then
+    ``x = (pixels / 255 - mean) / std`` per channel.
 
     Attributes:
-        channels: 1 (grayscale) or 3 (RGB, channel order R, G, B).
-        input_size: height and width the model takes (32).
+        channels: 1 (grayscale) or 3 (RGB, channel order R, G, B; a grayscale image is replicated).
+        input_size: height and width the model takes.
         pad: zero pixels added on each side of the source image (2 for 28x28 digits and clothing).
-        resize: how a source image of another size is brought to ``input_size`` ("none" or "bicubic").
+        resize: the interpolation of the resize ("none": the source already has the size, or is padded).
         mean, std: per channel, of pixel values scaled to [0, 1].
         class_names: the label of each output, in order.
+        resize_size: the shorter side is resized to this, then the centre ``input_size`` square is
+            cropped (the usual evaluation transform); None: resized straight to ``input_size``.
     """
 
     channels: int
@@ -61,11 +72,48 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+    resize_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How images are brought to a model's input (from its source's defaults and the config).
+
+    Attributes:
+        input_size: height and width the model takes.
+        crop_pct: evaluation crop: the shorter side is resized to ``input_size / crop_pct`` and the
+            centre ``input_size`` square kept (1.0: resized straight to the input size).
+        interpolation: one of ``INTERPOLATIONS``.
+        channels: 1 or 3 to convert the images to; None keeps the dataset's.
+        mean, std: normalization; None takes the dataset's own statistics.
+    """
+
+    input_size: int = 32
+    crop_pct: float = 1.0
+    interpolation: str = "bicubic"
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def side(self) -> int:
+        """The side of the cached square images (at least the input size)."""
+        return max(self.input_size, int(round(self.input_size / self.crop_pct)))
+
+
+def image_spec_of(pre: "Preprocessing") -> ImageSpec:
+    """The :class:`ImageSpec` that reproduces a recorded preprocessing (exports verify on it)."""
+    crop = pre.input_size / pre.resize_size if pre.resize_size else 1.0
+    return ImageSpec(input_size=pre.input_size, crop_pct=crop, interpolation=pre.resize if pre.resize in
+                     INTERPOLATIONS else "bicubic", channels=pre.channels, mean=tuple(pre.mean), std=tuple(pre.std))
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train / validation / test splits as uint8 image tensors (N, C, 32, 32) and int64 labels."""
+    """Train / validation / test splits as uint8 images (N, C, S, S) and int64 labels: tensors
+    (cached, on the training device) or :class:`StreamedImages` (decoded from files batch by batch).
+    Images larger than ``input_size`` are centre-cropped for evaluation and cropped by the
+    augmentation for training. A missing test split has no images (its figures are absent)."""
 
     name: str
     train_x: torch.Tensor
@@ -80,13 +128,27 @@ class Dataset:
     augment: str = "none"  # one of AUGMENTATIONS other than "auto": pad-crop and/or flip while training
     class_names: tuple[str, ...] = ()
     pad: int = 0          # zero border added to the source images (28x28 -> 32x32)
-    resize: str = "none"  # how source images were brought to 32x32
+    resize: str = "none"  # the interpolation that brought source images to the cached size
+    input_size: int = 0   # the model's input side (0: the cached side)
+    resize_size: int | None = None  # the shorter side source images were resized to before the centre crop
+    notes: tuple[str, ...] = ()  # what loading skipped or decided, for the console
+    root: str | None = None  # the image folder it was read from (None: a built-in dataset)
+
+    @property
+    def size(self) -> int:
+        """The model's input side in pixels."""
+        return self.input_size or int(self.train_x.shape[-1])
+
+    @property
+    def has_test(self) -> bool:
+        return int(self.test_x.shape[0]) > 0
 
     @property
     def preprocessing(self) -> Preprocessing:
         names = self.class_names or tuple(str(i) for i in range(self.num_classes))
-        return Preprocessing(channels=self.in_channels, input_size=int(self.train_x.shape[-1]), pad=self.pad,
-                             resize=self.resize, mean=tuple(self.mean), std=tuple(self.std), class_names=names)
+        return Preprocessing(channels=self.in_channels, input_size=self.size, pad=self.pad,
+                             resize=self.resize, mean=tuple(self.mean), std=tuple(self.std), class_names=names,
+                             resize_size=self.resize_size)
 
     @property
     def in_channels(self) -> int:
@@ -96,24 +158,35 @@ class Dataset:
     def device(self) -> torch.device:
         return self.train_x.device
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train_x, StreamedImages)
+
     def to(self, device: str | torch.device) -> "Dataset":
-        """The same dataset with every tensor on ``device``."""
+        """The same dataset with every tensor on ``device`` (streamed images are decoded onto it)."""
         moved = {k: getattr(self, k).to(device) for k in
                  ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
         return replace(self, **moved)
 
     def subset(self, *, train: int | None = None, val: int | None = None,
                test: int | None = None) -> "Dataset":
-        """The first ``train`` / ``val`` / ``test`` examples of each split (None keeps a split whole)."""
-        def cut(n: int | None, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return (x, y) if n is None else (x[:n], y[:n])
+        """A stratified random draw of ``train`` / ``val`` / ``test`` examples of each split (every
+        class in proportion, fixed seed; None keeps a split whole): never the first N files, which on
+        a class-sorted folder are a few classes."""
+        def cut(n: int | None, x, y: torch.Tensor):
+            if n is None or n >= y.shape[0]:
+                return x, y
+            idx = stratified_indices(y, n).to(y.device)
+            return _take(x, idx), y[idx]
         tx, ty = cut(train, self.train_x, self.train_y)
         vx, vy = cut(val, self.val_x, self.val_y)
         sx, sy = cut(test, self.test_x, self.test_y)
         return replace(self, train_x=tx, train_y=ty, val_x=vx, val_y=vy, test_x=sx, test_y=sy)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> normalized float32 (one fused affine map: x * scale + shift)."""
+        """uint8 images -> normalized float32 at the model's input size (centre-cropped when the
+        cached images are larger; one fused affine map: x * scale + shift)."""
+        x = center_crop(x, self.size)
         scale, shift = _affine(self.mean, self.std, x.device)
         return x.float().mul_(scale).add_(shift)
 
@@ -143,19 +216,78 @@ def train_batches(data: Dataset, batch_size: int, generator: torch.Generator) ->
     """One epoch of shuffled, augmented, normalized training batches (the last partial batch dropped)."""
     n = data.train_x.shape[0]
     order = torch.randperm(n, generator=generator).to(data.device)
-    for start in range(0, n - batch_size + 1, batch_size) if n >= batch_size else [0]:
-        idx = order[start:start + batch_size]
-        x = data.train_x[idx]
-        if data.augment != "none":
-            x = _crop_flip(x, generator, crop="crop" in data.augment, flip="flip" in data.augment)
-        yield data.normalize(x), data.train_y[idx]
+    indices = [order[start:start + batch_size] for start in
+               (range(0, n - batch_size + 1, batch_size) if n >= batch_size else [0])]
+    images = data.train_x.batches(indices) if data.streamed else (data.train_x[idx] for idx in indices)
+    for idx, x in zip(indices, images):  # the generator's draws come in batch order on both paths
+        yield data.normalize(augment(x, data.augment, data.size, generator)), data.train_y[idx]
 
 
 def eval_batches(data: Dataset, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalized batches of a split, in order, without augmentation."""
     x, y = data.split(split)
-    for start in range(0, x.shape[0], batch_size):
-        yield data.normalize(x[start:start + batch_size]), y[start:start + batch_size]
+    slices = [slice(start, start + batch_size) for start in range(0, x.shape[0], batch_size)]
+    images = x.batches(slices) if isinstance(x, StreamedImages) else (x[s] for s in slices)
+    for s, batch in zip(slices, images):
+        yield data.normalize(batch), y[s]
+
+
+def augment(x: torch.Tensor, mode: str, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A training batch at ``size``: random-resized crop (``rrc``) from the cached images, or the
+    centre crop followed by pad-crop and/or flip, as ``mode`` says."""
+    if mode.startswith("rrc"):
+        return _random_resized_crop(x, size, generator, flip="flip" in mode)
+    x = center_crop(x, size)
+    if mode == "none":
+        return x
+    return _crop_flip(x, generator, crop="crop" in mode, flip="flip" in mode)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` of a batch of square images (unchanged when already that size)."""
+    h, w = x.shape[-2:]
+    if h == size and w == size:
+        return x
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def _random_resized_crop(x: torch.Tensor, size: int, generator: torch.Generator, *, flip: bool) -> torch.Tensor:
+    """ImageNet's random-resized crop (area share ``RRC_SCALE``, aspect ``RRC_RATIO``) and optional
+    horizontal flip of a whole batch: one affine resampling, bilinear."""
+    b = x.shape[0]
+    area = torch.empty(b).uniform_(*RRC_SCALE, generator=generator)
+    log_ratio = torch.empty(b).uniform_(math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]), generator=generator)
+    ratio = log_ratio.exp()
+    sw, sh = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)  # fractions of the side
+    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - sw)
+    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - sh)
+    mirror = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(b)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw * mirror, cx, sh, cy
+    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], size, size], align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def stratified_indices(labels: torch.Tensor, n: int, *, seed: int = 0) -> torch.Tensor:
+    """``n`` indices drawn at random with every class in proportion to its share (largest
+    remainders), in random order; the same for the same labels and seed."""
+    g = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    classes, counts = labels.unique(return_counts=True)
+    exact = counts.double() * n / labels.shape[0]
+    take = exact.floor().long()
+    for i in torch.argsort(exact - take.double(), descending=True, stable=True)[:n - int(take.sum())]:
+        take[i] += 1
+    picked = [torch.nonzero(labels == c).flatten()[torch.randperm(int(k_all), generator=g)[:int(k)]]
+              for c, k, k_all in zip(classes, take, counts)]
+    chosen = torch.cat(picked)
+    return chosen[torch.randperm(chosen.shape[0], generator=g)]
+
+
+def _take(x, idx: torch.Tensor):
+    return x.select(idx) if isinstance(x, StreamedImages) else x[idx.to(x.device)]
 
 
 _SHIFT_TABLES: dict[tuple, torch.Tensor] = {}
@@ -191,8 +323,10 @@ def _crop_flip(x: torch.Tensor, generator: torch.Generator, *, crop: bool = True
 
 
 def load_dataset(name: str, *, data_dir: str | Path = "data", val_fraction: float = 0.1,
-                 seed: int = 0, download: bool = True, augment: str = "auto") -> Dataset:
-    """Load a dataset as tensors on the CPU, with a validation split carved from the training set.
+                 seed: int = 0, download: bool = True, augment: str = "auto", image: ImageSpec | None = None,
+                 cache_mb: float = 4096, workers: int = 2) -> Dataset:
+    """Load a dataset with a validation split carved from the training set (an image folder's own
+    ``val/`` is used where it has one).
 
     Args:
         name: one of ``DATASETS``.
@@ -201,6 +335,10 @@ def load_dataset(name: str, *, data_dir: str | Path = "data", val_fraction: floa
         seed: seed of the validation split.
         download: allow torchvision to download a missing dataset.
         augment: one of ``AUGMENTATIONS``; ``auto`` takes the dataset's default.
+        image: the model's input (size, crop, channels, normalization); None: 32x32 as stored.
+        cache_mb: an image folder whose decoded images fit in this many MB is cached in memory;
+            a larger one is streamed from its files.
+        workers: processes that decode an image folder's files.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -208,33 +346,79 @@ def load_dataset(name: str, *, data_dir: str | Path = "data", val_fraction: floa
         raise DatasetError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    data_dir = Path(data_dir)
-    pad, resize, names = 0, "none", ()
+    data_dir, image = Path(data_dir), image or ImageSpec()
+    if name == "imagefolder":
+        data = _load_imagefolder(data_dir, image, val_fraction=val_fraction, seed=seed, cache_mb=cache_mb,
+                                 workers=workers)
+    else:
+        data = _load_tensors(name, data_dir, val_fraction=val_fraction, seed=seed, download=download, image=image)
+    if augment == "auto":  # an image folder cached above the input size gets ImageNet's training crops
+        larger = data.train_x.shape[-1] > data.size
+        augment = "rrc+flip" if name == "imagefolder" and larger else _DEFAULT_AUGMENT[name]
+    return replace(data, augment=augment)
+
+
+def _load_tensors(name: str, data_dir: Path, *, val_fraction: float, seed: int, download: bool,
+                  image: ImageSpec) -> Dataset:
+    """A built-in dataset (32x32 tensors), resized and converted to the model's input if it asks."""
+    pad, names = 0, ()
     if name in ("fashion-mnist", "mnist"):
         (trx, try_), (tex, tey) = _load_idx(name, data_dir, download)
         pad = (32 - trx.shape[-1]) // 2
         trx, tex = F.pad(trx, (pad,) * 4), F.pad(tex, (pad,) * 4)
-        classes, stats = 10, _STATS[name]
+        classes = 10
         names = _FASHION_CLASSES if name == "fashion-mnist" else tuple(str(i) for i in range(10))
     elif name in ("cifar10", "cifar100"):
         (trx, try_), (tex, tey) = _load_cifar(name, data_dir, download)
-        classes, stats = (10 if name == "cifar10" else 100), _STATS[name]
-    elif name == "imagefolder":
-        (trx, try_), (tex, tey), names = _load_imagefolder(data_dir)
-        classes, stats, resize = len(names), _channel_stats(trx), "bicubic"
+        classes = 10 if name == "cifar10" else 100
     else:
         (trx, try_), (tex, tey) = synthetic_splits(seed=seed)
-        classes, stats = 10, _channel_stats(trx)
-    if trx.shape[0] < 2:
-        raise DatasetError(f"{name} has {trx.shape[0]} training images; a validation split needs at least 2")
-    perm = torch.randperm(trx.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_val = min(trx.shape[0] - 1, max(1, int(round(val_fraction * trx.shape[0]))))
+        classes = 10
+    resize, side = "none", image.input_size  # 28-32 pixel sources: resized to the input, no crop
+    channels = image.channels or trx.shape[1]
+    need_mb = (trx.shape[0] + tex.shape[0]) * channels * side * side / 1e6
+    if need_mb > _MAX_TENSOR_MB:
+        raise DatasetError(f"{name} at {side}x{side} would take {need_mb / 1000:.1f} GB in memory; pass a smaller "
+                           f"--image-size (e.g. 64) for these {trx.shape[-1]}-pixel images")
+    if side != trx.shape[-1]:
+        trx, tex = (_resize_tensor(t, side, image.interpolation) for t in (trx, tex))
+        resize = image.interpolation
+    if image.channels and image.channels != trx.shape[1]:
+        trx, tex = (_to_channels(t, image.channels) for t in (trx, tex))
+    stats = _STATS.get(name) if image.channels in (None, trx.shape[1]) and resize == "none" else None
+    stats = stats if stats and len(stats[0]) == trx.shape[1] else _channel_stats(trx)
+    (trx, try_), (vx, vy) = _carve(trx, try_, name, val_fraction, seed)
+    return Dataset(name=name, train_x=trx, train_y=try_, val_x=vx, val_y=vy, test_x=tex, test_y=tey,
+                   num_classes=classes, mean=image.mean or stats[0], std=image.std or stats[1], class_names=names,
+                   pad=pad, resize=resize, input_size=image.input_size)
+
+
+def _carve(x, y: torch.Tensor, name: str, val_fraction: float, seed: int):
+    """(train, val) from a training set: a fixed random ``val_fraction`` held out."""
+    n = y.shape[0]
+    if n < 2:
+        raise DatasetError(f"{name} has {n} training images; a validation split needs at least 2")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
-    return Dataset(name=name, train_x=trx[train_idx], train_y=try_[train_idx],
-                   val_x=trx[val_idx], val_y=try_[val_idx], test_x=tex, test_y=tey,
-                   num_classes=classes, mean=stats[0], std=stats[1],
-                   augment=_DEFAULT_AUGMENT[name] if augment == "auto" else augment,
-                   class_names=tuple(names), pad=pad, resize=resize)
+    return (_take(x, train_idx), y[train_idx]), (_take(x, val_idx), y[val_idx])
+
+
+def _resize_tensor(x: torch.Tensor, side: int, interpolation: str) -> torch.Tensor:
+    out = []
+    for chunk in x.split(4096):  # bounded memory for the float copy
+        out.append(F.interpolate(chunk.float(), size=(side, side), mode=interpolation, antialias=True,
+                                 align_corners=False).round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else x.new_zeros((0, x.shape[1], side, side))
+
+
+def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if channels == 3 and x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    if channels == 1 and x.shape[1] == 3:  # ITU-R 601 luma, as PIL's convert("L")
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (x.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    raise DatasetError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -375,40 +559,234 @@ def _load_cifar(name: str, data_dir: Path, download: bool):
 
 # --- ImageFolder ---------------------------------------------------------------------------------
 
-def _load_imagefolder(data_dir: Path):
+def _load_imagefolder(data_dir: Path, image: ImageSpec, *, val_fraction: float, seed: int, cache_mb: float,
+                      workers: int) -> Dataset:
+    """``train/`` (and optional ``val/``, ``test/``) of class folders: class order is the folder
+    order (sorted names); images are resized once (shorter side to ``image.side``, centre square),
+    cached in memory when they fit ``cache_mb``, else streamed from their files."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DatasetError(f"--data-dir {data_dir} is a file; imagefolder needs a folder with train/<class>/<image>")
+    if not (data_dir / "train").is_dir():
+        raise DatasetError(f"imagefolder needs {data_dir / 'train'}/<class>/<image> folders (val/ and test/ "
+                           f"are optional); pass --data-dir pointing at a folder with train/")
+    classes = _class_folders(data_dir / "train")
+    splits, notes = {}, []
+    for sub in ("train", "val", "test"):
+        if (data_dir / sub).is_dir():
+            if sub != "train" and _class_folders(data_dir / sub) != classes:
+                raise DatasetError(f"{data_dir / sub} has other class folders than {data_dir / 'train'}; "
+                                   f"each split needs the same class folders")
+            splits[sub] = _scan(data_dir / sub, classes)
+    channels = image.channels or 3
+    side = image.side
+    total = sum(len(p) for p, _ in splits.values())
+    stream = total * channels * side * side / 1e6 > cache_mb
+    loaded, bad_total = {}, 0
+    for sub, (paths, labels) in splits.items():
+        x, y, bad = _images(paths, labels, side, image.interpolation, channels, stream=stream, workers=workers)
+        if bad:
+            bad_total += len(bad)
+            if len(bad) > MAX_BAD_SHARE * len(paths):
+                raise DatasetError(f"{data_dir / sub}: {len(bad)} of {len(paths)} images are unreadable "
+                                   f"(e.g. {bad[0]}); more than {MAX_BAD_SHARE:.0%} is refused: fix or remove them")
+            notes.append(f"skipped {len(bad)} unreadable image(s) in {data_dir / sub} (e.g. {bad[0]})")
+        loaded[sub] = (x, y)
+    if len(loaded["train"][1]) == 0:
+        raise DatasetError(f"{data_dir / 'train'} has no readable images")
+    train, val = (loaded["train"], loaded["val"]) if "val" in loaded else \
+        _carve(*loaded["train"], "imagefolder", val_fraction, seed)
+    test = loaded.get("test") or (_empty(train[0], channels, side), torch.zeros(0, dtype=torch.int64))
+    if stream:
+        notes.append(f"{total} images at {side}x{side} exceed the {cache_mb:g} MB cache: streamed from their "
+                     f"files with {workers} decoding worker(s)")
+    if "test" not in loaded:
+        notes.append(f"{data_dir} has no test/ folder: test figures are absent")
+    mean, std = (image.mean, image.std) if image.mean and image.std else _channel_stats(_sample(train[0], train[1]))
+    return Dataset(name="imagefolder", train_x=train[0], train_y=train[1], val_x=val[0], val_y=val[1],
+                   test_x=test[0], test_y=test[1], num_classes=len(classes), mean=tuple(mean), std=tuple(std),
+                   class_names=tuple(classes), resize=image.interpolation, input_size=image.input_size,
+                   resize_size=side if side != image.input_size else None, notes=tuple(notes), root=str(data_dir))
+
+
+def _class_folders(root: Path) -> list[str]:
+    try:
+        names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise DatasetError(f"cannot read {root}: {exc.strerror or type(exc).__name__}") from None
+    if len(names) < 2:
+        raise DatasetError(f"{root} has {len(names)} class folder(s); an image classification set needs at least 2")
+    return names
+
+
+def _scan(root: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    """Image files of each class folder, sorted; links to folders inside a class are not followed
+    (a link loop cannot trap the scan), non-image files are ignored."""
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise DatasetError(f"cannot read class folder {folder}: permission denied; fix its permissions")
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=_walk_error):
+            dirnames.sort()
+            found += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
+        paths += sorted(found)
+        labels += [label] * len(found)
+    return paths, labels
+
+
+def _walk_error(exc: OSError) -> None:
+    raise DatasetError(f"cannot read {exc.filename}: {exc.strerror or type(exc).__name__}")
+
+
+def decode(path: str, side: int, interpolation: str, channels: int) -> torch.Tensor:
+    """One image file -> uint8 (channels, side, side): the shorter side resized to ``side``, the
+    centre square kept. Raises :class:`DatasetError` (decompression bombs too) for unreadable files."""
     from PIL import Image
-    from torchvision.datasets import ImageFolder
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL raises DecompressionBombError above twice this
-
-    for sub in ("train", "test"):
-        if not (data_dir / sub).is_dir():
-            raise DatasetError(f"imagefolder needs {data_dir / sub}/<class>/<image> folders; "
-                               f"pass --data-dir pointing at a folder with train/ and test/")
     try:
-        train, test = ImageFolder(str(data_dir / "train")), ImageFolder(str(data_dir / "test"))
-    except (FileNotFoundError, OSError) as exc:
-        raise DatasetError(f"{data_dir}: {str(exc).splitlines()[0][:200]}") from None
-    if train.classes != test.classes:
-        raise DatasetError(f"{data_dir}: train/ and test/ have different class folders")
-    if len(train.classes) < 2:
-        raise DatasetError(f"{data_dir}: an image classification set needs at least 2 class folders")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
+                img = img.convert("RGB" if channels == 3 else "L")
+                scale = side / min(img.size)
+                w, h = max(side, round(img.width * scale)), max(side, round(img.height * scale))
+                img = img.resize((w, h), Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR)
+                left, top = (w - side) // 2, (h - side) // 2
+                img = img.crop((left, top, left + side, top + side))
+                array = np.asarray(img, dtype=np.uint8).reshape(side, side, channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _Bomb(f"{path} is a decompression bomb ({str(exc)[:80]}); refused") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise DatasetError(f"{path}: {detail}") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
-    def read(folder: ImageFolder):
-        xs = []
-        for path, _ in folder.samples:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    img = folder.loader(path).convert("RGB").resize((32, 32), Image.BICUBIC)
-            except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-                raise DatasetError(f"cannot read image {path}: {detail}") from None
-            xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        if not xs:
-            raise DatasetError(f"{folder.root} has no images")
-        return torch.stack(xs), torch.tensor(folder.targets, dtype=torch.int64)
-    return read(train), read(test), tuple(train.classes)
+
+class _Bomb(DatasetError):
+    """A decompression bomb: never skipped, always refused."""
+
+
+def _images(paths: list[str], labels: list[int], side: int, interpolation: str, channels: int, *,
+            stream: bool, workers: int):
+    """(images, labels, unreadable paths) of one split: decoded into a tensor, or a :class:`StreamedImages`
+    whose files were opened once to check them (their headers), skipping the unreadable."""
+    y = torch.tensor(labels, dtype=torch.int64)
+    files = StreamedImages(tuple(paths), side, interpolation, channels, workers)
+    if stream:
+        bad = [i for i, p in enumerate(paths) if not _readable_header(p)]
+        keep = torch.tensor([i for i in range(len(paths)) if i not in set(bad)], dtype=torch.int64)
+        return files.select(keep), y[keep], [paths[i] for i in bad]
+    decoded = files.decode_all()
+    bad = [i for i, t in enumerate(decoded) if t is None]
+    keep = [i for i, t in enumerate(decoded) if t is not None]
+    x = torch.stack([decoded[i] for i in keep]) if keep else torch.zeros(0, channels, side, side, dtype=torch.uint8)
+    return x, y[torch.tensor(keep, dtype=torch.int64)], [paths[i] for i in bad]
+
+
+def _readable_header(path: str) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise _Bomb(f"{path} is a decompression bomb ({img.width}x{img.height} pixels); refused")
+            img.verify()
+        return True
+    except _Bomb:
+        raise
+    except Exception:  # PIL raises many types for a damaged file
+        return False
+
+
+def _empty(like, channels: int, side: int):
+    if isinstance(like, StreamedImages):
+        return like.select(torch.zeros(0, dtype=torch.int64))
+    return torch.zeros(0, channels, side, side, dtype=torch.uint8)
+
+
+def _sample(x, y: torch.Tensor, n: int = 2000) -> torch.Tensor:
+    """Up to ``n`` training images (a stratified draw), for the channel statistics."""
+    idx = stratified_indices(y, min(n, y.shape[0]))
+    return x[idx] if not isinstance(x, StreamedImages) else x.select(idx)[slice(0, idx.shape[0])]
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Files -> uint8 tensors, for a DataLoader's workers (None for an unreadable file)."""
+
+    def __init__(self, files: "StreamedImages", strict: bool) -> None:
+        self.files, self.strict = files, strict
+
+    def __len__(self) -> int:
+        return len(self.files.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return decode(self.files.paths[i], self.files.side, self.files.interpolation, self.files.channels)
+        except _Bomb:
+            raise
+        except DatasetError:
+            if self.strict:
+                raise
+            return None
+
+
+def _collate(items: list) -> list:
+    return items
+
+
+class StreamedImages:
+    """Images decoded from their files when a batch is asked for (an image folder too large for the
+    cache): indexing by a slice or an index tensor returns uint8 (k, C, S, S) on ``device``, and
+    :meth:`batches` prefetches a sequence of such batches with a ``DataLoader``'s workers."""
+
+    def __init__(self, paths: tuple[str, ...], side: int, interpolation: str, channels: int, workers: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.paths, self.side, self.interpolation, self.channels = paths, side, interpolation, channels
+        self.workers, self.device = workers, torch.device(device)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, self.side, self.side)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def to(self, device: torch.device | str) -> "StreamedImages":
+        return StreamedImages(self.paths, self.side, self.interpolation, self.channels, self.workers, device)
+
+    def select(self, idx: torch.Tensor) -> "StreamedImages":
+        return StreamedImages(tuple(self.paths[int(i)] for i in idx.cpu()), self.side, self.interpolation,
+                              self.channels, self.workers, self.device)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return next(iter(self.batches([key])))
+
+    def _indices(self, key) -> list[int]:
+        if isinstance(key, slice):
+            return list(range(len(self.paths)))[key]
+        return [int(i) for i in torch.as_tensor(key).cpu().flatten()]
+
+    def batches(self, keys) -> Iterator[torch.Tensor]:
+        """The batches ``keys`` (slices or index tensors) name, in order, decoded ahead by the workers."""
+        keys = list(keys)
+        if not keys:
+            return
+        sampler = [self._indices(k) for k in keys]
+        loader = torch.utils.data.DataLoader(_Decode(self, strict=True), batch_sampler=sampler, collate_fn=_collate,
+                                             num_workers=self.workers if len(self.paths) > 64 else 0)
+        empty = torch.zeros(0, self.channels, self.side, self.side, dtype=torch.uint8)
+        for items in loader:
+            yield (torch.stack(items) if items else empty).to(self.device)
+
+    def decode_all(self) -> list[torch.Tensor | None]:
+        """Every file decoded once (None where unreadable), by the workers."""
+        loader = torch.utils.data.DataLoader(_Decode(self, strict=False), batch_size=64, collate_fn=_collate,
+                                             num_workers=self.workers if len(self.paths) > 512 else 0)
+        return [t for chunk in loader for t in chunk]
 
 
 # --- synthetic (tests only) ------------------------------------------------------------------------

@@ -5,13 +5,13 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from models import UnknownModelError, spec_of
+from models._registry import STAGES_ATTR
 from pruning._errors import PlanError
 
 GRANULARITIES = ("unit", "stage", "global")
@@ -55,28 +55,87 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
         model.train(was_training)
 
 
-def classifier_of(model: nn.Module) -> nn.Module:
-    """The final classifier the model's registry entry names: its outputs are never pruned."""
+def find_classifier(model: nn.Module, example_input: torch.Tensor) -> str:
+    """The name of the final classifier: the last conv or linear layer to run whose outputs are the
+    model's class outputs (found by running ``example_input``, so no registry or name is needed)."""
+    ran: list[tuple[str, int]] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, out, n=n: ran.append((n, out.shape[1])))
+             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
     try:
-        return model.get_submodule(spec_of(model).classifier)
-    except UnknownModelError as exc:
-        raise PlanError(str(exc)) from None
+        with torch.no_grad():
+            out = model(example_input[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise PlanError(f"the model returns {type(out).__name__} {tuple(getattr(out, 'shape', ()))}, not class "
+                        f"logits of shape (batch, classes); wrap it so forward returns the logits")
+    hits = [n for n, width in ran if width == out.shape[1]]
+    if not hits:
+        raise PlanError(f"no conv or linear layer produces the model's {out.shape[1]} outputs; name the layers "
+                        f"to keep with --keep-layers")
+    return hits[-1]
 
 
-def build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.DependencyGraph, list[Unit], dict]:
+def kept_layers(model: nn.Module, example_input: torch.Tensor, keep: tuple[str, ...] | list[str]) -> list[nn.Module]:
+    """The classifier plus the ``keep`` layers: their outputs are never pruned."""
+    names = dict(model.named_modules())
+    unknown = [k for k in keep if k not in names]
+    if unknown:
+        raise PlanError(f"--keep-layers names {unknown[0]!r}, which the model does not have; layers are e.g. "
+                        f"{', '.join(n for n in list(names)[1:6])}")
+    return [names[find_classifier(model, example_input)], *(names[k] for k in keep)]
+
+
+def tree_stages(model: nn.Module) -> Callable[[str], str]:
+    """Stages from the module tree: a unit's stage key is its root layer's name with the index of its
+    block removed, where the block is the deepest ancestor that has siblings of its own class (a
+    repeated, numbered block: ``layer1.0``, ``denseblock1.denselayer3``, ``blocks.1.0``) and is not a plain
+    ``Sequential`` of single layers (conv-norm-act wrappers). ``layer1.0.conv1`` and ``layer1.1.conv1``
+    share ``layer1.conv1``: one ratio per stage and role."""
+    modules = dict(model.named_modules())
+
+    def repeated(path: list[str], i: int) -> bool:
+        parent, child = modules[".".join(path[:i])], modules[".".join(path[:i + 1])]
+        if not path[i][-1:].isdigit():  # a numbered block (0, layer1, denselayer3), not features/classifier
+            return False
+        if isinstance(child, nn.Sequential) and all(not list(c.children()) for c in child.children()):
+            return False
+        return sum(type(c) is type(child) for c in parent.children()) > 1
+
+    def stage_of(name: str) -> str:
+        if name.endswith(".residual") or name not in modules:
+            return name
+        path = name.split(".")
+        for i in range(len(path) - 2, -1, -1):  # the deepest ancestor first (never the layer itself)
+            if repeated(path, i):
+                return ".".join(path[:i] + path[i + 1:])
+        return name
+    return stage_of
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor, *,
+                keep: tuple[str, ...] | list[str] = ()) -> tuple[tp.DependencyGraph, list[Unit], dict]:
     """Trace ``model`` and list its units in module order, with each unit's full-width group
-    (unit name -> group; reusable for scoring until the model is first pruned)."""
+    (unit name -> group; reusable for scoring until the model is first pruned). The classifier and
+    the ``keep`` layers keep their outputs. Stages come from the model's own ``pruning_stages``
+    (registry models) or from the module tree."""
+    ignored = kept_layers(model, example_input, keep)
     graph = trace(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     order = {m: i for i, m in enumerate(names)}
     found = []
-    for group in graph.get_all_groups(ignored_layers=[classifier_of(model)], root_module_types=(nn.Conv2d, nn.Linear)):
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
         layers = sorted({dep.target.module for dep, _ in group
                          if graph.is_out_channel_pruning_fn(dep.handler)
                          and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))}, key=order.__getitem__)
-        found.append((group, layers))
+        if layers:
+            found.append((group, layers))
     found.sort(key=lambda item: order[item[1][0]])
-    stage_of = spec_of(model).stage_of
+    stage_of = getattr(model, STAGES_ATTR) if hasattr(model, STAGES_ATTR) else tree_stages(model)
     unit_names = _names([[names[m] for m in layers if not _is_depthwise(m)] or [names[layers[0]]]
                          for _, layers in found])
     units, groups = [], {}
@@ -112,9 +171,11 @@ def _names(members: list[list[str]]) -> list[str]:
     return names
 
 
-def prunable_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
-    """The units of ``model`` that a plan may name (the final classifier's outputs are excluded)."""
-    return build_graph(model, example_input)[1]
+def prunable_units(model: nn.Module, example_input: torch.Tensor, *,
+                   keep: tuple[str, ...] | list[str] = ()) -> list[Unit]:
+    """The units of ``model`` that a plan may name (the final classifier's and the ``keep`` layers'
+    outputs are excluded)."""
+    return build_graph(model, example_input, keep=keep)[1]
 
 
 def plan_keys(units: list[Unit], granularity: str) -> list[str]:
@@ -123,7 +184,7 @@ def plan_keys(units: list[Unit], granularity: str) -> list[str]:
         return [u.name for u in units]
     if granularity == "stage":
         if any(u.stage is None for u in units):
-            raise PlanError("this model has no stage grouping in its registry entry; use granularity unit or global")
+            raise PlanError("this model has no stage grouping (its registry entry says so); use granularity unit or global")
         return list(dict.fromkeys(u.stage for u in units))
     if granularity == "global":
         return ["ratio"]

@@ -9,7 +9,7 @@ import sys
 import warnings
 from typing import Any, Callable, NoReturn
 
-from models import UnknownModelError, list_models
+from models import UnknownModelError, WeightsError, file_sha256, list_models
 from pruning import AUGMENTATIONS, DATASETS, PruningError, TrainingDiverged
 from search._config import (ConfigError, RunOptions, StudyConfig, config_fields, load_config, option_fields,
                             options_from_plain)
@@ -19,7 +19,11 @@ class UsageError(ValueError):
     """A request that cannot be carried out as given (e.g. no front point meets a budget)."""
 
 
-USER_ERRORS = (ConfigError, PruningError, UnknownModelError, UsageError, TrainingDiverged)
+USER_ERRORS = (ConfigError, PruningError, UnknownModelError, UsageError, TrainingDiverged, WeightsError)
+MODEL_HELP = (f"the model: a registry name ({', '.join(list_models())}; 32x32), torchvision:<arch> (e.g. "
+              f"torchvision:resnet50), timm:<name>, or your own code pkg.module:fn / path/to/file.py:fn, called "
+              f"as fn(num_classes=N, **model_kwargs) -- naming your code imports and runs it; required unless "
+              f"--config is a resolved config that names a registry or torchvision/timm model")
 
 
 class Parser(argparse.ArgumentParser):
@@ -72,8 +76,9 @@ def study_parser(prog: str, description: str, example: str) -> Parser:
     ``seed``) or run options (``out``, ``device``, ``data_dir``, ``storage``): :func:`resolve`
     maps them by name."""
     parser = Parser(prog=prog, description=description, example=example)
-    parser.add_argument("--model", choices=list_models(), metavar="{" + ",".join(list_models()) + "}",
-                        help="required unless --config is a resolved config that names it")
+    parser.add_argument("--model", metavar="SOURCE", help=MODEL_HELP)
+    parser.add_argument("--model-kwargs", dest="model_kwargs", type=_json_object, metavar="JSON",
+                        help='keyword arguments of the model builder, e.g. \'{"width": 2}\' (default: none)')
     parser.add_argument("--dataset", choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}",
                         help="default: the config's (fashion-mnist)")
     parser.add_argument("--config", help="YAML config (default: configs/<model>.yaml)")
@@ -92,7 +97,50 @@ def add_study_flags(parser: Parser) -> None:
     """Flags of search.run and search.train that change the study's config."""
     parser.add_argument("--seed", type=number(int, low=0, high=2**31 - 1), help="default: the config's (0)")
     parser.add_argument("--augment", choices=AUGMENTATIONS,
-                        help="training augmentation (default: the config's, auto: the dataset's)")
+                        help="training augmentation (default: the config's, auto: the dataset's; image folders "
+                             "cached above the input size: rrc+flip)")
+    parser.add_argument("--weights", metavar="PATH",
+                        help="your trained weights (a state dict, or {'model': ...} / {'state_dict': ...}): they "
+                             "are the baseline, evaluated and never retrained (default: train a baseline)")
+    parser.add_argument("--image-size", dest="image_size", type=number(int, low=8, high=4096),
+                        help="the model's input side in pixels (default: the source's: 32 registry, 224 "
+                             "torchvision/timm)")
+    parser.add_argument("--crop-pct", dest="crop_pct", type=number(float, above=0, high=1),
+                        help="evaluation crop: resize the shorter side to image-size / crop-pct, keep the centre "
+                             "(default: the source's: 1.0 registry, 0.875 torchvision)")
+    parser.add_argument("--mean", type=_floats, help="normalization mean per channel, e.g. 0.485,0.456,0.406 "
+                                                     "(default: ImageNet's for torchvision/timm, else the dataset's)")
+    parser.add_argument("--std", type=_floats, help="normalization std per channel (default: as --mean)")
+    parser.add_argument("--keep-layers", dest="search.keep_layers", type=_names, metavar="A,B",
+                        help="layers whose outputs are never pruned, besides the classifier (default: none)")
+    parser.add_argument("--cache-mb", dest="cache_mb", type=number(float, low=0, high=1e7),
+                        help="an image folder that decodes to more MB is streamed from its files (default 4096)")
+    parser.add_argument("--loader-workers", dest="loader_workers", type=number(int, low=0, high=64),
+                        help="processes decoding image files (default 2)")
+    parser.add_argument("--accept-baseline", dest="accept_baseline", action="store_const", const=True,
+                        help="go on with weights that score at chance level on the validation split "
+                             "(default: refuse: almost always a preprocessing or class-order mistake)")
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"width\": 2}}', got {text[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of keyword arguments, got {text[:80]!r}")
+    return value
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    parse = number(float)
+    return tuple(parse(t) for t in text.split(",") if t.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def resolve(args: argparse.Namespace) -> tuple[StudyConfig, RunOptions]:
@@ -104,7 +152,15 @@ def resolve(args: argparse.Namespace) -> tuple[StudyConfig, RunOptions]:
         raise UsageError("--model is required (or a --config that names its model, e.g. a config.resolved.yaml)")
     overrides = {k: v for k, v in given.items() if "." in k or (k in config_fields() and k != "model")}
     options = {k: v for k, v in given.items() if k in option_fields()}
+    if "weights" in given:
+        try:
+            overrides["weights_sha256"] = file_sha256(given["weights"])
+        except OSError as exc:
+            raise UsageError(f"--weights {given['weights']}: {exc.strerror or type(exc).__name__}") from None
     cfg = load_config(given.get("model"), path=given.get("config"), overrides=overrides)
+    if cfg.source.kind == "code" and "model" not in given:
+        raise UsageError(f"the config's model is your code {cfg.model}; name it with --model {cfg.model} "
+                         f"to allow importing it")
     return cfg, options_from_plain(options)
 
 

@@ -8,18 +8,20 @@ where and how a run executes (device, paths, storage, trial total, workers, back
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from models import list_models, model_spec
+from models import SourceError, model_spec, parse_source
 from pruning import AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig
 from pruning._typed import bounds, check_fields, from_plain, to_plain
 from search._tables import LATENCY_BACKENDS, OBJECTIVES, REFERENCES, SAMPLERS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
 RESOLVED_NAME = "config.resolved.yaml"
 OPTIONS_NAME = "run-options.yaml"
 MAX_CONFIG_BYTES = 1_000_000
@@ -71,6 +73,7 @@ class SearchSpace:
     rungs: tuple[float, ...] = field(default=(0.0, 1 / 9, 1 / 3), metadata=_ratio())
     rung_min_trials: int = field(default=4, metadata=bounds(low=1, high=100_000))
     rung_val_images: int | None = field(default=2000, metadata=bounds(low=1, high=100_000_000))  # None: all
+    keep_layers: tuple[str, ...] = ()  # layers whose outputs are kept besides the classifier (heads, custom outputs)
 
     def __post_init__(self) -> None:
         check_fields(self, "search")
@@ -102,8 +105,15 @@ class ReportConfig:
 class StudyConfig:
     """Everything that defines one study; written as ``config.resolved.yaml`` in the input schema."""
 
-    model: str
+    model: str  # a model source: registry name, torchvision:<arch>, timm:<name>, pkg.module:fn or file.py:fn
     budgets: dict[str, Budget]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the source's builder
+    weights: str | None = None  # the user's trained weights (a state dict): the baseline, never retrained
+    weights_sha256: str | None = None  # their checksum (fingerprinted, so a resume with others is refused)
+    image_size: int | None = field(default=None, metadata=bounds(low=8, high=4096))  # None: the source's
+    crop_pct: float | None = field(default=None, metadata=bounds(above=0, high=1))  # None: the source's
+    mean: tuple[float, ...] | None = None  # normalization; None: the source's (ImageNet) or the dataset's
+    std: tuple[float, ...] | None = field(default=None, metadata=bounds(above=0))
     dataset: str = field(default="fashion-mnist", metadata=bounds(choices=DATASETS))
     val_fraction: float = field(default=0.1, metadata=bounds(above=0, below=1))
     augment: str = field(default="auto", metadata=bounds(choices=AUGMENTATIONS))
@@ -125,8 +135,13 @@ class StudyConfig:
         return self.budgets[self.budget]
 
     @property
+    def source(self):
+        """The :class:`models.ModelSource` this study prunes."""
+        return parse_source(self.model, self.model_kwargs)
+
+    @property
     def study_name(self) -> str:
-        return f"{self.model}-{self.dataset}"
+        return f"{self.source.slug}-{self.dataset}"
 
     @property
     def batch_size(self) -> int | None:
@@ -163,7 +178,7 @@ def fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     section, the other budgets, the budget's trial total and the starting checkpoint's path (its
     digest is pinned separately)."""
     plain = to_plain(cfg)
-    plain.pop("report"), plain.pop("from_checkpoint")
+    plain.pop("report"), plain.pop("from_checkpoint"), plain.pop("weights")  # the weights count by checksum
     active = dict(plain.pop("budgets")[cfg.budget])
     active.pop("trials")
     plain["budgets"] = {cfg.budget: active}
@@ -194,6 +209,9 @@ class RunOptions:
     trials: int | None = field(default=None, metadata=bounds(low=1, high=100_000))  # total; the budget's when None
     device: str = field(default="auto", metadata=bounds(choices=("auto", "cpu", "cuda")))
     data_dir: str = "data"
+    cache_mb: float = field(default=4096, metadata=bounds(low=0, high=1e7))  # image folders above it are streamed
+    loader_workers: int = field(default=2, metadata=bounds(low=0, high=64))  # processes decoding image files
+    accept_baseline: bool = False  # go on with user weights that score at chance level
     out: str | None = None
     storage: str | None = None
     workers: int = field(default=1, metadata=bounds(low=1, high=256))
@@ -216,7 +234,7 @@ class RunOptions:
         """The study folder: ``--out``, or ``studies/<model>-<dataset>[-<budget>]``."""
         if self.out:
             return Path(self.out)
-        suffix = "" if cfg.budget == "default" else f"-{cfg.budget}"
+        suffix = "" if cfg.budget == "default" else f"-{re.sub(r'[^A-Za-z0-9_.-]+', '-', cfg.budget)}"
         return Path("studies") / f"{cfg.study_name}{suffix}"
 
     def total_trials(self, cfg: StudyConfig) -> int:
@@ -298,8 +316,7 @@ def build_config(raw: dict, *, where: str, overrides: dict[str, Any] | None = No
             raise ConfigError(f"{where} is a config of {raw['model']!r}, not {value!r}")
         _set(raw, key, value)
     raw.setdefault("model", None)
-    if raw["model"] not in list_models():
-        raise ConfigError(f"model {raw['model']!r} is not one of: {', '.join(list_models())}")
+    _source(raw["model"], raw.get("model_kwargs"))
     if not raw.get("budgets"):
         raise ConfigError(f"{where} has no budgets; give at least budgets.default")
     cfg = from_plain(StudyConfig, raw, where="config", error=ConfigError)
@@ -317,7 +334,7 @@ def _check(cfg: StudyConfig) -> None:
             raise ConfigError(f"search.reference_ratios has {r}, above search.max_ratio {s.max_ratio}")
     if list(s.rungs) != sorted(set(s.rungs)):
         raise ConfigError(f"search.rungs must be increasing fractions of the fine-tune, got {list(s.rungs)}")
-    if s.granularity == "stage" and model_spec(cfg.model).stage_of is None:
+    if s.granularity == "stage" and cfg.source.kind == "registry" and model_spec(cfg.model).stage_of is None:
         raise ConfigError(f"{cfg.model} has no stage grouping; use search.granularity unit or global")
     if s.objective == "latency" and s.latency_backend == "onnxruntime":
         _require_onnxruntime()
@@ -331,13 +348,29 @@ def _require_onnxruntime() -> None:
                           "run make setup") from None
 
 
+def _source(model: Any, kwargs: Any):
+    if not isinstance(model, str):
+        raise ConfigError(f"model must name a model source, got {model!r}"[:200])
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ConfigError(f"model_kwargs must be a mapping of keyword arguments, got {kwargs!r}"[:200])
+    try:
+        return parse_source(model, kwargs)
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def config_path(model: str | None) -> Path:
+    """``configs/<model>.yaml`` of a registry model, ``configs/any-model.yaml`` for any other source."""
+    source = _source(model, None)
+    return CONFIG_DIR / (f"{model}.yaml" if source.kind == "registry" else ANY_MODEL_CONFIG)
+
+
 def load_config(model: str | None, *, path: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> StudyConfig:
-    """Read ``configs/<model>.yaml`` (or ``path``), apply ``overrides`` (dotted keys) and check it all."""
+    """Read ``configs/<model>.yaml`` (``configs/any-model.yaml`` for a model of another source, or
+    ``path``), apply ``overrides`` (dotted keys) and check it all."""
     if path is None:
-        if model not in list_models():
-            raise ConfigError(f"model {model!r} is not one of: {', '.join(list_models())}")
-        path = CONFIG_DIR / f"{model}.yaml"
+        path = config_path(model)
     overrides = dict(overrides or {})
     if model is not None:
         overrides["model"] = model

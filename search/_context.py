@@ -8,11 +8,15 @@ from pathlib import Path
 
 import torch
 
-from models import create_model
+from torch import nn
+
+from models import fit_weights, read_state_dict
 from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, Reference, TrainHooks, TrainState,
                      atomic_write, evaluate, load_checkpoint, load_dataset, measure, save_pruned, train)
+from pruning._data import ImageSpec
 from pruning._train import prepare
 from pruning._typed import to_plain
+from search._cli import UsageError
 from search._config import ConfigError, RunOptions, StudyConfig
 from search._faults import fault
 from search._storage import BASELINE_PARTIAL, baseline_path
@@ -30,13 +34,71 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def image_spec(cfg: StudyConfig) -> ImageSpec:
+    """How images are brought to the model's input: the source's defaults (registry: 32x32 and the
+    dataset's statistics; torchvision/timm: 224, crop 0.875, ImageNet's mean/std, 3 channels),
+    overridden by the config's ``image_size``, ``crop_pct``, ``mean`` and ``std``."""
+    source = cfg.source
+    probe = None if source.kind == "registry" else source.build(num_classes=2)
+    d = source.data_defaults(probe)
+    channels = None if probe is None else first_conv(probe).in_channels
+    mean, std = cfg.mean or d.mean, cfg.std or d.std
+    if (mean is None) != (std is None) or (mean and channels and len(mean) != channels) \
+            or (mean and std and len(mean) != len(std)):
+        raise ConfigError(f"mean {mean} and std {std} must both be given, one value per input channel")
+    return ImageSpec(input_size=cfg.image_size or d.input_size, crop_pct=cfg.crop_pct or d.crop_pct,
+                     interpolation=d.interpolation, channels=channels, mean=mean, std=std)
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise UsageError(f"{type(model).__name__} has no Conv2d layer; this tool prunes CNNs")
+    return conv
+
+
 def load_data(cfg: StudyConfig, opts: RunOptions) -> Dataset:
-    """The study's dataset cut to the budget's subsets, on the run's device."""
+    """The study's dataset at the model's input, cut to the budget's subsets (stratified draws), on
+    the run's device."""
     spend = cfg.spend
+    if opts.data_dir and Path(opts.data_dir).is_file():
+        raise UsageError(f"--data-dir {opts.data_dir} is a file; give the folder that holds the dataset")
     data = load_dataset(cfg.dataset, data_dir=opts.data_dir, val_fraction=cfg.val_fraction, seed=VAL_SPLIT_SEED,
-                        download=opts.download, augment=cfg.augment)
+                        download=opts.download, augment=cfg.augment, image=image_spec(cfg), cache_mb=opts.cache_mb,
+                        workers=opts.loader_workers)
     data = data.subset(train=spend.train_subset, val=spend.val_subset, test=spend.test_subset)
     return data.to(resolve_device(opts.device))
+
+
+def build_model(cfg: StudyConfig, data: Dataset) -> nn.Module:
+    """An untrained model of the study's source for the data's classes, checked to run at the data's
+    input size (too small a size is refused with the smallest that works)."""
+    model = cfg.source.build(num_classes=data.num_classes, in_channels=data.in_channels)
+    conv = first_conv(model)
+    if conv.in_channels != data.in_channels:
+        raise UsageError(f"{cfg.model} takes {conv.in_channels}-channel images; the data has {data.in_channels}")
+    check_input_size(model, data.in_channels, data.size, cfg.model)
+    return model
+
+
+def check_input_size(model: nn.Module, channels: int, size: int, name: str) -> None:
+    """Refuse an input side the architecture cannot take, naming the smallest that works."""
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, channels, side, side))
+            return True
+        except RuntimeError:
+            return False
+    if runs(size):
+        return
+    low, high = size, next((s for s in (2 ** k for k in range(3, 13)) if s > size and runs(s)), None)
+    if high is None:
+        raise UsageError(f"{name} does not run on {size}x{size} inputs, nor on any size up to 4096")
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if runs(mid) else (mid, high)
+    raise UsageError(f"--image-size {size} is too small for {name}; the smallest input it takes is {high}x{high}")
 
 
 def train_baseline(cfg: StudyConfig, out: Path, data: Dataset, *, epochs: float | None = None,
@@ -48,7 +110,7 @@ def train_baseline(cfg: StudyConfig, out: Path, data: Dataset, *, epochs: float 
     stopped (with the same recipe) instead of starting over.
     """
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    model = build_model(cfg, data)
     recipe = cfg.baseline_recipe(epochs)
     partial = out / BASELINE_PARTIAL
     resume = _resume_state(partial, model, recipe, progress)
@@ -62,14 +124,69 @@ def train_baseline(cfg: StudyConfig, out: Path, data: Dataset, *, epochs: float 
     result = train(model, data, recipe, progress=progress, desc=f"baseline {cfg.model}{then}",
                    hooks=TrainHooks(on_epoch=save_epoch, resume=resume))
     meta = CheckpointMeta(
-        model=cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, dataset=cfg.dataset,
-        preprocessing=data.preprocessing,
-        metrics={"val_accuracy": evaluate(model, data, "val"), "test_accuracy": evaluate(model, data, "test"),
-                 "train_seconds": result.seconds, "images_per_s": result.images_per_s},
+        model=cfg.model, model_kwargs=dict(cfg.model_kwargs), num_classes=data.num_classes,
+        in_channels=data.in_channels, dataset=cfg.dataset, preprocessing=data.preprocessing,
+        metrics={**split_accuracies(model, data), "train_seconds": result.seconds, "images_per_s": result.images_per_s},
         provenance={"recipe": to_plain(recipe), "steps": result.steps, "budget": cfg.budget, "seed": cfg.seed})
     save_pruned(baseline_path(out), model, None, meta)
     partial.unlink(missing_ok=True)
     return load_checkpoint(baseline_path(out), expect_model=cfg.model)
+
+
+def test_accuracy(model: nn.Module, data: Dataset) -> float | None:
+    """Test accuracy (a fraction), or None where the dataset has no test split."""
+    return evaluate(model, data, "test") if data.has_test else None
+
+
+def split_accuracies(model: nn.Module, data: Dataset) -> dict[str, float]:
+    """Validation accuracy, and test accuracy where the dataset has a test split (fractions)."""
+    out = {"val_accuracy": evaluate(model, data, "val")}
+    if data.has_test:
+        out["test_accuracy"] = evaluate(model, data, "test")
+    return out
+
+
+def preflight(cfg: StudyConfig, data: Dataset, *, accept: bool = False) -> tuple[nn.Module, dict] | None:
+    """Check, before anything is written, what only the model can tell: the layers to keep exist,
+    the input size runs, and the user's weights fit and score above chance. Returns their model and
+    its figures (the baseline to adopt), or None without ``weights``."""
+    model = build_model(cfg, data)
+    names = dict(model.named_modules())
+    unknown = [k for k in cfg.search.keep_layers if k not in names]
+    if unknown:
+        raise UsageError(f"--keep-layers names {unknown[0]!r}, which {cfg.model} does not have; layers are e.g. "
+                         f"{', '.join(list(names)[1:6])}")
+    if not cfg.weights:
+        return None
+    fit_weights(cfg.source, model, read_state_dict(cfg.weights), num_classes=data.num_classes)
+    model = prepare(model, data.device)
+    metrics = split_accuracies(model, data)
+    _refuse_chance(metrics["val_accuracy"], data, accept)
+    return model, metrics
+
+
+def adopt_weights(cfg: StudyConfig, out: Path, data: Dataset, adopted: tuple[nn.Module, dict]) -> Checkpoint:
+    """The user's trained model (checked by :func:`preflight`) as the study's baseline: evaluated,
+    never retrained, saved as ``<out>/baseline.pt``."""
+    model, metrics = adopted
+    meta = CheckpointMeta(
+        model=cfg.model, model_kwargs=dict(cfg.model_kwargs), num_classes=data.num_classes,
+        in_channels=data.in_channels, dataset=cfg.dataset, preprocessing=data.preprocessing, metrics=metrics,
+        provenance={"weights": str(cfg.weights), "weights_sha256": cfg.weights_sha256, "trained_by": "user"})
+    save_pruned(baseline_path(out), model, None, meta)
+    return load_checkpoint(baseline_path(out), expect_model=cfg.model)
+
+
+def _refuse_chance(val: float, data: Dataset, accept: bool) -> None:
+    """Chance level: not above the majority class's share of the validation split by 3 standard errors."""
+    counts = data.val_y.bincount(minlength=data.num_classes).float()
+    n = float(counts.sum())
+    p = float(counts.max()) / max(n, 1.0)
+    bar = p + 3 * (p * (1 - p) / max(n, 1.0)) ** 0.5
+    if val <= bar and not accept:
+        raise UsageError(f"the given weights score {val:.4f} on the validation split, chance level for it "
+                         f"(majority class {p:.4f}); almost always the wrong preprocessing (--image-size, --mean/--std) "
+                         f"or class order (the class folders, sorted); --accept-baseline goes on anyway")
 
 
 def _resume_state(partial: Path, model: torch.nn.Module, recipe, progress: bool) -> TrainState | None:
@@ -98,10 +215,11 @@ def reference_of(ckpt: Checkpoint, example: torch.Tensor) -> Reference:
         return ckpt.meta.reference
     m = measure(ckpt.model, example.to(next(ckpt.model.parameters()).device))
     metrics = ckpt.meta.metrics
-    if "val_accuracy" not in metrics or "test_accuracy" not in metrics:
-        raise CheckpointError("the starting model records no val/test accuracy; train it with search.train")
+    if "val_accuracy" not in metrics:
+        raise CheckpointError("the starting model records no validation accuracy; train it with search.train")
+    test = metrics.get("test_accuracy")
     return Reference(params=m.params, macs=m.macs, size_mb=m.size_mb, val_accuracy=float(metrics["val_accuracy"]),
-                     test_accuracy=float(metrics["test_accuracy"]))
+                     test_accuracy=float(test) if test is not None else None)
 
 
 def start_checkpoint(cfg: StudyConfig, out: Path, data: Dataset) -> Checkpoint:
@@ -116,5 +234,8 @@ def start_checkpoint(cfg: StudyConfig, out: Path, data: Dataset) -> Checkpoint:
     if meta.in_channels != data.in_channels or meta.num_classes != data.num_classes:
         raise CheckpointError(f"{source} has {meta.in_channels} input channels and {meta.num_classes} classes; "
                               f"{cfg.dataset} has {data.in_channels} and {data.num_classes}")
+    if meta.input_size != data.size:
+        raise CheckpointError(f"{source} takes {meta.input_size}x{meta.input_size} inputs; this run's are "
+                              f"{data.size}x{data.size} (--image-size)")
     ckpt.model = prepare(ckpt.model, data.device).eval()
     return ckpt

@@ -13,7 +13,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from pruning import Reference
-from search._records import REPORT_ARTIFACTS_KEY, TrialRecord
+from search._records import REPORT_ARTIFACTS_KEY, TrialRecord, fmt_accuracy
 
 _MIMETYPES = {".md": "text/markdown", ".png": "image/png", ".csv": "text/csv", ".pt": "application/octet-stream"}
 
@@ -52,11 +52,11 @@ def study_note(answer: dict) -> str:
     base = answer["baseline"]
     lines = [f"## {answer['model']} on {answer['dataset']} (budget `{answer['budget']}`)",
              f"Baseline: **{base['size_mb']:.4f} MB**, {base['params']:,} parameters, {base['macs'] / 1e6:.1f} M MACs, "
-             f"val accuracy {base['val_accuracy']:.4f}, test accuracy {base['test_accuracy']:.4f}."]
+             f"val accuracy {base['val_accuracy']:.4f}, test accuracy {fmt_accuracy(base['test_accuracy'])}."]
     head = answer["headline"]
     if head:
         lines.append(f"Headline: **trial {head['trial']}**, {head['size_mb']:.4f} MB (**{head['pruned_pct']:.1f} % "
-                     f"smaller**), test accuracy drop **{head['accuracy_drop']:.2f} pts**"
+                     f"smaller**), test accuracy drop **{'—' if head['accuracy_drop'] is None else format(head['accuracy_drop'], '.2f')} pts**"
                      + (f", {head['ort_b1_speedup']:.2f}x faster at batch 1 (onnxruntime)"
                         if head.get("ort_b1_speedup") else "") + ".")
         lines.append(f"Take it:\n\n    {head['pick_command']}")

@@ -21,6 +21,18 @@ def sidecar_path(onnx: Path) -> Path:
     return onnx.with_suffix(".json")
 
 
+def _formula(pre) -> str:
+    """The preprocessing in words, so a deployment can reproduce it exactly."""
+    if pre.resize_size:
+        bring = (f"convert to {'RGB' if pre.channels == 3 else 'grayscale'}, resize the shorter side to "
+                 f"{pre.resize_size} ({pre.resize}), crop the centre {pre.input_size}x{pre.input_size}")
+    elif pre.resize != "none":
+        bring = f"resize to {pre.input_size}x{pre.input_size} ({pre.resize})"
+    else:
+        bring = f"pad `pad` ({pre.pad}) zero pixels on each side"
+    return f"{bring}; then x = (pixels / 255 - mean) / std, per channel, as float32 (batch, C, H, W)"
+
+
 def ship(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx: Path) -> dict:
     """Export ``model`` to ``onnx``, verify it on the first validation images, measure it, and write
     the sidecar beside it. Returns the sidecar's content."""
@@ -35,8 +47,7 @@ def ship(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx
         "input": {"name": INPUT, "shape": ["batch", pre.channels, pre.input_size, pre.input_size],
                   "dtype": "float32"},
         "output": {"name": OUTPUT, "shape": ["batch", meta.num_classes], "meaning": "class logits (argmax = class)"},
-        "preprocessing": {**to_plain(pre), "formula": "x = (pixels / 255 - mean) / std, per channel, after "
-                                                       "padding `pad` zero pixels on each side (or resizing)"},
+        "preprocessing": {**to_plain(pre), "formula": _formula(pre)},
         "class_names": list(pre.class_names),
         "metrics": dict(meta.metrics),
         "reference": to_plain(meta.reference) if meta.reference else None,

@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from models import create_model
 from pruning import Dataset, TrainConfig, train
 from search._cli import UsageError, env_flag
 from search._config import RunOptions, StudyConfig
+from search._context import build_model
 
 LIMIT_S = 3600.0
 YES_ENV = "AUTOML_PRUNE_YES"
@@ -38,7 +38,7 @@ def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) 
     """Training seconds per image of the unpruned model on the data's device, from the training
     loop's own clock: two warm-up steps at batch 8; a model that trains fast is then timed at the
     recipe's batch for about a second, a slow one (a large model on a CPU) for two steps at batch 16."""
-    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    model = build_model(cfg, data)
     n = data.train_x.shape[0]
 
     def run(k: int, batch: int) -> float:

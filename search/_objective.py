@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -16,7 +17,8 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from torch import nn
 
-from pruning import (CheckpointMeta, Dataset, Measurement, Reference, TrainHooks, TrainingDiverged, Unit,
+from pruning import (CheckpointMeta, Dataset, Measurement, PlanError, PruningError, Reference, TrainHooks,
+                     TrainingDiverged, Unit, prunable_safely,
                      apply_plan, evaluate, expand_plan, measure, plan_keys, prunable_units, recalibrate_bn,
                      save_pruned, train, train_batches)
 from pruning._checkpoint import Checkpoint
@@ -47,6 +49,7 @@ class SearchContext:
     units: list[Unit]
     keys: list[str]
     example: torch.Tensor
+    keep: tuple[str, ...]      # layers whose outputs are kept: the config's, plus units found unsafe to prune
     artifacts: FileSystemArtifactStore
     calibration: list          # fixed training batches: BN recalibration and Taylor importance
 
@@ -56,14 +59,33 @@ def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Datase
     data = data if data is not None else load_data(cfg, opts)
     start = start_checkpoint(cfg, out, data)
     example = data.example_input(1)
-    units = prunable_units(start.model, example)
+    units, keep = safe_units(start.model, example, cfg, progress=opts.progress)
     artifact_dir(out).mkdir(parents=True, exist_ok=True)
     batch = cfg.finetune_recipe(0).batch_size
     calibration = list(itertools.islice(train_batches(data, batch, torch.Generator().manual_seed(cfg.seed)),
                                         cfg.spend.bn_batches))
     return SearchContext(cfg=cfg, opts=opts, out=out, data=data, start=start, reference=reference_of(start, example),
-                         units=units, keys=plan_keys(units, cfg.search.granularity), example=example,
+                         units=units, keys=plan_keys(units, cfg.search.granularity), example=example, keep=keep,
                          artifacts=FileSystemArtifactStore(str(artifact_dir(out))), calibration=calibration)
+
+
+def safe_units(model: nn.Module, example: torch.Tensor, cfg: StudyConfig, *,
+               progress: bool = True) -> tuple[list[Unit], tuple[str, ...]]:
+    """The units a study may prune and the layers it keeps whole (:func:`pruning.safe_units`), with
+    one line naming the units Torch-Pruning cannot prune safely."""
+    space = cfg.search
+    try:
+        units, keep, bad = prunable_safely(model, example, max_ratio=space.max_ratio, round_to=space.round_to,
+                                           keep=tuple(space.keep_layers))
+    except PruningError:
+        raise
+    except Exception as exc:  # Torch-Pruning's tracer fails in many ways on unusual graphs
+        raise PlanError(f"Torch-Pruning cannot trace {cfg.model}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from None
+    if bad and progress:
+        print(f"note: Torch-Pruning cannot prune {len(bad)} unit(s) of {cfg.model} safely; kept whole: "
+              f"{', '.join(u.name for u in bad[:8])}{' ...' if len(bad) > 8 else ''}", file=sys.stderr)
+    return units, keep
 
 
 @dataclass(frozen=True)
@@ -134,7 +156,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
     plan = _plan(ctx, trial, rec)
     pruned, surgery = apply_plan(
         ctx.start.model, plan, example_input=ctx.example, importance=space.importance, round_to=space.round_to,
-        history=ctx.start.history, max_ratio=space.max_ratio, seed=cfg.seed + trial.number,
+        history=ctx.start.history, max_ratio=space.max_ratio, seed=cfg.seed + trial.number, keep=ctx.keep,
         calibration=ctx.calibration if space.importance == "taylor" else None)
     m, size = _size(ctx, pruned)
     io.write(size_mb=m.size_mb, pruned_pct=100.0 * (1 - m.size_mb / ctx.reference.size_mb), macs=m.macs,
@@ -224,7 +246,8 @@ def _constrain(ctx: SearchContext, trial: optuna.Trial, m: Measurement, accuracy
 
 def checkpoint_meta(ctx: SearchContext, **provenance) -> CheckpointMeta:
     meta = ctx.start.meta
-    return CheckpointMeta(model=meta.model, num_classes=meta.num_classes, in_channels=meta.in_channels,
+    return CheckpointMeta(model=meta.model, model_kwargs=dict(meta.model_kwargs), num_classes=meta.num_classes,
+                          in_channels=meta.in_channels,
                           dataset=ctx.cfg.dataset, preprocessing=ctx.data.preprocessing, reference=ctx.reference,
                           provenance={"study": ctx.cfg.study_name, **provenance})
 

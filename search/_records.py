@@ -112,7 +112,7 @@ class RecoveryRecord:
 
     trial: int
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None  # None: the dataset has no test split
     checkpoint: str          # artifact id (a study-level artifact)
     epochs: float
     seconds: float
@@ -148,3 +148,11 @@ def completed(study: optuna.Study) -> list[tuple[FrozenTrial, TrialRecord]]:
         if rec.val_accuracy is not None:
             out.append((t, rec))
     return out
+
+
+def fmt_accuracy(value) -> str:
+    """An accuracy (a fraction) with 4 decimals, or "—" where it was not measured (no test split)."""
+    try:
+        return "—" if value is None or value != value else f"{float(value):.4f}"
+    except (TypeError, ValueError):
+        return "—"

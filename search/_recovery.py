@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 from pruning import (Checkpoint, Dataset, PruningRecord, Reference, evaluate, load_checkpoint, save_pruned, train,
                      with_metrics)
+from search._context import test_accuracy
 from search._config import StudyConfig
 from search._faults import fault
 from search._records import RecoveryRecord, TrialRecord, recoveries, save_recovery
@@ -86,10 +87,10 @@ def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, 
     began = time.perf_counter()
     train(ckpt.model, data, recipe, teacher=teacher, progress=progress, desc=f"recover trial {number}")
     seconds = time.perf_counter() - began
-    val, test = evaluate(ckpt.model, data, "val"), evaluate(ckpt.model, data, "test")
+    val, test = evaluate(ckpt.model, data, "val"), test_accuracy(ckpt.model, data)
     meta = with_metrics(replace(ckpt.meta, provenance={**ckpt.meta.provenance, "recovered": True,
                                                        "recovery_epochs": recipe.epochs}),
-                        val_accuracy=val, test_accuracy=test)
+                        val_accuracy=val, **({} if test is None else {"test_accuracy": test}))
     with tempfile.TemporaryDirectory() as tmp:
         path = save_pruned(Path(tmp) / f"recovered-trial-{number}.pt", ckpt.model,
                            PruningRecord(history=ckpt.history, plan=ckpt.plan), meta)

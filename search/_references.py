@@ -22,7 +22,8 @@ def thin(ratios: tuple[float, ...], limit: int) -> list[float]:
 
 
 def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model: nn.Module,
-                    example: torch.Tensor, total_trials: int) -> dict[tuple[str, float], tuple[dict, dict]]:
+                    example: torch.Tensor, total_trials: int,
+                    keep: tuple[str, ...] = ()) -> dict[tuple[str, float], tuple[dict, dict]]:
     """(kind, ratio) -> (the sampler's parameters, the exact per-unit plan or {} when the parameters
     say it all). At most half of the study's trials are references, so the sampler keeps the rest."""
     kinds = cfg.search.references
@@ -36,7 +37,7 @@ def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model:
             plans[("uniform", r)] = (params_for({k: r for k in keys}, r, g), {})
     if "global" in kinds:
         allocated = global_ranking_plans(model, ratios, example_input=example, max_ratio=cfg.search.max_ratio,
-                                         round_to=cfg.search.round_to)
+                                         round_to=cfg.search.round_to, keep=keep)
         for r, plan in allocated.items():
             plans[("global", r)] = (params_for(_per_key(plan, units, keys, g), r, g), plan)
     return plans

@@ -1,6 +1,8 @@
 """report.md and pareto.png of a study."""
 from __future__ import annotations
 
+import shlex
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from optuna.trial import TrialState
 
 from pruning import Reference
 from search._config import StudyConfig
-from search._records import completed
+from search._records import completed, fmt_accuracy
 
 @dataclass
 class Results:
@@ -42,11 +44,20 @@ SMOKE_CAVEAT = ("> **Smoke run.** This study used the `smoke` budget (data subse
                 "`default` budget for results.")
 
 
-def _fmt_drop(points: float) -> str:
+def _fmt_drop(points: float | None) -> str:
+    if points is None or pd.isna(points):
+        return "— (no test split)"
     return f"{points:.2f} pts" if points >= 0 else f"{points:.2f} pts (gain)"
 
 
-def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: Results, ref: Reference) -> str:
+def _num(value, digits: int = 2) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: Results, ref: Reference,
+                    data=None) -> str:
+    """report.md; ``data`` (the study's :class:`pruning.Dataset`) adds its input, augmentation and folder."""
+    data_dir = data.root if data is not None else None
     n = counts(study)
     lines = [f"# Pruning study: {cfg.model} on {cfg.dataset}", ""]
     if cfg.budget == "smoke":
@@ -58,9 +69,11 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
               f"{cfg.search.objective} (min). Granularity `{cfg.search.granularity}`, importance "
               f"`{cfg.search.importance}`, sampler `{cfg.search.sampler}`.", "",
               f"Baseline: {ref.params:,} parameters, {ref.size_mb:.3f} MB, {ref.macs / 1e6:.1f} M MACs, "
-              f"val accuracy {ref.val_accuracy:.4f}, test accuracy {ref.test_accuracy:.4f}.", ""]
+              f"val accuracy {ref.val_accuracy:.4f}, test accuracy {fmt_accuracy(ref.test_accuracy)}.", ""]
+    if data is not None:
+        lines += [_data_line(data), ""]
     lines += _headline(cfg, results, ref)
-    lines += _commands(cfg, out, results)
+    lines += _commands(cfg, out, results, data_dir)
     lines += _latency(results)
     lines += _front(results.table)
     lines += _widths(results)
@@ -68,20 +81,37 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
     return "\n".join(lines) + "\n"
 
 
-def pick_command(cfg: StudyConfig, out: Path, trial: int) -> str:
+def _data_line(data) -> str:
+    """What the model saw: input size, preprocessing, training augmentation, split sizes."""
+    pre = data.preprocessing
+    bring = (f"shorter side resized to {pre.resize_size} ({pre.resize}), centre {pre.input_size}x{pre.input_size} "
+             f"crop" if pre.resize_size else f"{pre.input_size}x{pre.input_size}" +
+             (f" ({pre.resize} resize)" if pre.resize != "none" else ""))
+    test = f"{data.test_y.shape[0]:,} test" if data.has_test else "no test split"
+    return (f"Data: `{data.name}`{f' from {data.root}' if data.root else ''}, {pre.channels} channel(s), {bring}; "
+            f"mean {tuple(round(m, 4) for m in pre.mean)}, std {tuple(round(s, 4) for s in pre.std)}; training "
+            f"augmentation `{data.augment}`; {data.train_y.shape[0]:,} training, {data.val_y.shape[0]:,} validation, "
+            f"{test} images.")
+
+
+def pick_command(cfg: StudyConfig, out: Path, trial: int, data_dir: str | None = None) -> str:
     """The command that returns a front point as a checkpoint and its ONNX export."""
     dataset = "" if cfg.dataset == "fashion-mnist" else f" --dataset {cfg.dataset}"
-    return (f"python -m search.pick --model {cfg.model}{dataset} --out {out} --trial {trial} "
-            f"--save {cfg.model}-trial{trial}.pt --export onnx")
+    folder = f" --data-dir {shlex.quote(data_dir)}" if data_dir else ""
+    return (f"python -m search.pick --model {shlex.quote(cfg.model)}{dataset}{folder} --out {shlex.quote(str(out))} "
+            f"--trial {trial} --save {cfg.source.slug}-trial{trial}.pt --export onnx")
 
 
-def _commands(cfg: StudyConfig, out: Path, results: Results) -> list[str]:
+def _commands(cfg: StudyConfig, out: Path, results: Results, data_dir: str | None) -> list[str]:
     if results.headline is None:
         return []
     trial = int(results.headline["trial"])
+    code = f" --model {shlex.quote(cfg.model)}" if cfg.source.kind == "code" else ""
+    folder = f" --data-dir {shlex.quote(data_dir)}" if data_dir else ""
     return ["Take it (a checkpoint, plus `.onnx` and a `.json` sidecar with the preprocessing):", "", "```",
-            pick_command(cfg, out, trial),
-            f"python -m search.export --checkpoint {cfg.model}-trial{trial}.pt   # any checkpoint, later", "```", ""]
+            pick_command(cfg, out, trial, data_dir),
+            f"python -m search.export --checkpoint {cfg.source.slug}-trial{trial}.pt{code}{folder}   # any checkpoint, "
+            f"later", "```", ""]
 
 
 def _latency(results: Results) -> list[str]:
@@ -136,8 +166,8 @@ def _front(table: pd.DataFrame) -> list[str]:
         up = "" if pd.isna(r["ort_b1_speedup"]) else f"{r['ort_b1_speedup']:.2f}x / {r['ort_b64_speedup']:.2f}x"
         mark = " ★" if r["headline"] else ""
         lines.append(f"| {r['trial']}{mark} | {r['size_mb']:.4f} | {r['params']:,} | {r['macs']:,} | "
-                     f"{r['pruned_pct']:.1f} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {rv} | {rt} | "
-                     f"{r['accuracy_drop']:.2f} | {ms} | {up} | {'' if pd.isna(r['reference']) else r['reference']} |")
+                     f"{r['pruned_pct']:.1f} | {r['val_accuracy']:.4f} | {fmt_accuracy(r['test_accuracy'])} | {rv} | {rt} | "
+                     f"{_num(r['accuracy_drop'])} | {ms} | {up} | {'' if pd.isna(r['reference']) else r['reference']} |")
     return lines + [""]
 
 

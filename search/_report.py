@@ -30,7 +30,7 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(front, key=lambda t: (t.values[1], -t.values[0]))
 
 
-def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset) -> dict[str, float]:
+def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset) -> dict[str, float | None]:
     """Test accuracy of checkpoints (key -> artifact id), cached in ``test_accuracy.json`` by artifact id."""
     cache_file = out / TEST_CACHE
     try:
@@ -38,6 +38,8 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset)
         cache = {k: float(v) for k, v in cache.items()} if isinstance(cache, dict) else {}
     except (ValueError, TypeError):
         cache = {}  # a damaged cache is only a cache
+    if not data.has_test:
+        return {key: None for key in items}
     new = [a for a in items.values() if a not in cache]
     for artifact in new:
         cache[artifact] = evaluate(load_checkpoint(artifact_path(out, artifact), expect_model=model).model, data, "test")
@@ -113,7 +115,8 @@ def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord |
             "params": rec.params, "macs": rec.macs, "pruned_pct": rec.pruned_pct, "val_accuracy": rec.val_accuracy,
             "test_accuracy": test, "recovered_val_accuracy": recovery.val_accuracy if recovery else None,
             "recovered_test_accuracy": recovery.test_accuracy if recovery else None,
-            "accuracy_drop": 100.0 * (ref.test_accuracy - final_test),
+            "accuracy_drop": 100.0 * (ref.test_accuracy - final_test) if final_test is not None
+            and ref.test_accuracy is not None else None,
             "checkpoint": _relative(out, rec.checkpoint),
             "recovered_checkpoint": _relative(out, recovery.checkpoint) if recovery else None,
             "plan": json.dumps(rec.plan)}
@@ -174,9 +177,9 @@ def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset
     results = collect(cfg, out, study, data, ref, start)
     paths = {"csv": out / "pareto.csv", "md": out / "report.md", "png": out / "pareto.png"}
     atomic_write_text(paths["csv"], results.table.to_csv(index=False))
-    atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, ref))
+    atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, ref, data))
     results_file = out / "report.json"  # what the console, the study note and the benchmarks read
-    atomic_write_text(results_file, json.dumps(summary(cfg, out, results, ref), indent=1))
+    atomic_write_text(results_file, json.dumps(summary(cfg, out, results, ref, data.root), indent=1))
     figure = plot_front(cfg, study, results, ref)
     try:
         atomic_write(paths["png"], lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
@@ -186,7 +189,7 @@ def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset
     return {**paths, "json": results_file}
 
 
-def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference) -> dict:
+def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference, data_dir: str | None = None) -> dict:
     """The report's answer as plain values (report.json): headline, its command, the warning."""
     best = results.headline
     head = None
@@ -194,7 +197,7 @@ def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference) -> di
         head = {k: (None if pd.isna(best[k]) else best[k].item() if hasattr(best[k], "item") else best[k])
                 for k in ("trial", "size_mb", "pruned_pct", "accuracy_drop", "val_accuracy", "test_accuracy",
                           "recovered_val_accuracy", "recovered_test_accuracy", "macs", "ort_b1_ms", "ort_b1_speedup")}
-        head["pick_command"] = pick_command(cfg, out, int(best["trial"]))
+        head["pick_command"] = pick_command(cfg, out, int(best["trial"]), data_dir)
     return {"model": cfg.model, "dataset": cfg.dataset, "budget": cfg.budget, "baseline": {
             "size_mb": ref.size_mb, "params": ref.params, "macs": ref.macs, "val_accuracy": ref.val_accuracy,
             "test_accuracy": ref.test_accuracy}, "headline": head, "front_points": len(results.table),

@@ -14,7 +14,7 @@ from optuna.storages import BaseStorage
 from pruning import atomic_write_text, read_meta
 from search._backends import Job
 from search._config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig
-from search._context import load_data, train_baseline
+from search._context import adopt_weights, load_data, preflight, train_baseline
 from search._estimate import Estimate, describe, duration, estimate, guard
 from search._objective import SearchContext, build_context
 from search._records import reference_of
@@ -48,6 +48,8 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
         read_meta(cfg.from_checkpoint)  # a foreign or damaged file is refused before anything else
     data = load_data(cfg, opts)  # a missing or damaged dataset is refused before anything is written
     _say(opts, f"device: {data.device}" + (f" ({_gpu_name()})" if data.device.type == "cuda" else ""))
+    for note in data.notes:
+        _say(opts, f"note: {note}")
     storage, done = None, None
     if opts.storage or (out / JOURNAL).exists():  # an existing study is checked before the estimate
         storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
@@ -55,6 +57,8 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
             existing = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
             check_resume(existing, cfg, out)
             done = finished(existing)
+    new_base = not cfg.from_checkpoint and not (out / BASELINE).exists()
+    adopted = preflight(cfg, data, accept=opts.accept_baseline) if new_base or cfg.search.keep_layers else None
     est = _estimate(cfg, opts, out, data, done)  # refuses before anything is written
     check_writable(out)
     storage = storage or open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
@@ -65,14 +69,20 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
             study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
             check_resume(study, cfg, out)
         if not exists and not cfg.from_checkpoint and not (out / BASELINE).exists():
-            _say(opts, f"no baseline in {out}; training one")
-            after = f" (then trials + recovery ~{duration(est.trials_s + est.recovery_s)})" if est else ""
-            train_baseline(cfg, out, data, progress=opts.progress, then=after)
+            if cfg.weights:
+                base = adopt_weights(cfg, out, data, adopted)
+                _say(opts, f"baseline: your weights {cfg.weights}, val accuracy {base.meta.metrics['val_accuracy']:.4f}"
+                           f" (evaluated, not retrained)")
+            else:
+                _say(opts, f"no baseline in {out}; training one")
+                after = f" (then trials + recovery ~{duration(est.trials_s + est.recovery_s)})" if est else ""
+                train_baseline(cfg, out, data, progress=opts.progress, then=after)
         ctx = build_context(cfg, opts, out, data=data)
         if study is None:
             study = create_study(storage, cfg, digest=ctx.start.checksum, reference=ctx.reference)
             atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
-        plans = reference_plans(cfg, ctx.units, ctx.keys, ctx.start.model, ctx.example, opts.total_trials(cfg))
+        plans = reference_plans(cfg, ctx.units, ctx.keys, ctx.start.model, ctx.example, opts.total_trials(cfg),
+                                keep=ctx.keep)
         seed_references(study, ctx.keys, plans)
         session = Session(cfg=cfg, opts=opts, out=out, storage=storage, study=study, ctx=ctx, estimate=est)
     atomic_write_text(out / OPTIONS_NAME, opts.to_yaml())
@@ -85,11 +95,15 @@ def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, done: int | N
     left = opts.total_trials(cfg) - (done or 0)
     if left <= 0 and done is not None:
         return None
-    baseline = bool(cfg.from_checkpoint) or (out / BASELINE).exists()
+    baseline = bool(cfg.from_checkpoint or cfg.weights) or (out / BASELINE).exists()
     est = estimate(cfg, opts, data, baseline_exists=baseline, trials_left=max(0, left), precise=opts.progress)
     _say(opts, describe(est, data.device))
     guard(cfg, opts, est, data.device)
     return est
+
+
+def _drop(points: float | None) -> str:
+    return "— (no test split)" if points is None else f"{points:.2f} pts"
 
 
 def _gpu_name() -> str:
@@ -137,7 +151,7 @@ def finish_study(session: Session) -> None:
     head = answer["headline"]
     if head:
         _say(opts, f"headline: trial {head['trial']}, {head['size_mb']:.4f} MB ({head['pruned_pct']:.1f} % smaller), "
-                   f"test accuracy drop {head['accuracy_drop']:.2f} pts\ntake it: {head['pick_command']}")
+                   f"test accuracy drop {_drop(head['accuracy_drop'])}\ntake it: {head['pick_command']}")
     _say(opts, "\n".join(f"{k}: {v}" for k, v in (("report", paths["md"]), ("front", paths["csv"]),
                                                   ("plot", paths["png"]))))
 

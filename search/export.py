@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from pruning import load_checkpoint, load_dataset
+from pruning._data import image_spec_of
 from search._cli import Parser, quiet_libraries, run_cli
 from search._context import VAL_SPLIT_SEED
 from search._deploy import VERIFY_BATCH, ship, sidecar_path
@@ -24,6 +25,9 @@ def get_args_parser() -> Parser:
     parser.add_argument("--data-dir", default="data",
                         help=f"where the checkpoint's dataset is found, for the {VERIFY_BATCH}-image verification "
                              f"batch (default: data)")
+    parser.add_argument("--model", help="the checkpoint's model source; needed for a model of your own code "
+                                        "(naming it allows importing that code), checked otherwise (default: the one it records)")
+    parser.add_argument("--cache-mb", type=float, default=4096, help="as search.run's (default 4096)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="never download the dataset (default: download where the network allows)")
     return parser
@@ -32,12 +36,13 @@ def get_args_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, expect_model=args.model)
     onnx = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     for target in (onnx, sidecar_path(onnx)):
         refuse_study_file(target, "--out")
+    pre = ckpt.meta.preprocessing
     data = load_dataset(ckpt.meta.dataset or "fashion-mnist", data_dir=args.data_dir, seed=VAL_SPLIT_SEED,
-                        download=args.download)
+                        download=args.download, image=image_spec_of(pre) if pre else None, cache_mb=args.cache_mb)
     sidecar = ship(ckpt.model, ckpt.meta, ckpt.plan, data, onnx)
     print(json.dumps({"onnx": str(onnx), "sidecar": str(sidecar_path(onnx)),
                       "max_abs_diff": sidecar["verification"]["max_abs_diff"],

@@ -12,7 +12,7 @@ import pandas as pd
 
 from pruning import (PruningRecord, evaluate, load_checkpoint, measure, save_pruned, train, with_metrics)
 from search._cli import UsageError, number, quiet_libraries, resolve, run_cli, study_parser
-from search._context import load_data, start_checkpoint
+from search._context import load_data, start_checkpoint, test_accuracy
 from search._records import reference_of
 from search._render import selection_accuracy
 from search._report import collect
@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         train(model, data, replace(cfg.recovery_recipe(cfg.seed), epochs=epochs), teacher=teacher,
               progress=found.opts.progress, desc="pick fine-tune")
     m = measure(model, data.example_input(1))
-    val, test = evaluate(model, data, "val"), evaluate(model, data, "test")
+    val, test = evaluate(model, data, "val"), test_accuracy(model, data)
     meta = with_metrics(replace(ckpt.meta, provenance={**ckpt.meta.provenance, "study": cfg.study_name,
                                                        "trial": int(row["trial"]), "finetune_epochs": epochs}),
-                        val_accuracy=val, test_accuracy=test, params=m.params, macs=m.macs, size_mb=m.size_mb)
+                        val_accuracy=val, params=m.params, macs=m.macs, size_mb=m.size_mb,
+                        **({} if test is None else {"test_accuracy": test}))
     save_pruned(save, model, PruningRecord(history=ckpt.history, plan=ckpt.plan), meta)
     shipped = {}
     if export:
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                       "recovered": isinstance(row["recovered_checkpoint"], str), "size_mb": m.size_mb,
                       "params": m.params, "macs": m.macs, "pruned_pct": 100 * (1 - m.size_mb / ref.size_mb),
                       "val_accuracy": val, "test_accuracy": test,
-                      "accuracy_drop": 100 * (ref.test_accuracy - test), "finetune_epochs": epochs}))
+                      "accuracy_drop": None if test is None or ref.test_accuracy is None
+                      else 100 * (ref.test_accuracy - test), "finetune_epochs": epochs}))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from search._records import fmt_accuracy
 from search._cli import number, quiet_libraries, resolve, run_cli, study_parser
 from search._context import load_data, start_checkpoint
 from search._records import reference_of
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = reference_of(found.study)
     start = start_checkpoint(cfg, found.out, data)
     for rec in recover(cfg, found.out, found.study, data, start, ref, progress=found.opts.progress):
-        print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {rec.test_accuracy:.4f} after {rec.epochs:g} "
+        print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {fmt_accuracy(rec.test_accuracy)} after {rec.epochs:g} "
               f"epochs ({rec.seconds:.0f} s)")
     for path in write_report(cfg, found.out, found.study, data, ref, start).values():
         print(path)

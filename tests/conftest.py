@@ -109,3 +109,20 @@ def folder_hash(folder: Path) -> dict[str, str]:
     """Content hash of every file of a folder (a study must not change when a command fails)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_image_folder(root: Path, data, *, per_class: int, size: int = 48, splits=("train", "test"),
+                       classes: int = 4, taller: int = 8) -> Path:
+    """An ImageFolder tree (``<split>/<class>/<n>.png``, RGB, ``size`` x ``size + taller`` so the
+    resize-and-crop path is exercised) from the real Fashion-MNIST images of ``data``."""
+    from PIL import Image
+
+    for split in splits:
+        x, y = (data.train_x, data.train_y) if split != "test" else (data.test_x, data.test_y)
+        offset = per_class if split == "val" else 0  # val/ takes other training images than train/
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in torch.nonzero(y == c).flatten()[offset:offset + per_class].tolist():
+                Image.fromarray(x[i, 0].numpy()).convert("RGB").resize((size, size + taller)).save(folder / f"{i}.png")
+    return root

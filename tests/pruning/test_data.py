@@ -152,10 +152,10 @@ def test_imagefolder_needs_two_classes_and_readable_images(tmp_path):
     for split in ("train", "test"):
         (tmp_path / split / "only").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / split / "only" / "a.png")
-    with pytest.raises(DatasetError, match="at least 2 class folders"):
+    with pytest.raises(DatasetError, match="1 class folder.*needs at least 2"):
         load_dataset("imagefolder", data_dir=tmp_path)
     for split in ("train", "test"):
         (tmp_path / split / "other").mkdir()
         (tmp_path / split / "other" / "b.png").write_bytes(b"not an image")
-    with pytest.raises(DatasetError, match="cannot read image"):
+    with pytest.raises(DatasetError, match="1 of 2 images are unreadable.*more than 5% is refused"):
         load_dataset("imagefolder", data_dir=tmp_path)

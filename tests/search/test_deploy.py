@@ -17,13 +17,14 @@ from search._config import RunOptions, load_config
 from search._context import load_data
 from search._estimate import estimate, guard
 from search._cli import UsageError
-from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, cli, write_config
+from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, cli, merged, write_config
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, fashion_mnist):
     root = tmp_path_factory.mktemp("deploy")
-    config = write_config(root / "tiny.yaml", TINY_LENET)
+    # a headline however the 6 smoke trials land: this module tests the path from it to a model
+    config = write_config(root / "tiny.yaml", merged(TINY_LENET, report={"headline_max_drop": 50.0}))
     out = root / "out"
     assert run.main(base_args(config, out) + ["--quiet", "--trials", "6"]) == 0
     return root, config, out

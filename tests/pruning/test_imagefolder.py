@@ -1,0 +1,120 @@
+"""Image folders at any size: decoded once into a cache or streamed from their files (the same
+batches either way), stratified subsets, optional val/ and test/, and odd folders refused or
+skipped with one line."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from pruning import DatasetError, load_dataset, train_batches
+from pruning._data import ImageSpec, eval_batches, stratified_indices
+from tests.conftest import write_image_folder
+
+SPEC = ImageSpec(input_size=32, crop_pct=0.875, interpolation="bilinear", channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, fashion_mnist):
+    return write_image_folder(tmp_path_factory.mktemp("folder"), fashion_mnist, per_class=40)
+
+
+def test_cache_and_streaming_give_the_same_batches(folder):
+    cached = load_dataset("imagefolder", data_dir=folder, image=SPEC)
+    streamed = load_dataset("imagefolder", data_dir=folder, image=SPEC, cache_mb=0.01, workers=2)
+    assert not cached.streamed and streamed.streamed and any("streamed" in n for n in streamed.notes)
+    assert cached.train_x.shape == streamed.train_x.shape == (144, 3, 37, 37)
+    assert cached.augment == "rrc+flip"
+    pairs = zip(train_batches(cached, 16, torch.Generator().manual_seed(3)),
+                train_batches(streamed, 16, torch.Generator().manual_seed(3)))
+    for (xa, ya), (xb, yb) in pairs:
+        assert xa.shape == (16, 3, 32, 32) and torch.equal(xa, xb) and torch.equal(ya, yb)
+    for (xa, _), (xb, _) in zip(eval_batches(cached, "test", 50), eval_batches(streamed, "test", 50)):
+        assert torch.equal(xa, xb)
+
+
+def test_preprocessing_records_the_resize_and_crop(folder):
+    pre = load_dataset("imagefolder", data_dir=folder, image=SPEC).preprocessing
+    assert (pre.input_size, pre.resize_size, pre.resize, pre.channels) == (32, 37, "bilinear", 3)
+    assert pre.class_names == ("class0", "class1", "class2", "class3")
+
+
+def test_subsets_are_stratified_draws_not_the_first_files(folder):
+    data = load_dataset("imagefolder", data_dir=folder, image=SPEC).subset(train=40, test=20)
+    assert data.train_y.bincount().tolist() == [10, 10, 10, 10]
+    assert data.test_y.bincount().tolist() == [5, 5, 5, 5]
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    picked = stratified_indices(labels, 10)
+    assert labels[picked].bincount().tolist() == [9, 1] and len(set(picked.tolist())) == 10
+
+
+def test_val_folder_is_used_and_a_missing_test_folder_means_no_test_figures(tmp_path, fashion_mnist):
+    root = write_image_folder(tmp_path, fashion_mnist, per_class=12, splits=("train", "val"))
+    data = load_dataset("imagefolder", data_dir=root, image=SPEC)
+    assert data.val_y.shape[0] == 48 and data.train_y.shape[0] == 48
+    assert not data.has_test and any("no test/" in n for n in data.notes)
+
+
+def _odd_folder(tmp_path, fashion_mnist):
+    return write_image_folder(tmp_path, fashion_mnist, per_class=30, splits=("train",), classes=2)
+
+
+def test_a_few_unreadable_files_are_counted_and_skipped(tmp_path, fashion_mnist):
+    root = _odd_folder(tmp_path, fashion_mnist)
+    (root / "train" / "class0" / "zero.png").write_bytes(b"")
+    (root / "train" / "class1" / "notes.txt").write_text("not an image: ignored")
+    os.symlink(root / "train", root / "train" / "class1" / "loop")  # a link loop is never followed
+    data = load_dataset("imagefolder", data_dir=root, image=SPEC)
+    assert data.train_y.shape[0] + data.val_y.shape[0] == 60
+    assert any("skipped 1 unreadable image" in n and "zero.png" in n for n in data.notes)
+
+
+def test_many_unreadable_files_are_refused(tmp_path, fashion_mnist):
+    root = _odd_folder(tmp_path, fashion_mnist)
+    for i in range(5):
+        (root / "train" / "class0" / f"corrupt{i}.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DatasetError, match="5 of 65 images are unreadable"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC)
+
+
+def test_a_decompression_bomb_is_refused_never_skipped(tmp_path, fashion_mnist):
+    root = _odd_folder(tmp_path, fashion_mnist)
+    Image.new("1", (9000, 9000)).save(root / "train" / "class0" / "bomb.png")  # 81 Mpixel, a few KB
+    with pytest.raises(DatasetError, match="decompression bomb"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC)
+    with pytest.raises(DatasetError, match="decompression bomb"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC, cache_mb=0)
+
+
+def test_one_class_a_file_as_data_dir_and_other_classes_in_test_are_refused(tmp_path, fashion_mnist):
+    root = write_image_folder(tmp_path / "a", fashion_mnist, per_class=3, classes=1)
+    with pytest.raises(DatasetError, match="1 class folder"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="is a file"):
+        load_dataset("imagefolder", data_dir=tmp_path / "file", image=SPEC)
+    root = write_image_folder(tmp_path / "b", fashion_mnist, per_class=3, classes=2)
+    (root / "test" / "class9").mkdir()
+    with pytest.raises(DatasetError, match="other class folders"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder; permissions cannot deny it here")
+def test_an_unreadable_class_folder_is_one_line(tmp_path, fashion_mnist):
+    root = _odd_folder(tmp_path, fashion_mnist)
+    (root / "train" / "class1").chmod(0)
+    try:
+        with pytest.raises(DatasetError, match="permission denied"):
+            load_dataset("imagefolder", data_dir=root, image=SPEC)
+    finally:
+        (root / "train" / "class1").chmod(0o755)
+
+
+def test_a_builtin_dataset_follows_the_models_input(fashion_mnist):
+    spec = ImageSpec(input_size=48, crop_pct=0.875, interpolation="bilinear", channels=3,
+                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    data = load_dataset("fashion-mnist", download=False, image=spec).subset(train=64, val=32, test=32)
+    assert data.train_x.shape[1:] == (3, 48, 48) and data.example_input(2).shape == (2, 3, 48, 48)
+    assert data.augment == "none"

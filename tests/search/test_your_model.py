@@ -1,0 +1,185 @@
+"""Your model, your data: a network the user trained (torchvision, timm, their own code), at its own
+resolution, on an image folder, goes through run -> report -> pick -> ONNX like a registry model."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import parse_source
+from pruning import TrainConfig, evaluate, load_checkpoint, load_dataset, train
+from pruning._data import ImageSpec
+from tests.conftest import PYTHON, REPO, write_image_folder
+
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+USER_CODE = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    """A residual add and a concatenation of its own."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.side = nn.Conv2d(width, width // 2, 1)
+        self.merge = nn.Conv2d(width + width // 2, width, 1)
+
+    def forward(self, x):
+        h = x + self.b(self.a(x))
+        return self.merge(torch.cat([h, self.side(x)], dim=1))
+
+
+def build(num_classes, width=16):
+    return nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         Block(width), nn.MaxPool2d(2), Block(width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(width, num_classes))
+'''
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, fashion_mnist):
+    return write_image_folder(tmp_path_factory.mktemp("yours"), fashion_mnist, per_class=80, size=64)
+
+
+def _trained_weights(folder: Path, source_text: str, out: Path, *, steps: int, kwargs=None) -> Path:
+    """The user's side: their model trained on their folder at 64x64, saved the way torchvision's
+    reference scripts do (``{"model": state_dict, ...}``)."""
+    spec = ImageSpec(input_size=64, crop_pct=0.875, interpolation="bilinear", channels=3, **IMAGENET)
+    data = load_dataset("imagefolder", data_dir=folder, image=spec)
+    torch.manual_seed(0)
+    model = parse_source(source_text, kwargs).build(num_classes=data.num_classes)
+    train(model, data, TrainConfig(steps=steps, batch_size=32, lr=0.05, warmup=0.1), progress=False)
+    torch.save({"model": model.state_dict(), "epoch": 1}, out)
+    return out
+
+
+def _run(args: list[str]) -> None:
+    from search.run import main
+
+    assert main(args) == 0
+
+
+def _study(folder: Path, out: Path, source: str, weights: Path, *extra: str) -> dict:
+    _run(["--model", source, "--weights", str(weights), "--dataset", "imagefolder", "--data-dir", str(folder),
+          "--image-size", "64", "--budget", "smoke", "--out", str(out), "--quiet", *extra])
+    return json.loads((out / "report.json").read_text())
+
+
+def _pick_and_export(folder: Path, out: Path, source: str, tmp: Path) -> None:
+    import onnxruntime as ort
+
+    from search.pick import main as pick
+
+    save = tmp / "picked.pt"
+    assert pick(["--model", source, "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out),
+                 "--max-drop", "100", "--save", str(save), "--export", "onnx", "--quiet"]) == 0
+    ckpt = load_checkpoint(save, expect_model=source)
+    assert ckpt.meta.preprocessing.input_size == 64 and ckpt.meta.preprocessing.resize_size == 73
+    sidecar = json.loads(save.with_suffix(".json").read_text())
+    assert sidecar["input"]["shape"] == ["batch", 3, 64, 64] and "centre 64x64" in sidecar["preprocessing"]["formula"]
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = ckpt.model.eval()(x).numpy()
+    got = ort.InferenceSession(str(save.with_suffix(".onnx")), providers=["CPUExecutionProvider"]).run(
+        None, {ort.InferenceSession(str(save.with_suffix(".onnx"))).get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(got, expected, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,steps", [("resnet18", 150), ("densenet121", 120)])
+def test_a_torchvision_model_with_its_own_weights_goes_the_whole_way(folder, tmp_path, arch, steps):
+    source = f"torchvision:{arch}"
+    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=steps)
+    answer = _study(folder, tmp_path / "study", source, weights)
+    base = load_checkpoint(tmp_path / "study" / "baseline.pt", expect_model=source)
+    given = torch.load(weights, weights_only=True)["model"]
+    assert all(torch.equal(base.model.state_dict()[k].cpu(), v) for k, v in given.items())  # never retrained
+    assert base.meta.provenance["trained_by"] == "user"
+    assert answer["baseline"]["val_accuracy"] == pytest.approx(base.meta.metrics["val_accuracy"])
+    assert answer["front_points"] >= 1 and (tmp_path / "study" / "pareto.csv").exists()
+    assert f"from {folder}" in (tmp_path / "study" / "report.md").read_text()
+    _pick_and_export(folder, tmp_path / "study", source, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_timm_model_and_a_users_own_code_go_the_same_way(folder, tmp_path):
+    (tmp_path / "nets.py").write_text(USER_CODE)
+    for source, name in (("timm:resnet10t", "timm"), (f"{tmp_path / 'nets.py'}:build", "code")):
+        weights = _trained_weights(folder, source, tmp_path / f"{name}.pt", steps=250)
+        answer = _study(folder, tmp_path / name, source, weights)
+        assert answer["front_points"] >= 1
+        _pick_and_export(folder, tmp_path / name, source, tmp_path / name)
+    with pytest.raises(Exception, match="loading it imports that code"):
+        load_checkpoint(tmp_path / "code" / "baseline.pt")  # a file alone never imports user code
+
+
+@pytest.mark.slow
+def test_a_resume_with_other_weights_or_size_is_refused_and_changes_nothing(folder, tmp_path):
+    source = "torchvision:resnet18"
+    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=300)
+    _study(folder, tmp_path / "s", source, weights, "--no-recover")
+    before = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    other = tmp_path / "other.pt"
+    state = torch.load(weights, weights_only=True)
+    state["model"]["fc.bias"] += 1
+    torch.save(state, other)
+    for flags, match in ((["--weights", str(other)], "weights_sha256"),
+                         (["--weights", str(weights), "--image-size", "96"], "image_size")):
+        proc = subprocess.run([PYTHON, "-m", "search.run", "--model", source, "--dataset", "imagefolder",
+                               "--data-dir", str(folder), "--budget", "smoke", "--out", str(tmp_path / "s"),
+                               "--quiet", *flags], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 2 and match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()} == before
+
+
+BAD = {
+    "unknown torchvision name": (["--model", "torchvision:resnet51"], "close matches: torchvision:resnet50"),
+    "missing entry point": (["--model", "{tmp}/nets.py:nope"], "has no function 'nope'"),
+    "entry point raises": (["--model", "{tmp}/nets.py:broken"], "raised RuntimeError: no GPU here"),
+    "too small an image": (["--model", "torchvision:resnet18", "--image-size", "8", "--weights", "{w}"],
+                           "--image-size 8 is too small"),
+    "pickled module": (["--model", "torchvision:resnet18", "--weights", "{tmp}/whole.pt"], "whole pickled model"),
+    "class count": (["--model", "torchvision:resnet18", "--weights", "{tmp}/thousand.pt"],
+                    "has 1000 outputs but the dataset has 4 classes"),
+    "wrong keys": (["--model", "torchvision:resnet34", "--weights", "{w}"], "the weights do not fit"),
+    "registry name, torchvision weights": (["--model", "vgg16", "--weights", "{tmp}/tv_vgg.pt"],
+                                           "use --model torchvision:vgg16"),
+    "chance level": (["--model", "torchvision:resnet18", "--weights", "{tmp}/untrained.pt"], "chance level"),
+    "bad model kwargs": (["--model", "torchvision:resnet18", "--model-kwargs", "[1]"], "expected a JSON object"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    import torchvision
+
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "nets.py").write_text("def broken(num_classes):\n    raise RuntimeError('no GPU here')\n")
+    torch.save(torchvision.models.resnet18(num_classes=2), tmp / "whole.pt")
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp / "thousand.pt")
+    torch.save(torchvision.models.vgg16(num_classes=4).state_dict(), tmp / "tv_vgg.pt")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=4).state_dict(), tmp / "untrained.pt")
+    return tmp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_of_your_model_is_one_line_and_writes_nothing(folder, bad_files, tmp_path, case):
+    flags, match = BAD[case]
+    flags = [f.format(tmp=bad_files, w=bad_files / "untrained.pt") for f in flags]
+    out = tmp_path / "study"
+    proc = subprocess.run([PYTHON, "-m", "search.run", *flags, "--dataset", "imagefolder", "--data-dir", str(folder),
+                           "--budget", "smoke", "--out", str(out), "--quiet"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists() or not any(p.is_file() and p.stat().st_size for p in out.rglob("*")), \
+        sorted(out.rglob("*"))
