@@ -141,8 +141,9 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
              params=m.params, objective_value=size, plan={k: round(v, 4) for k, v in surgery.plan.items()})
     if m.latency_ms:
         io.write(latency_ms=m.latency_ms[1])
-    recalibrate_bn(pruned, ctx.calibration)
-    proxy = evaluate(pruned, ctx.data, "val")
+    precision = cfg.finetune.precision  # calibrate and score in the precision the candidate trains in
+    recalibrate_bn(pruned, ctx.calibration, precision=precision)
+    proxy = evaluate(pruned, ctx.data, "val", precision=precision)
     io.write(proxy_accuracy=proxy)
     if cfg.constraints.max_size_mb is not None and m.size_mb > cfg.constraints.max_size_mb:
         io.write(skipped=f"{m.size_mb:.4f} MB is over the size budget of {cfg.constraints.max_size_mb} MB: "
@@ -161,10 +162,10 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
     try:
         train(pruned, ctx.data, recipe, teacher=teacher, progress=False, desc=f"trial {trial.number}",
               hooks=TrainHooks(at_steps=tuple(s for s in rungs if s > 0),
-                               on_step=lambda step: halving.at(step, evaluate(pruned, rung_data, "val"))))
+                               on_step=lambda step: halving.at(step, evaluate(pruned, rung_data, "val", precision=precision))))
     finally:
         io.write(finetune_seconds=time.perf_counter() - start)
-    val = evaluate(pruned, ctx.data, "val")
+    val = evaluate(pruned, ctx.data, "val", precision=precision)
     io.write(val_accuracy=val)
     _constrain(ctx, trial, m, val)
     _store(ctx, io, pruned, surgery, m, val)

@@ -86,7 +86,7 @@ def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, 
     began = time.perf_counter()
     train(ckpt.model, data, recipe, teacher=teacher, progress=progress, desc=f"recover trial {number}")
     seconds = time.perf_counter() - began
-    val, test = evaluate(ckpt.model, data, "val"), evaluate(ckpt.model, data, "test")
+    val, test = (evaluate(ckpt.model, data, split, precision=recipe.precision) for split in ("val", "test"))
     meta = with_metrics(replace(ckpt.meta, provenance={**ckpt.meta.provenance, "recovered": True,
                                                        "recovery_epochs": recipe.epochs}),
                         val_accuracy=val, test_accuracy=test)
