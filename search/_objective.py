@@ -20,6 +20,7 @@ from pruning import (CheckpointMeta, Dataset, Measurement, Reference, TrainHooks
                      apply_plan, evaluate, expand_plan, measure, plan_keys, prunable_units, recalibrate_bn,
                      save_pruned, train, train_batches)
 from pruning._checkpoint import Checkpoint
+from pruning._train import resolve_precision
 from search._config import RunOptions, StudyConfig
 from search._context import load_data, reference_of, start_checkpoint
 from search._dashboard import trial_note
@@ -141,7 +142,8 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
              params=m.params, objective_value=size, plan={k: round(v, 4) for k, v in surgery.plan.items()})
     if m.latency_ms:
         io.write(latency_ms=m.latency_ms[1])
-    precision = cfg.finetune.precision  # calibrate and score in the precision the candidate trains in
+    # one precision for the whole study, resolved on the model it prunes, so candidates compare alike
+    precision = resolve_precision(cfg.finetune.precision, ctx.start.model, ctx.data.device)
     recalibrate_bn(pruned, ctx.calibration, precision=precision)
     proxy = evaluate(pruned, ctx.data, "val", precision=precision)
     io.write(proxy_accuracy=proxy)
@@ -150,7 +152,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
                          f"scored by its proxy, never fine-tuned")
         _constrain(ctx, trial, m, proxy)
         return Outcome(TrialState.COMPLETE, (proxy, size))
-    recipe = cfg.finetune_recipe(cfg.seed + trial.number)
+    recipe = replace(cfg.finetune_recipe(cfg.seed + trial.number), precision=precision)
     total = recipe.total_steps(ctx.data.train_x.shape[0])
     rungs = rung_steps(total, space.rungs) if space.early_stop else []
     halving = _Halving(ctx, io, size, protected=rec.reference is not None, steps=rungs)

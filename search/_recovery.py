@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 from pruning import (Checkpoint, Dataset, PruningRecord, Reference, evaluate, load_checkpoint, save_pruned, train,
                      with_metrics)
+from pruning._train import resolve_precision
 from search._config import StudyConfig
 from search._faults import fault
 from search._records import RecoveryRecord, TrialRecord, recoveries, save_recovery
@@ -81,7 +82,9 @@ def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, 
                  store: FileSystemArtifactStore, progress: bool) -> RecoveryRecord:
     rec = TrialRecord.read(study.trials[number])
     ckpt = load_checkpoint(artifact_path(out, rec.checkpoint), expect_model=cfg.model)
-    recipe = cfg.recovery_recipe(cfg.seed + number)
+    # resolved on the model pruned from, as in the search, so every recovered point trains alike
+    recipe = replace(cfg.recovery_recipe(cfg.seed + number),
+                     precision=resolve_precision(cfg.recovery.precision, start.model, data.device))
     teacher = start.model if recipe.kd_weight > 0 else None
     began = time.perf_counter()
     train(ckpt.model, data, recipe, teacher=teacher, progress=progress, desc=f"recover trial {number}")
