@@ -5,13 +5,17 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from pruning._train import autocast, resolve_precision
 
-def recalibrate_bn(model: nn.Module, batches: Iterable) -> int:
+
+def recalibrate_bn(model: nn.Module, batches: Iterable, *, precision: str = "auto") -> int:
     """Adaptive BatchNorm: reset running statistics and re-estimate them on training batches.
 
     The batches (tensors, or (x, y) pairs) are run in train mode under ``no_grad`` with a
     cumulative average (EagleEye's evaluation of a pruned candidate). Models without BatchNorm pass
-    through untouched. Returns the number of batches used (0 when there is no BatchNorm).
+    through untouched. ``precision`` as in training (:func:`pruning._train.resolve_precision`): the
+    statistics are those of the activations the candidate will be trained and evaluated with.
+    Returns the number of batches used (0 when there is no BatchNorm).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -23,8 +27,10 @@ def recalibrate_bn(model: nn.Module, batches: Iterable) -> int:
         m.momentum = None  # cumulative moving average over all calibration batches
     model.train()
     used = 0
+    device = next(model.parameters()).device
+    mode = resolve_precision(precision, model, device)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, mode):
             for batch in batches:
                 model(batch[0] if isinstance(batch, (tuple, list)) else batch)
                 used += 1

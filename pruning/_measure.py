@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,3 +72,36 @@ def timed_median(once, warmup: int, repeats: int, budget_s: float = 2.0) -> floa
     for _ in range(min(warmup, n) - 1):
         once()
     return statistics.median(once() for _ in range(n))
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """How many times faster a candidate runs than a baseline: the median and the range (min-max) of
+    the per-repeat ratios baseline ms / candidate ms, over ``repeats`` interleaved repeats."""
+
+    median: float
+    low: float
+    high: float
+    repeats: int
+
+    def within_noise(self) -> bool:
+        """True when the range includes 1: no speed-up (or slow-down) is shown by the figures."""
+        return self.low <= 1.0 <= self.high
+
+
+def interleaved_speedup(baseline: Callable[[], float], candidate: Callable[[], float], *, repeats: int = 7,
+                        runs: int = 50, budget_s: float = 1.0) -> SpeedUp:
+    """Time ``baseline()`` and ``candidate()`` (each returns the milliseconds of one call) in
+    alternating blocks, A B, B A, A B, ..., so a neighbour's load hits both alike; each repeat's ratio
+    is the baseline block's median over the candidate block's. A block has ``runs`` calls, fewer for
+    a slow model (about ``budget_s`` seconds per block, at least 3)."""
+    baseline(), candidate()  # warm-up
+    slowest = max(baseline(), candidate())
+    n = max(3, min(runs, int(budget_s * 1000 / max(slowest, 1e-3))))
+    ratios = []
+    for i in range(repeats):
+        order = (baseline, candidate) if i % 2 == 0 else (candidate, baseline)
+        first, second = (statistics.median(f() for _ in range(n)) for f in order)
+        a, b = (first, second) if i % 2 == 0 else (second, first)
+        ratios.append(a / max(b, 1e-9))
+    return SpeedUp(median=statistics.median(ratios), low=min(ratios), high=max(ratios), repeats=repeats)

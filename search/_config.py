@@ -193,10 +193,15 @@ def _flatten(value: Any, prefix: str = ""):
         yield prefix[:-1], value
 
 
+_NEUTRAL = (None, {}, [], (), "auto")  # defaults that change nothing for a study made before their key existed
+
+
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """``key: stored -> current`` for the first fingerprinted setting that differs, else None."""
     for key in list(stored) + [k for k in current if k not in stored]:
         a, b = stored.get(key, "<unset>"), current.get(key, "<unset>")
+        if "<unset>" in (a, b) and (b if a == "<unset>" else a) in _NEUTRAL:
+            continue  # a setting added since the study was made, at its neutral default
         if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
             return f"{key}: the study has {a!r}, this run {b!r}"
     return None

@@ -57,8 +57,8 @@ def study_note(answer: dict) -> str:
     if head:
         lines.append(f"Headline: **trial {head['trial']}**, {head['size_mb']:.4f} MB (**{head['pruned_pct']:.1f} % "
                      f"smaller**), test accuracy drop **{'—' if head['accuracy_drop'] is None else format(head['accuracy_drop'], '.2f')} pts**"
-                     + (f", {head['ort_b1_speedup']:.2f}x faster at batch 1 (onnxruntime)"
-                        if head.get("ort_b1_speedup") else "") + ".")
+                     + (f", speed-up at batch 1 (onnxruntime) {head['ort_b1_speedup_text']}"
+                        if head.get("ort_b1_speedup_text") else "") + ".")
         lines.append(f"Take it:\n\n    {head['pick_command']}")
     else:
         lines.append("No front point is within the headline's accuracy drop yet.")

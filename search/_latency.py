@@ -1,13 +1,16 @@
 """Latency that means something: median milliseconds per forward pass at batch 1 and 64, on
 onnxruntime (CPU, one intra-op thread, 10 warm-up and 50 timed runs) and through PyTorch on the
-study's device (5 warm-up, 20 timed runs), for the baseline and every front point; cached in
-``latency.json`` by checkpoint, so a report measures each model once."""
+study's device (5 warm-up, 20 timed runs), for the baseline and every front point; and each point's
+speed-up over the baseline from interleaved repeats (baseline and point alternated, 7 repeats) with
+its range. Cached in ``latency.json`` by checkpoint, so a report measures each model once."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,10 +18,12 @@ import torch
 from torch import nn
 
 from pruning import atomic_write_text, export_onnx, measure, onnx_latency
+from pruning._measure import SpeedUp, interleaved_speedup
 
 CACHE = "latency.json"
 BATCHES = (1, 64)
 ORT_THREADS = 1  # one thread: comparable across machines and models; a deployment may use more
+SPEEDUP_REPEATS = 7  # interleaved repeats per speed-up: the range of 7 ratios shows the noise
 
 
 def ort_ms(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = BATCHES) -> dict[int, float]:
@@ -39,7 +44,9 @@ def setting(device: torch.device) -> str:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({cpu}, {torch.get_num_threads()} threads)"
     return (f"onnxruntime {_ort_version()} on the CPU ({cpu}, {ORT_THREADS} thread, {os.cpu_count()} cores); "
-            f"PyTorch on {where}; median of up to 50 (onnxruntime) / 20 (PyTorch) timed runs after up to 10 / 5 warm-up runs, fewer for a slow model")
+            f"PyTorch on {where}; median of up to 50 (onnxruntime) / 20 (PyTorch) timed runs after up to 10 / 5 warm-up runs, fewer for a slow model; "
+            f"speed-ups: median and range of {SPEEDUP_REPEATS} interleaved repeats (baseline and point alternated), "
+            f"'≈ 1x' when the range includes 1")
 
 
 def _ort_version() -> str:
@@ -59,6 +66,7 @@ def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module
     except ValueError:
         cache = {}  # a damaged cache is only a cache
     device = str(example.device)
+    start_key, start = key_models["start"]
     changed = False
     for cache_key, lazy in key_models.values():
         slot = f"{cache_key}@{device}"
@@ -67,7 +75,72 @@ def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module
             on_device = device_ms(model, example)  # before the export, which moves the model to the CPU
             cache[slot] = {"ort": ort_ms(model, example), "device": on_device}
             changed = True
+        pair = f"{cache_key}/{start_key}@{device}"
+        if cache_key != start_key and pair not in cache:
+            cache[pair] = _speedups(start(), lazy(), example)
+            changed = True
     if changed:
         atomic_write_text(path, json.dumps(cache, indent=1))
-    return {key: {kind: {int(b): ms for b, ms in cache[f"{ck}@{device}"][kind].items()} for kind in ("ort", "device")}
+    return {key: {**{kind: {int(b): ms for b, ms in cache[f"{ck}@{device}"][kind].items()} for kind in ("ort", "device")},
+                  "speedup": _read_speedups(cache.get(f"{ck}/{start_key}@{device}"))}
             for key, (ck, _) in key_models.items()}
+
+
+def _speedups(base: nn.Module, model: nn.Module, example: torch.Tensor) -> dict:
+    """{kind: {batch: [median, low, high, repeats]}}: the point's speed-up over ``base``, interleaved."""
+    out: dict = {"device": {}, "ort": {}}
+    base, model = base.to(example.device).eval(), model.to(example.device).eval()
+    for bs in BATCHES:
+        up = interleaved_speedup(_torch_call(base, example, bs), _torch_call(model, example, bs), repeats=SPEEDUP_REPEATS)
+        out["device"][bs] = [up.median, up.low, up.high, up.repeats]
+    with tempfile.TemporaryDirectory() as tmp:
+        calls = [_ort_call(m, Path(tmp) / f"{i}.onnx", example) for i, m in enumerate((base, model))]
+        for bs in BATCHES:
+            up = interleaved_speedup(calls[0](bs), calls[1](bs), repeats=SPEEDUP_REPEATS)
+            out["ort"][bs] = [up.median, up.low, up.high, up.repeats]
+    return out
+
+
+def _read_speedups(stored: dict | None) -> dict[str, dict[int, SpeedUp]]:
+    if not stored:
+        return {}
+    return {kind: {int(b): SpeedUp(*v[:3], int(v[3])) for b, v in per.items()} for kind, per in stored.items()}
+
+
+def _torch_call(model: nn.Module, example: torch.Tensor, bs: int) -> Callable[[], float]:
+    """One timed forward pass of ``model`` at batch ``bs`` (ms), synchronized on CUDA."""
+    x = example[:1].expand(bs, *example.shape[1:]).contiguous()
+    cuda = example.device.type == "cuda"
+
+    @torch.no_grad()
+    def once() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(x)
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1000
+    return once
+
+
+def _ort_call(model: nn.Module, path: Path, example: torch.Tensor) -> Callable[[int], Callable[[], float]]:
+    """batch size -> one timed onnxruntime run (ms) of ``model`` exported to ``path`` (CPU, ORT_THREADS)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    export_onnx(copy.deepcopy(model), path, example)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = ORT_THREADS, 1, 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name, one = session.get_inputs()[0].name, example[:1].float().cpu().numpy()
+
+    def at(bs: int) -> Callable[[], float]:
+        x = np.ascontiguousarray(np.repeat(one, bs, axis=0))
+
+        def once() -> float:
+            start = time.perf_counter()
+            session.run(None, {name: x})
+            return (time.perf_counter() - start) * 1000
+        return once
+    return at

@@ -22,6 +22,7 @@ from pruning import (CheckpointMeta, Dataset, Measurement, PlanError, PruningErr
                      apply_plan, evaluate, expand_plan, measure, plan_keys, prunable_units, recalibrate_bn,
                      save_pruned, train, train_batches)
 from pruning._checkpoint import Checkpoint
+from pruning._train import resolve_precision
 from search._config import RunOptions, StudyConfig
 from search._context import load_data, reference_of, start_checkpoint
 from search._dashboard import trial_note
@@ -163,15 +164,17 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
              params=m.params, objective_value=size, plan={k: round(v, 4) for k, v in surgery.plan.items()})
     if m.latency_ms:
         io.write(latency_ms=m.latency_ms[1])
-    recalibrate_bn(pruned, ctx.calibration)
-    proxy = evaluate(pruned, ctx.data, "val")
+    # one precision for the whole study, resolved on the model it prunes, so candidates compare alike
+    precision = resolve_precision(cfg.finetune.precision, ctx.start.model, ctx.data.device)
+    recalibrate_bn(pruned, ctx.calibration, precision=precision)
+    proxy = evaluate(pruned, ctx.data, "val", precision=precision)
     io.write(proxy_accuracy=proxy)
     if cfg.constraints.max_size_mb is not None and m.size_mb > cfg.constraints.max_size_mb:
         io.write(skipped=f"{m.size_mb:.4f} MB is over the size budget of {cfg.constraints.max_size_mb} MB: "
                          f"scored by its proxy, never fine-tuned")
         _constrain(ctx, trial, m, proxy)
         return Outcome(TrialState.COMPLETE, (proxy, size))
-    recipe = cfg.finetune_recipe(cfg.seed + trial.number)
+    recipe = replace(cfg.finetune_recipe(cfg.seed + trial.number), precision=precision)
     total = recipe.total_steps(ctx.data.train_x.shape[0])
     rungs = rung_steps(total, space.rungs) if space.early_stop else []
     halving = _Halving(ctx, io, size, protected=rec.reference is not None, steps=rungs)
@@ -183,10 +186,10 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
     try:
         train(pruned, ctx.data, recipe, teacher=teacher, progress=False, desc=f"trial {trial.number}",
               hooks=TrainHooks(at_steps=tuple(s for s in rungs if s > 0),
-                               on_step=lambda step: halving.at(step, evaluate(pruned, rung_data, "val"))))
+                               on_step=lambda step: halving.at(step, evaluate(pruned, rung_data, "val", precision=precision))))
     finally:
         io.write(finetune_seconds=time.perf_counter() - start)
-    val = evaluate(pruned, ctx.data, "val")
+    val = evaluate(pruned, ctx.data, "val", precision=precision)
     io.write(val_accuracy=val)
     _constrain(ctx, trial, m, val)
     _store(ctx, io, pruned, surgery, m, val)

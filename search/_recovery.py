@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 
 from pruning import (Checkpoint, Dataset, PruningRecord, Reference, evaluate, load_checkpoint, save_pruned, train,
                      with_metrics)
-from search._context import test_accuracy
+from pruning._train import resolve_precision
 from search._config import StudyConfig
 from search._faults import fault
 from search._records import RecoveryRecord, TrialRecord, recoveries, save_recovery
@@ -82,12 +82,15 @@ def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, 
                  store: FileSystemArtifactStore, progress: bool) -> RecoveryRecord:
     rec = TrialRecord.read(study.trials[number])
     ckpt = load_checkpoint(artifact_path(out, rec.checkpoint), expect_model=cfg.model)
-    recipe = cfg.recovery_recipe(cfg.seed + number)
+    # resolved on the model pruned from, as in the search, so every recovered point trains alike
+    recipe = replace(cfg.recovery_recipe(cfg.seed + number),
+                     precision=resolve_precision(cfg.recovery.precision, start.model, data.device))
     teacher = start.model if recipe.kd_weight > 0 else None
     began = time.perf_counter()
     train(ckpt.model, data, recipe, teacher=teacher, progress=progress, desc=f"recover trial {number}")
     seconds = time.perf_counter() - began
-    val, test = evaluate(ckpt.model, data, "val"), test_accuracy(ckpt.model, data)
+    val = evaluate(ckpt.model, data, "val", precision=recipe.precision)
+    test = evaluate(ckpt.model, data, "test", precision=recipe.precision) if data.has_test else None
     meta = with_metrics(replace(ckpt.meta, provenance={**ckpt.meta.provenance, "recovered": True,
                                                        "recovery_epochs": recipe.epochs}),
                         val_accuracy=val, **({} if test is None else {"test_accuracy": test}))

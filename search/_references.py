@@ -25,11 +25,13 @@ def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model:
                     example: torch.Tensor, total_trials: int,
                     keep: tuple[str, ...] = ()) -> dict[tuple[str, float], tuple[dict, dict]]:
     """(kind, ratio) -> (the sampler's parameters, the exact per-unit plan or {} when the parameters
-    say it all). At most half of the study's trials are references, so the sampler keeps the rest."""
+    say it all). At most half of the study's trials are references (see :func:`reference_limit`), so
+    the sampler keeps the rest: with 2 trials or more, at least one is searched."""
     kinds = cfg.search.references
     if not kinds:
         return {}
-    ratios = thin(cfg.search.reference_ratios, max(1, total_trials // 2 // len(kinds)))
+    limit = reference_limit(total_trials)
+    ratios = thin(cfg.search.reference_ratios, max(1, limit // len(kinds)))
     plans: dict[tuple[str, float], tuple[dict, dict]] = {}
     g = cfg.search.granularity
     if "uniform" in kinds:
@@ -40,7 +42,20 @@ def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model:
                                          round_to=cfg.search.round_to, keep=keep)
         for r, plan in allocated.items():
             plans[("global", r)] = (params_for(_per_key(plan, units, keys, g), r, g), plan)
-    return plans
+    return _keep(plans, limit)
+
+
+def reference_limit(total_trials: int) -> int:
+    """References a study of ``total_trials`` enqueues at most: half of them, and at least one
+    (a 1-trial study is its reference); never all of them when there are 2 or more."""
+    return max(1, total_trials // 2)
+
+
+def _keep(plans: dict, limit: int) -> dict:
+    """The first ``limit`` plans, taking the kinds in turn (uniform 0.2, global 0.2, uniform 0.5, ...)
+    so a small study still measures each kind."""
+    order = sorted(plans, key=lambda key: (sorted({r for _, r in plans}).index(key[1]), key[0] != "uniform"))
+    return {key: plans[key] for key in order[:limit]}
 
 
 def _per_key(plan: dict[str, float], units: list[Unit], keys: list[str], granularity: str) -> dict[str, float]:

@@ -26,6 +26,10 @@ class Results:
     baseline_latency: dict | None = None   # {"ort": {batch: ms}, "device": {batch: ms}} of the pruned-from model
     latency_setting: str | None = None
     widths: list = field(default_factory=list)  # (layer, channels before, after) of the headline
+    verdict: list = field(default_factory=list)  # what the search bought, in sentences (search._verdict)
+    device: str | None = None              # where the trials ran ("cpu", "cuda:0")
+    wall_s: float | None = None            # first trial's start to last trial's end, seconds
+    gain: dict | None = None               # the headline against the best reference no larger (search._verdict)
 
 
 def selection_accuracy(row: pd.Series) -> float:
@@ -44,6 +48,21 @@ SMOKE_CAVEAT = ("> **Smoke run.** This study used the `smoke` budget (data subse
                 "`default` budget for results.")
 
 
+def format_speedup(median: float, low: float, high: float) -> str:
+    """A speed-up with its range; one whose range includes 1 is noise and prints as '≈ 1x'."""
+    if low <= 1.0 <= high:
+        return "≈ 1x"
+    return f"{median:.2f}x ({low:.2f}-{high:.2f})"
+
+
+def speedup_text(row: pd.Series, kind: str, batch: int) -> str | None:
+    """The formatted ``kind`` (ort, device) speed-up at ``batch`` of a table row, None when not measured."""
+    col = f"{kind}_b{batch}_speedup"
+    if col not in row or pd.isna(row[col]):
+        return None
+    return format_speedup(float(row[col]), float(row[f"{col}_low"]), float(row[f"{col}_high"]))
+
+
 def _fmt_drop(points: float | None) -> str:
     if points is None or pd.isna(points):
         return "— (no test split)"
@@ -60,6 +79,8 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
     data_dir = data.root if data is not None else None
     n = counts(study)
     lines = [f"# Pruning study: {cfg.model} on {cfg.dataset}", ""]
+    if results.verdict:
+        lines += [" ".join(results.verdict), ""]
     if cfg.budget == "smoke":
         lines += [SMOKE_CAVEAT, ""]
     if results.warning:
@@ -120,8 +141,7 @@ def _latency(results: Results) -> list[str]:
         return []
     return [f"Latency of the model pruned from: onnxruntime {base['ort'][1]:.3f} ms at batch 1, "
             f"{base['ort'][64]:.2f} ms at batch 64; PyTorch on the study's device {base['device'][1]:.3f} / "
-            f"{base['device'][64]:.2f} ms. Measured: {results.latency_setting}. Speed-ups below are that "
-            f"latency divided by the point's.", ""]
+            f"{base['device'][64]:.2f} ms. Measured: {results.latency_setting}.", ""]
 
 
 def _widths(results: Results) -> list[str]:
@@ -155,7 +175,8 @@ def _front(table: pd.DataFrame) -> list[str]:
     lines = ["## Pareto front", "",
              "Search-time figures after each candidate's brief fine-tune; recovered figures after the longer, "
              "distilled recovery fine-tune of a spread of front points. Test accuracy is measured for front "
-             "points only. ★ marks the headline. Latency: ms at batch 1 (onnxruntime, CPU) and its speed-up.", "",
+             "points only. ★ marks the headline. Latency: ms at batch 1 (onnxruntime, CPU) and the speed-up over the "
+             "model pruned from at batch 1 / 64: median (range) of interleaved repeats, '≈ 1x' inside the noise.", "",
              "| trial | size MB | params | MACs | pruned % | val acc | test acc | recovered val | recovered test "
              "| drop (pts) | ORT ms b1 | speed-up b1 / b64 | reference |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -163,7 +184,7 @@ def _front(table: pd.DataFrame) -> list[str]:
         rv = "" if pd.isna(r["recovered_val_accuracy"]) else f"{r['recovered_val_accuracy']:.4f}"
         rt = "" if pd.isna(r["recovered_test_accuracy"]) else f"{r['recovered_test_accuracy']:.4f}"
         ms = "" if pd.isna(r["ort_b1_ms"]) else f"{r['ort_b1_ms']:.3f}"
-        up = "" if pd.isna(r["ort_b1_speedup"]) else f"{r['ort_b1_speedup']:.2f}x / {r['ort_b64_speedup']:.2f}x"
+        up = "" if pd.isna(r["ort_b1_speedup"]) else f"{speedup_text(r, 'ort', 1)} / {speedup_text(r, 'ort', 64)}"
         mark = " ★" if r["headline"] else ""
         lines.append(f"| {r['trial']}{mark} | {r['size_mb']:.4f} | {r['params']:,} | {r['macs']:,} | "
                      f"{r['pruned_pct']:.1f} | {r['val_accuracy']:.4f} | {fmt_accuracy(r['test_accuracy'])} | {rv} | {rt} | "

@@ -14,13 +14,14 @@ from pruning import Checkpoint, Dataset, Reference, atomic_write, atomic_write_t
 from search._config import StudyConfig
 from search._latency import latencies, setting
 from search._records import RecoveryRecord, TrialRecord, completed, recoveries
-from search._render import Results, pick_command, plot_front, render_markdown, selection_accuracy
+from search._render import Results, pick_command, plot_front, render_markdown, selection_accuracy, speedup_text
 from search._storage import TEST_CACHE, artifact_path
+from search._verdict import headline_gain, verdict
 
 LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
 CSV_COLUMNS = ["trial", "headline", "reference", "size_mb", "params", "macs", "pruned_pct", "val_accuracy",
                "test_accuracy", "recovered_val_accuracy", "recovered_test_accuracy", "accuracy_drop",
-               *LATENCY_COLUMNS, *[c.replace("_ms", "_speedup") for c in LATENCY_COLUMNS],
+               *LATENCY_COLUMNS, *[c.replace("_ms", "_speedup") + end for c in LATENCY_COLUMNS for end in ("", "_low", "_high")],
                "checkpoint", "recovered_checkpoint", "plan"]
 
 
@@ -70,7 +71,17 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
     return Results(table=table, headline=best, references=reference_gaps(study),
                    warning=undertrained(study, recovered, ref, cfg.report.undertrained_margin),
                    baseline_latency=timing.get("start"), latency_setting=setting(data.device) if timing else None,
-                   widths=widths)
+                   widths=widths, verdict=verdict(completed(study), best, ref, cfg.report.headline_max_drop),
+                   device=str(data.device), wall_s=wall_seconds(study), gain=headline_gain(completed(study), best))
+
+
+def wall_seconds(study: optuna.Study) -> float | None:
+    """Seconds from the first trial's start to the last trial's end (None before any trial ended)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
+    if not trials:
+        return None
+    start = min(t.datetime_start for t in trials)
+    return (max(t.datetime_complete for t in trials) - start).total_seconds()
 
 
 def _latencies(cfg: StudyConfig, out: Path, front: list[FrozenTrial], data: Dataset, start: Checkpoint) -> dict:
@@ -110,7 +121,9 @@ def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord |
         mine, base = timing[f"t{t.number}"], timing["start"]
         for kind, batch in (("ort", 1), ("ort", 64), ("device", 1), ("device", 64)):
             speed[f"{kind}_b{batch}_ms"] = mine[kind][batch]
-            speed[f"{kind}_b{batch}_speedup"] = base[kind][batch] / mine[kind][batch]
+            up = mine["speedup"][kind][batch]  # interleaved with the baseline, never a ratio of separate runs
+            speed.update({f"{kind}_b{batch}_speedup": up.median, f"{kind}_b{batch}_speedup_low": up.low,
+                          f"{kind}_b{batch}_speedup_high": up.high})
     return {**speed, "trial": t.number, "headline": False, "reference": _ref_label(rec), "size_mb": rec.size_mb,
             "params": rec.params, "macs": rec.macs, "pruned_pct": rec.pruned_pct, "val_accuracy": rec.val_accuracy,
             "test_accuracy": test, "recovered_val_accuracy": recovery.val_accuracy if recovery else None,
@@ -196,9 +209,14 @@ def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference, data_
     if best is not None:
         head = {k: (None if pd.isna(best[k]) else best[k].item() if hasattr(best[k], "item") else best[k])
                 for k in ("trial", "size_mb", "pruned_pct", "accuracy_drop", "val_accuracy", "test_accuracy",
-                          "recovered_val_accuracy", "recovered_test_accuracy", "macs", "ort_b1_ms", "ort_b1_speedup")}
+                          "recovered_val_accuracy", "recovered_test_accuracy", "macs", "ort_b1_ms", "ort_b1_speedup", "ort_b1_speedup_low",
+                          "ort_b1_speedup_high")}
+        head["ort_b1_speedup_text"] = speedup_text(best, "ort", 1)
+        head["kind"] = "reference" if isinstance(best["reference"], str) else "searched"
+        head["gain"] = results.gain
         head["pick_command"] = pick_command(cfg, out, int(best["trial"]), data_dir)
     return {"model": cfg.model, "dataset": cfg.dataset, "budget": cfg.budget, "baseline": {
             "size_mb": ref.size_mb, "params": ref.params, "macs": ref.macs, "val_accuracy": ref.val_accuracy,
             "test_accuracy": ref.test_accuracy}, "headline": head, "front_points": len(results.table),
-            "warning": results.warning}
+            "warning": results.warning, "verdict": results.verdict, "device": results.device,
+            "wall_s": results.wall_s}

@@ -149,6 +149,8 @@ def finish_study(session: Session) -> None:
         print(f"warning: {answer['warning']}", file=sys.stderr, flush=True)
     publish_study(session.study, session.storage, session.out, answer)
     head = answer["headline"]
+    if answer.get("verdict"):
+        _say(opts, " ".join(answer["verdict"]))
     if head:
         _say(opts, f"headline: trial {head['trial']}, {head['size_mb']:.4f} MB ({head['pruned_pct']:.1f} % smaller), "
                    f"test accuracy drop {_drop(head['accuracy_drop'])}\ntake it: {head['pick_command']}")

@@ -1,0 +1,62 @@
+"""What the search bought, in the report's first lines: whether the headline is a searched plan or a
+classic reference, its gain over the best reference no larger, and the nearest searched point to
+the bar when the search missed it."""
+from __future__ import annotations
+
+import pandas as pd
+
+from pruning import Reference
+from search._records import TrialRecord
+
+
+def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, ref: Reference,
+            max_drop: float) -> list[str]:
+    """Plain sentences for report.md and the console. ``done``: (trial, record) of every fine-tuned
+    trial; accuracies compared are validation accuracies after the same search fine-tune (points)."""
+    searched = [(t.number, r) for t, r in done if r.reference is None]
+    bar = ref.val_accuracy - max_drop / 100
+    never = (f"The sampler never ran: all {len(done)} fine-tuned trials are classic references; give the "
+             f"study more trials (at most half are references).")
+    if headline is None:
+        return [f"No front point is within {max_drop} pts of the baseline.", _nearest(searched, bar) if searched else never]
+    number, size = int(headline["trial"]), float(headline["size_mb"])
+    own = next(r for t, r in done if t.number == number)
+    if not own.reference:
+        return [f"The headline is a searched plan (trial {number}).", _gain(headline_gain(done, headline))]
+    lines = [f"The headline is the classic {own.reference} {own.reference_ratio:g} reference (trial {number}), "
+             "not a searched plan: the search did not beat it at this size.", _gain(headline_gain(done, headline))]
+    smaller = [(n, r) for n, r in searched if r.size_mb < size]
+    if not searched:
+        return lines + [never]
+    return lines + [_nearest(smaller, bar) if smaller else "No searched trial is smaller than the headline."]
+
+
+def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None) -> dict | None:
+    """The headline against the most accurate other reference of no larger size, after the same
+    search fine-tune: {"reference", "trial", "size_mb", "gain_pts"}; None when there is no such one."""
+    if headline is None:
+        return None
+    number, size = int(headline["trial"]), float(headline["size_mb"])
+    own = next((r for t, r in done if t.number == number), None)
+    rivals = [(t.number, r) for t, r in done if r.reference and r.size_mb <= size * (1 + 1e-9) and t.number != number]
+    if own is None or not rivals:
+        return None
+    n, best = max(rivals, key=lambda p: p[1].val_accuracy)
+    return {"reference": f"{best.reference} {best.reference_ratio:g}", "trial": n, "size_mb": best.size_mb,
+            "gain_pts": 100 * (own.val_accuracy - best.val_accuracy)}
+
+
+def _gain(gain: dict | None) -> str:
+    if gain is None:
+        return "No other reference is as small as the headline: no gain to state at its size."
+    return (f"Gain over the best reference no larger ({gain['reference']}, trial {gain['trial']}, "
+            f"{gain['size_mb']:.4f} MB): {gain['gain_pts']:+.2f} pts validation accuracy after the same fine-tune.")
+
+
+def _nearest(candidates: list[tuple[int, TrialRecord]], bar: float) -> str:
+    """The searched trial closest to the accuracy bar (the most accurate; the smallest among ties)."""
+    n, best = max(candidates, key=lambda p: (p[1].val_accuracy, -p[1].size_mb))
+    short = 100 * (bar - best.val_accuracy)
+    where = f"{short:.2f} pts short of the bar" if short > 0 else "at the bar at search time but not among the recovered points"
+    return (f"Nearest searched point to the bar: trial {n}, {best.size_mb:.4f} MB ({best.pruned_pct:.1f} % "
+            f"smaller), val accuracy {best.val_accuracy:.4f}, {where} (val {bar:.4f}).")

@@ -1,0 +1,65 @@
+"""The report's first lines: searched plan or reference, the gain over the best reference, the near
+miss; speed-ups inside the noise printed as such; a small study still searches."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+
+from pruning import Reference
+from search._records import TrialRecord
+from search._references import _keep, reference_limit
+from search._render import format_speedup, speedup_text
+from search._verdict import headline_gain, verdict
+
+REF = Reference(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.90, test_accuracy=0.90)
+
+
+def _done(*points):
+    """(number, reference or None, size MB, val accuracy) -> the (trial, record) pairs of a study."""
+    return [(SimpleNamespace(number=n), TrialRecord(val_accuracy=acc, size_mb=size, pruned_pct=100 * (1 - size),
+                                                    reference=kind and kind.split()[0],
+                                                    reference_ratio=kind and float(kind.split()[1])))
+            for n, kind, size, acc in points]
+
+
+def _head(number: int, size: float) -> pd.Series:
+    return pd.Series({"trial": number, "size_mb": size})
+
+
+def test_a_reference_headline_says_so_and_points_at_the_near_miss():
+    done = _done((0, "uniform 0.2", 0.6, 0.90), (1, "uniform 0.4", 0.35, 0.895), (2, None, 0.3, 0.88),
+                 (3, None, 0.5, 0.899))
+    lines = verdict(done, _head(1, 0.35), REF, 1.0)
+    assert lines[0].startswith("The headline is the classic uniform 0.4 reference (trial 1)")
+    assert "trial 2" in lines[-1] and "1.00 pts short of the bar" in lines[-1]
+
+
+def test_a_searched_headline_states_its_gain_over_the_best_reference_no_larger():
+    done = _done((0, "uniform 0.5", 0.3, 0.85), (1, "global 0.5", 0.28, 0.87), (2, "uniform 0.2", 0.7, 0.9),
+                 (3, None, 0.3, 0.892))
+    lines = verdict(done, _head(3, 0.3), REF, 1.0)
+    assert lines[0] == "The headline is a searched plan (trial 3)."
+    gain = headline_gain(done, _head(3, 0.3))
+    assert gain["reference"] == "global 0.5" and abs(gain["gain_pts"] - 2.2) < 1e-9
+    assert "+2.20 pts" in lines[1]
+
+
+def test_a_study_of_references_only_says_the_sampler_never_ran():
+    done = _done((0, "uniform 0.5", 0.3, 0.85), (1, "global 0.5", 0.28, 0.895))
+    assert "never ran" in verdict(done, _head(1, 0.28), REF, 1.0)[-1]
+
+
+def test_a_small_study_keeps_a_trial_for_the_sampler():
+    assert [reference_limit(n) for n in (1, 2, 3, 4, 9)] == [1, 1, 1, 2, 4]
+    plans = {(k, r): ({}, {}) for k in ("uniform", "global") for r in (0.2, 0.5)}
+    assert list(_keep(plans, 1)) == [("uniform", 0.2)]
+    assert list(_keep(plans, 3)) == [("uniform", 0.2), ("global", 0.2), ("uniform", 0.5)]
+
+
+def test_a_speedup_whose_range_includes_one_prints_as_about_one():
+    assert format_speedup(1.12, 0.97, 1.31) == "≈ 1x"
+    assert format_speedup(1.16, 1.10, 1.21) == "1.16x (1.10-1.21)"
+    row = pd.Series({"ort_b1_speedup": 0.9, "ort_b1_speedup_low": 0.8, "ort_b1_speedup_high": 0.95})
+    assert speedup_text(row, "ort", 1) == "0.90x (0.80-0.95)"   # a slow-down outside the noise is shown
+    assert speedup_text(pd.Series({"ort_b1_speedup": float("nan")}), "ort", 1) is None
