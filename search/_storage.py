@@ -14,6 +14,7 @@ from pathlib import Path
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from pruning import atomic_write
 from search._cli import UsageError
 from search._config import OPTIONS_NAME, RESOLVED_NAME, redact
 
@@ -94,17 +95,33 @@ def study_lock(out: Path):
     return file_lock(out / ".lock")
 
 
-def check_journal(path: Path) -> str | None:
-    """Make sure a journal can be read and appended to.
+def refuse_links(out: Path) -> None:
+    """One line when a study's own file or its artifact store is a symbolic link: writing or repairing
+    through it would change a file outside the study. (``journal.log.lock`` is Optuna's lock, a link
+    by design, and is left to Optuna.)"""
+    for p in (*own_files(out), artifact_dir(out)):
+        if p.name != JOURNAL + ".lock" and p.is_symlink():
+            raise UsageError(f"{p} is a symbolic link; a study's own files must be plain files inside its folder "
+                             f"(a link could make a command write elsewhere): replace the link with the file it "
+                             f"points to, or pass another --out")
+
+
+def check_journal(path: Path, *, repair: bool = True) -> str | None:
+    """Make sure a journal can be read (and, with ``repair``, appended to).
 
     A torn last line (a crash or a full disk in the middle of a write) is cut off and kept beside
-    the journal as ``journal.log.torn-<time>``, so nothing is ever appended after it. The check holds
-    the journal's own write lock, so a line another process is writing right now is never taken for
-    a torn one. A damaged line anywhere else is refused with one line that says how to fix it.
-    Returns a note when something was repaired.
+    the journal as ``journal.log.torn-<time>``, so nothing is ever appended after it; only a command
+    that appends to the journal (``repair``) does this, under the journal's own write lock, so a line
+    another process is writing right now is never taken for a torn one. Without ``repair`` nothing is
+    locked or written (a read-only copy can be read; Optuna skips a torn last line when reading). A
+    damaged line anywhere else, or a file that is not an Optuna journal, is refused with one line.
+    Returns a note when something was repaired or needs repair.
     """
     if not path.exists():
         return None
+    if not repair:
+        good_end, size = _scan(path, path.read_bytes())
+        return None if good_end == size else "the journal's last line is torn; the next search.run repairs it"
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()
     try:
@@ -113,41 +130,58 @@ def check_journal(path: Path) -> str | None:
         lock.release()
 
 
-def _repair(path: Path) -> str | None:
-    data = path.read_bytes()
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def _scan(path: Path, data: bytes) -> tuple[int, int]:
+    """(bytes of whole journal records from the start, file size); refuses damage before the end
+    and a file that is not a journal at all."""
     good_end, line_no, start = 0, 0, 0
     while start < len(data):
         end = data.find(b"\n", start)
         line_no += 1
-        line = data[start:] if end < 0 else data[start:end]
-        try:
-            ok = end >= 0 and isinstance(json.loads(line), dict)
-        except (ValueError, UnicodeDecodeError):
-            ok = False
-        if not ok:
+        if end < 0 or not _is_record(data[start:end]):
             if end >= 0 and data[end + 1:].strip():
                 raise UsageError(f"{path} line {line_no} is damaged (not a journal record) and records follow it; "
                                  f"restore the journal from a backup, or delete that line to keep the rest")
             break
         good_end, start = end + 1, end + 1
-    if good_end == len(data):
+    if good_end == 0 and data and not data.lstrip().startswith(b'{"op_code"'):
+        raise UsageError(f"{path} is not an Optuna journal (its first line is not a journal record); "
+                         f"pass the --out of a study, or move that file away")
+    return good_end, len(data)
+
+
+def _repair(path: Path) -> str | None:
+    data = path.read_bytes()
+    good_end, size = _scan(path, data)
+    if good_end == size:
         return None
     torn = path.with_name(f"{path.name}.torn-{int(time.time())}")
-    torn.write_bytes(data[good_end:])
-    with open(path, "r+b") as handle:
-        handle.truncate(good_end)
+    atomic_write(torn, lambda tmp: Path(tmp).write_bytes(data[good_end:]))
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        os.ftruncate(fd, good_end)
+    finally:
+        os.close(fd)
     return f"the journal's last line was torn (an interrupted write); it was cut off and kept in {torn.name}"
 
 
 def open_storage(out: Path, url: str | None, *, heartbeat_s: int = 60, create: bool = True) -> BaseStorage:
-    """The journal file of the study folder (checked, see :func:`check_journal`; made when
-    ``create``), or the RDB at ``url`` with heartbeats every ``heartbeat_s`` seconds (a worker
+    """The journal file of the study folder (checked, see :func:`check_journal`; made and repaired
+    only when ``create``: the commands that read a study never write it), or the RDB at ``url`` with heartbeats every ``heartbeat_s`` seconds (a worker
     silent for twice that has its trial failed and retried)."""
+    refuse_links(out)
     if url is None:
         path = journal_path(out)
         if not create and not path.exists():
             raise UsageError(f"no study in {out}; run search.run first (or pass the --out / --budget it used)")
-        note = check_journal(path)
+        note = check_journal(path, repair=create)
         if note:
             print(f"note: {note}", file=sys.stderr, flush=True)
         out.mkdir(parents=True, exist_ok=True)
