@@ -22,6 +22,11 @@ def sidecar_path(onnx: Path) -> Path:
     return onnx.with_suffix(".json")
 
 
+def export_paths(onnx: Path) -> tuple[Path, Path, Path]:
+    """Every file an export to ``onnx`` may write: the model, its sidecar, its external data."""
+    return onnx, sidecar_path(onnx), external_data_path(onnx)
+
+
 def ship(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx: Path) -> dict:
     """Export ``model`` to ``onnx``, verify it on the first validation images, measure it, and write
     the sidecar beside it. Returns the sidecar's content."""

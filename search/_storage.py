@@ -65,6 +65,21 @@ def refuse_study_file(target: Path, flag: str) -> None:
             return
 
 
+def check_targets(targets: tuple[Path, ...], flag: str, *, force: bool, pinned: tuple[str | Path, ...] = ()) -> None:
+    """Refuse, with one line and before anything is written, to write any of ``targets`` when it is
+    a study's own file (whatever study folder it lies in), a start checkpoint a study is pinned to
+    (``pinned``), a folder, or an existing file without ``force``."""
+    pins = {Path(p).resolve() for p in pinned if p}
+    for target in targets:
+        refuse_study_file(target, flag)
+        if target.resolve() in pins:
+            raise UsageError(f"{flag} {target} is the start checkpoint a study is pinned to; save elsewhere")
+        if target.is_dir():
+            raise UsageError(f"{flag} {target} is a folder; name a file")
+        if os.path.lexists(target) and not force:
+            raise UsageError(f"{flag} {target} exists; pass --force to replace it, or name another file")
+
+
 def check_writable(out: Path) -> None:
     """Fail with one line before anything is written when the study folder cannot be written."""
     try:

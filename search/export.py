@@ -10,8 +10,8 @@ from pathlib import Path
 from pruning import load_checkpoint, load_dataset
 from search._cli import Parser, quiet_libraries, run_cli
 from search._context import VAL_SPLIT_SEED
-from search._deploy import VERIFY_BATCH, ship, sidecar_path
-from search._storage import refuse_study_file
+from search._deploy import VERIFY_BATCH, export_paths, ship, sidecar_path
+from search._storage import check_targets
 
 
 def get_args_parser() -> Parser:
@@ -24,6 +24,8 @@ def get_args_parser() -> Parser:
     parser.add_argument("--data-dir", default="data",
                         help=f"where the checkpoint's dataset is found, for the {VERIFY_BATCH}-image verification "
                              f"batch (default: data)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing files at the export's paths (default: refuse them)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="never download the dataset (default: download where the network allows)")
     return parser
@@ -32,10 +34,9 @@ def get_args_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
-    ckpt = load_checkpoint(args.checkpoint)
     onnx = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
-    for target in (onnx, sidecar_path(onnx)):
-        refuse_study_file(target, "--out")
+    check_targets(export_paths(onnx), "--out", force=args.force, pinned=(args.checkpoint,))
+    ckpt = load_checkpoint(args.checkpoint)
     data = load_dataset(ckpt.meta.dataset or "fashion-mnist", data_dir=args.data_dir, seed=VAL_SPLIT_SEED,
                         download=args.download)
     sidecar = ship(ckpt.model, ckpt.meta, ckpt.plan, data, onnx)

@@ -154,3 +154,46 @@ def test_endless_failures_stop_with_one_line(tmp_path, capsys, monkeypatch, fash
     config = write_config(tmp_path / "tiny.yaml", merged(TINY_LENET, search={"references": []}))
     code, _, err = cli(run, base_args(config, tmp_path / "out") + ["--quiet", "--trials", "20"], capsys)
     assert code == 2 and err.count("\n") == 1 and "5 trials in a row failed (last: TrainingDiverged" in err
+
+
+@pytest.mark.parametrize("name, extra, match", [
+    ("baseline.pt", [], "would overwrite the study's own files"),            # another study's pinned baseline
+    ("report.pt", ["--export", "onnx"], "would overwrite the study's own files"),  # its report.json
+    ("notes.pt", [], "exists; pass --force"),                                 # any existing file
+    ("notes.pt", ["--export", "onnx"], "exists; pass --force"),
+])
+def test_pick_never_overwrites_another_study_or_an_existing_file(study, tmp_path, capsys, name, extra, match):
+    import optuna
+    root, config, out, _ = study
+    other = tmp_path / "B"  # another study folder: a journal, its baseline, its report
+    other.mkdir()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(other / "journal.log")))
+    optuna.create_study(storage=storage, study_name="b")
+    for own in ("baseline.pt", "report.json", "notes.pt", "notes.json"):
+        (other / own).write_bytes(b"B's own")
+    before = folder_hash(other)
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(other / name), *extra],
+                       capsys)
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert folder_hash(other) == before
+
+
+def test_pick_force_replaces_an_existing_file_but_never_the_pinned_start(study, tmp_path, capsys):
+    from search._cli import UsageError
+    from search._storage import check_targets
+    root, config, out, files = study
+    existing = tmp_path / "p.pt"
+    existing.write_bytes(b"old")
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(existing), "--force"], capsys)
+    assert code == 0, err
+    assert existing.read_bytes() != b"old"
+    with pytest.raises(UsageError, match="start checkpoint a study is pinned to"):
+        check_targets((files["foreign"],), "--save", force=True, pinned=(str(files["foreign"]),))
+
+
+def test_export_refuses_an_existing_sidecar_before_loading(tmp_path, capsys):
+    from search import export
+    (tmp_path / "package.json").write_text('{"name": "unrelated"}')
+    code, _, err = cli(export, ["--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "package.onnx")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "package.json exists; pass --force" in err, err
+    assert (tmp_path / "package.json").read_text() == '{"name": "unrelated"}'
