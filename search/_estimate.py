@@ -99,8 +99,9 @@ def describe(est: Estimate, device: torch.device) -> str:
 
 
 def guard(cfg: StudyConfig, opts: RunOptions, est: Estimate, device: torch.device) -> None:
-    """Refuse, with one line naming the alternatives, a CPU study estimated at over an hour."""
-    if device.type != "cpu" or est.total_s <= LIMIT_S or opts.yes or env_flag(YES_ENV):
+    """Refuse, with one line naming the alternatives, a CPU study estimated at over an hour. The
+    ``smoke`` budget is never refused: it exists to prove the pipeline on any machine."""
+    if device.type != "cpu" or cfg.budget == "smoke" or est.total_s <= LIMIT_S or opts.yes or env_flag(YES_ENV):
         return
     smoke = "" if cfg.budget == "smoke" else "try --budget smoke (minutes, proves the pipeline), "
     raise UsageError(f"{cfg.model} at budget {cfg.budget!r} is estimated at {duration(est.total_s)} on this CPU as "
