@@ -164,3 +164,16 @@ def test_an_export_missing_its_data_file_is_refused_in_one_line(tmp_path, monkey
     (tmp_path / "a" / "m.onnx.data").unlink()
     with pytest.raises(ExportError, match="onnxruntime cannot run m.onnx"):
         verify_standalone(tmp_path / "a" / "m.onnx", model, x)
+
+
+@pytest.mark.parametrize("per_image_s, overhead_s", [(0.01, 0.5), (1e-5, 0.05)])
+def test_the_rate_excludes_a_training_call_s_fixed_cost(per_image_s, overhead_s, monkeypatch, fashion_mnist):
+    """A slow model's fixed cost per call (0.5 s) was spread over 32 images: the estimate was 10-25x off."""
+    import search._estimate as est_mod
+    from types import SimpleNamespace
+
+    def fake_train(model, data, cfg, progress=False):
+        return SimpleNamespace(seconds=overhead_s + per_image_s * cfg.steps * cfg.batch_size)
+    monkeypatch.setattr(est_mod, "train", fake_train)
+    measured = est_mod.seconds_per_image(load_config("lenet5"), fashion_mnist)
+    assert measured == pytest.approx(per_image_s, rel=0.01)
