@@ -136,8 +136,16 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     sys.exit(code)
 
 
+MESSAGE_HEAD, MESSAGE_TAIL = 400, 200  # characters kept of a long message: what was wrong, how to fix it
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """The error on one line, printable (no escape codes), cut in the middle when it echoes a long value."""
+    text = "".join(c if c.isprintable() else " " for c in str(exc).replace("\x1b", " "))
+    text = " ".join(text.split())
+    if len(text) > MESSAGE_HEAD + MESSAGE_TAIL + 20:
+        text = f"{text[:MESSAGE_HEAD]} …[{len(text) - MESSAGE_HEAD - MESSAGE_TAIL:,} characters cut]… " \
+               f"{text[-MESSAGE_TAIL:]}"
     return text if text else type(exc).__name__
 
 

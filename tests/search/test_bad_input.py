@@ -197,3 +197,19 @@ def test_export_refuses_an_existing_sidecar_before_loading(tmp_path, capsys):
     code, _, err = cli(export, ["--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "package.onnx")], capsys)
     assert code == 2 and err.count("\n") == 1 and "package.json exists; pass --force" in err, err
     assert (tmp_path / "package.json").read_text() == '{"name": "unrelated"}'
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("seed: " + "9" * 5000, "an integer of 5,000 digits"),             # PyYAML's int: a traceback before
+    ("seed: 1" + "0" * 400, "an integer of 401 digits"),               # OverflowError in math.isfinite before
+    ("seed: 1\nseed: 2", "key 'seed' is given twice at line"),         # the last value was silently taken
+    ("dataset: " + "x" * 900_000, "characters cut"),                    # a 900 KB value echoed in full
+])
+def test_hostile_config_values_are_one_short_line(extra, match, tmp_path, capsys):
+    import yaml
+    config = tmp_path / "hostile.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in TINY_LENET.items() if k != "dataset" or "dataset:" not in extra})
+                      + extra + "\n")
+    code, _, err = cli(run, base_args(config, tmp_path / "out") + ["--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and match in err and len(err) < 1000, err[:2000]
+    assert not (tmp_path / "out").exists()
