@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pruning import load_checkpoint, load_dataset
-from search._cli import Parser, quiet_libraries, run_cli
+from search._cli import Parser, folder_arg, path_arg, quiet_libraries, run_cli
 from search._context import VAL_SPLIT_SEED
 from search._deploy import VERIFY_BATCH, export_paths, ship, sidecar_path
 from search._storage import check_targets
@@ -17,11 +17,11 @@ from search._storage import check_targets
 def get_args_parser() -> Parser:
     parser = Parser(prog="search.export", description="Export a checkpoint to ONNX with a preprocessing sidecar.",
                     example="python -m search.export --checkpoint picked.pt --out picked.onnx")
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", required=True, type=path_arg,
                         help="a .pt written by search.train, search.run or search.pick (required)")
-    parser.add_argument("--out", help="the .onnx to write (default: the checkpoint's name with .onnx); "
+    parser.add_argument("--out", type=path_arg, help="the .onnx to write (default: the checkpoint's name with .onnx); "
                                       "the sidecar is the same name with .json")
-    parser.add_argument("--data-dir", default="data",
+    parser.add_argument("--data-dir", default="data", type=folder_arg,
                         help=f"where the checkpoint's dataset is found, for the {VERIFY_BATCH}-image verification "
                              f"batch (default: data)")
     parser.add_argument("--force", action="store_true",

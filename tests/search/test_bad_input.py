@@ -213,3 +213,21 @@ def test_hostile_config_values_are_one_short_line(extra, match, tmp_path, capsys
     code, _, err = cli(run, base_args(config, tmp_path / "out") + ["--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and match in err and len(err) < 1000, err[:2000]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--data-dir", "FILE", "is a file, not a folder"),   # was silently ignored (exit 0)
+    ("--out", "", "argument --out: is empty"),           # started a full study in the default folder
+    ("--from", "", "argument --from: is empty"),
+])
+def test_empty_or_wrong_kind_paths_are_refused(flag, value, match, tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default study folder would appear here
+    if value == "FILE":
+        value = str(tmp_path / "a-file")
+        (tmp_path / "a-file").write_text("not a folder")
+    argv = ["--model", "lenet5", "--config", str(tiny_config), "--budget", "smoke", "--quiet"]
+    if flag != "--out":
+        argv += ["--out", str(tmp_path / "out")]
+    code, _, err = cli(run, argv + [flag, value], capsys)
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "studies").exists()
