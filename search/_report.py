@@ -42,7 +42,10 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset)
     for artifact in new:
         cache[artifact] = evaluate(load_checkpoint(artifact_path(out, artifact), expect_model=model).model, data, "test")
     if new:
-        atomic_write_text(cache_file, json.dumps(cache, indent=1))
+        try:
+            atomic_write_text(cache_file, json.dumps(cache, indent=1))
+        except OSError:
+            pass  # a read-only copy of a study (how results are shared) is read, not cached into
     return {key: cache[a] for key, a in items.items()}
 
 

@@ -231,3 +231,21 @@ def test_empty_or_wrong_kind_paths_are_refused(flag, value, match, tmp_path, tin
     code, _, err = cli(run, argv + [flag, value], capsys)
     assert code == 2 and err.count("\n") == 1 and match in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "studies").exists()
+
+
+def test_a_read_only_study_can_be_picked_from(study, tmp_path, capsys):
+    """A study shared on a read-only mount: the journal check took a write lock and failed."""
+    root, config, out, _ = study
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    if subprocess.run(["mount", "--bind", str(out), str(mounted)], capture_output=True).returncode != 0:
+        pytest.skip("bind mounts are not permitted here (needs root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)], capture_output=True).returncode != 0:
+            pytest.skip("a read-only remount is not permitted here")
+        code, stdout, err = cli(pick, base_args(config, mounted) + ["--max-drop", "100", "--save",
+                                                                    str(tmp_path / "p.pt")], capsys)
+        assert code == 0, err
+        assert (tmp_path / "p.pt").exists() and "trial" in stdout
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True)
