@@ -218,6 +218,28 @@ def artifact_path(out: Path, artifact_id: object) -> Path:
     return artifact_dir(out) / artifact_id
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def trial_artifact(out: Path, artifact_id: object, sha256: str | None, trial: int) -> Path:
+    """:func:`artifact_path`, refused with one line when the file is not the one trial ``trial``
+    wrote (its recorded SHA-256 differs: another valid checkpoint swapped in). Studies written
+    before checksums were recorded (``sha256`` None) are read as they are."""
+    path = artifact_path(out, artifact_id)
+    if sha256 is not None and path.exists() and file_sha256(path) != sha256:
+        raise UsageError(f"trial {trial}'s checkpoint {path.relative_to(out)} is not the file the trial wrote "
+                         f"(its SHA-256 differs from the one recorded); restore the study's artifacts from a backup")
+    return path
+
+
 def dashboard_command(out: Path, url: str | None) -> str:
     """The command that opens the study in optuna-dashboard (the venv's executable, so it works in a
     fresh shell)."""

@@ -219,3 +219,16 @@ def test_an_artifact_id_outside_the_store_is_refused(small_study, capsys):
     code, _, err = cli(report, base_args(config, out), capsys)
     assert code == 2 and err.count("\n") == 1 and "not an artifact of its store" in err
     assert folder_hash(out) == before
+
+
+def test_a_swapped_trial_artifact_is_refused(small_study, tmp_path, capsys):
+    """Another valid checkpoint (the unpruned baseline) in place of a trial's artifact was shipped as that trial."""
+    config, out = small_study
+    front = study_of(out).best_trials[0]
+    rec = TrialRecord.read(front)
+    assert rec.checkpoint_sha256 and len(rec.checkpoint_sha256) == 64
+    (out / "artifacts" / rec.checkpoint).write_bytes((out / "baseline.pt").read_bytes())
+    for module, extra in ((pick, ["--trial", str(front.number), "--save", str(tmp_path / "p.pt")]), (report, [])):
+        code, _, err = cli(module, base_args(config, out) + extra, capsys)
+        assert code == 2 and err.count("\n") == 1 and "is not the file the trial wrote" in err, err
+    assert not (tmp_path / "p.pt").exists()
