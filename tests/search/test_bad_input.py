@@ -249,3 +249,13 @@ def test_a_read_only_study_can_be_picked_from(study, tmp_path, capsys):
         assert (tmp_path / "p.pt").exists() and "trial" in stdout
     finally:
         subprocess.run(["umount", str(mounted)], capture_output=True)
+
+
+@pytest.mark.parametrize("payload", ["module", "state_dict"])
+def test_a_foreign_from_file_is_one_plain_line_and_makes_no_folder(payload, tmp_path, tiny_config, capsys):
+    model = create_model("lenet5", in_channels=1)
+    foreign = tmp_path / "foreign.pt"
+    torch.save(model if payload == "module" else model.state_dict(), foreign)  # a pickled nn.Module, or bare weights
+    code, _, err = cli(run, base_args(tiny_config, tmp_path / "out") + ["--quiet", "--from", str(foreign)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "\x1b" not in err  # the torch message carried ANSI escapes
+    assert err[:-1].isprintable() and not (tmp_path / "out").exists()
