@@ -232,3 +232,29 @@ def test_a_swapped_trial_artifact_is_refused(small_study, tmp_path, capsys):
         code, _, err = cli(module, base_args(config, out) + extra, capsys)
         assert code == 2 and err.count("\n") == 1 and "is not the file the trial wrote" in err, err
     assert not (tmp_path / "p.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_in_one_line_and_the_study_resumes(tmp_path, tiny_config, fashion_mnist, capsys):
+    """A study on a 700 KB tmpfs: the baseline fits, the trials' artifacts do not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here (needs root)")
+    out = disk / "out"
+    try:
+        code, _, err = cli(run, base_args(tiny_config, out) + ["--quiet", "--trials", "8", "--no-report"], capsys)
+        assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
+        from search._storage import check_journal
+        check_journal(out / "journal.log", repair=False)  # the journal (if any yet) is still readable
+        done = study_of(out).get_trials(states=FINISHED) if has_study(out) else []
+        for t in done:  # nothing half-written is taken for a result
+            rec = TrialRecord.read(t)
+            if rec.checkpoint:
+                load_checkpoint(out / "artifacts" / rec.checkpoint)
+        assert subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], capture_output=True).returncode == 0
+        code, _, err = cli(run, base_args(tiny_config, out) + ["--quiet", "--trials", "8", "--no-report"], capsys)
+        assert code == 0, err
+        check_study(out, 8)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
