@@ -8,7 +8,8 @@ from pruning._checkpoint import (Checkpoint, CheckpointMeta, Reference, load_che
                                  save_pruned, with_metrics)
 from pruning._data import AUGMENTATIONS, DATASETS, Dataset, Preprocessing, load_dataset, train_batches
 from pruning._errors import CheckpointError, DatasetError, PlanError, PruningError, TrainingDiverged
-from pruning._export import ExportError, Verification, export_onnx, onnx_latency, verify_onnx
+from pruning._export import (ExportError, Verification, export_onnx, external_data_path, onnx_latency,
+                             uses_external_data, verify_onnx, verify_standalone)
 from pruning._io import atomic_write, atomic_write_text
 from pruning._measure import Measurement, measure
 from pruning._train import TrainConfig, TrainHooks, TrainResult, TrainState, evaluate, finetune, train
@@ -22,7 +23,8 @@ __all__ = [
     "Preprocessing", "PruningError", "PruningRecord", "Reference", "TrainConfig", "TrainHooks", "TrainResult",
     "TrainState", "TrainingDiverged", "Unit",
     "apply_plan", "atomic_write", "atomic_write_text", "channels_to_keep", "evaluate", "expand_plan",
-    "export_onnx", "finetune", "onnx_latency", "verify_onnx",
+    "export_onnx", "external_data_path", "finetune", "onnx_latency", "verify_onnx", "verify_standalone",
+    "uses_external_data",
     "global_ranking_plans", "load_checkpoint", "load_dataset", "load_pruned", "measure", "plan_keys",
     "prunable_safely", "prunable_units", "read_meta", "recalibrate_bn", "save_pruned", "train", "train_batches", "validate_plan",
     "with_metrics",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from pruning._errors import PruningError
-from pruning._io import atomic_write
+from pruning._io import _umask
 from pruning._measure import timed_median
 
 INPUT, OUTPUT = "images", "logits"
@@ -41,23 +44,77 @@ class Verification:
     top1_agreement: float
 
 
+# protobuf's hard limit on one message is 2 GiB; weights stay embedded with room for the graph below it.
+EMBED_LIMIT_BYTES = 1_800_000_000
+
+
+def external_data_path(onnx: Path) -> Path:
+    """The stable name of an export's weights when they are too large to embed (``<name>.onnx.data``)."""
+    return onnx.with_name(onnx.name + ".data")
+
+
+def uses_external_data(onnx: Path) -> bool:
+    """Whether the ``.onnx`` at ``onnx`` keeps any weights outside itself (read without loading them)."""
+    import onnx as onnx_lib
+
+    proto = onnx_lib.load(str(onnx), load_external_data=False)
+    return any(t.data_location == onnx_lib.TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> Path:
-    """Write ``model`` (eval mode, CPU, fp32) as ONNX with a dynamic batch dimension, atomically."""
+    """Write ``model`` (eval mode, CPU, fp32) as ONNX with a dynamic batch dimension, atomically.
+
+    The file stands alone: weights are embedded below :data:`EMBED_LIMIT_BYTES` (bytes); above it
+    they go to :func:`external_data_path`, the one name the ``.onnx`` refers to. The export is made
+    in a private temp folder beside ``path`` and moved into place, so no temp file is left behind.
+    """
+    path = Path(path)
     model = model.float().cpu().eval()
     x = example_input[:1].float().cpu().contiguous()
-    batch = torch.export.Dim("batch", min=1, max=65_536)
+    external = _weight_bytes(model) > EMBED_LIMIT_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp") as tmp:
+        staged = Path(tmp) / path.name  # the final name, so the external data's recorded name is stable
+        try:
+            _torch_export(model, x, staged, external)
+        except Exception as exc:  # the exporter fails in many ways; the user needs one line
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ExportError(f"ONNX export of the model failed: {detail}") from None
+        data = external_data_path(staged)
+        if data.exists():
+            _publish(data, external_data_path(path))
+        _publish(staged, path)
+    return path
 
-    def write(tmp: str) -> None:
-        quiet = io.StringIO()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), tmp, dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_shapes=({0: batch},), verbose=False)
-    try:
-        return atomic_write(path, write)
-    except Exception as exc:  # the exporter fails in many ways; the user needs one line
-        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ExportError(f"ONNX export of the model failed: {detail}") from None
+
+def _publish(staged: Path, target: Path) -> None:
+    os.chmod(staged, 0o666 & ~_umask())
+    os.replace(staged, target)
+
+
+def _torch_export(model: nn.Module, x: torch.Tensor, dest: Path, external: bool) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(dest), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_shapes=({0: batch},), verbose=False, external_data=external)
+
+
+def verify_standalone(path: str | Path, model: nn.Module, batch: torch.Tensor) -> Verification:
+    """:func:`verify_onnx` on a copy of the export (and its external data, if any) in an empty folder,
+    as a deployment receives it: an export that needs anything else beside it fails here."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="onnx-verify-") as folder:
+        copy = Path(folder) / path.name
+        shutil.copyfile(path, copy)
+        if external_data_path(path).exists():
+            shutil.copyfile(external_data_path(path), external_data_path(copy))
+        return verify_onnx(copy, model, batch)
 
 
 @contextlib.contextmanager
@@ -91,7 +148,11 @@ def verify_onnx(path: str | Path, model: nn.Module, batch: torch.Tensor, *, atol
     x = batch.float().cpu().contiguous()
     with torch.no_grad():
         expected = model.float().cpu().eval()(x).numpy()
-    got = _session(Path(path)).run([OUTPUT], {INPUT: x.numpy()})[0]
+    try:
+        got = _session(Path(path)).run([OUTPUT], {INPUT: x.numpy()})[0]
+    except Exception as exc:  # onnxruntime raises its own types for a file it cannot load or run
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ExportError(f"onnxruntime cannot run {Path(path).name}: {detail}") from None
     diff = float(np.abs(got - expected).max())
     agree = float((got.argmax(1) == expected.argmax(1)).mean())
     result = Verification(batch=int(x.shape[0]), max_abs_diff=diff, atol=atol, rtol=rtol, top1_agreement=agree)

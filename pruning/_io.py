@@ -1,6 +1,7 @@
 """Atomic file writes with the umask's normal mode: every file the project writes goes through here."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -26,13 +27,28 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        _write_or_enospc(write, tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+FULL_DISK_BYTES = 1 << 20  # free space below which a failed write is taken for a full disk
+
+
+def _write_or_enospc(write: Callable[[str], None], tmp: str) -> None:
+    """``write(tmp)``; a writer that reports a full disk as something else (torch.save raises a
+    RuntimeError "iostream error") is turned into the OSError ENOSPC the commands report in one line."""
+    try:
+        write(tmp)
+    except RuntimeError:
+        stat = os.statvfs(os.path.dirname(tmp) or ".")
+        if stat.f_bavail * stat.f_frsize < FULL_DISK_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.dirname(tmp)) from None
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

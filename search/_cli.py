@@ -71,6 +71,21 @@ def number(kind: type, *, low: float | None = None, high: float | None = None, a
     return parse
 
 
+def path_arg(text: str) -> str:
+    """A path flag: an empty one (``--out ""``) is a mistake, never "use the default"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a path")
+    return text
+
+
+def folder_arg(text: str) -> str:
+    """A folder flag: non-empty, and not an existing file."""
+    text = path_arg(text)
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text[:200]} is a file, not a folder; name a folder")
+    return text
+
+
 def study_parser(prog: str, description: str, example: str) -> Parser:
     """The flags every command shares. Destinations are config fields (``dataset``, ``budget``,
     ``seed``) or run options (``out``, ``device``, ``data_dir``, ``storage``): :func:`resolve`
@@ -81,12 +96,12 @@ def study_parser(prog: str, description: str, example: str) -> Parser:
                         help='keyword arguments of the model builder, e.g. \'{"width": 2}\' (default: none)')
     parser.add_argument("--dataset", choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}",
                         help="default: the config's (fashion-mnist)")
-    parser.add_argument("--config", help="YAML config (default: configs/<model>.yaml)")
+    parser.add_argument("--config", type=path_arg, help="YAML config (default: configs/<model>.yaml)")
     parser.add_argument("--budget", help="a budget of the config: smoke, default, full, ... (default: default)")
-    parser.add_argument("--out", help="study folder (default: studies/<model>-<dataset>[-<budget>])")
-    parser.add_argument("--data-dir", dest="data_dir", help="where datasets are found or downloaded (default: data)")
+    parser.add_argument("--out", type=folder_arg, help="study folder (default: studies/<model>-<dataset>[-<budget>])")
+    parser.add_argument("--data-dir", dest="data_dir", type=folder_arg, help="where datasets are found or downloaded (default: data)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
-    parser.add_argument("--storage", help="an Optuna RDB URL, e.g. postgresql://user@host/db "
+    parser.add_argument("--storage", type=path_arg, help="an Optuna RDB URL, e.g. postgresql://user@host/db "
                                            "(default: the journal file in the study folder)")
     parser.add_argument("--no-download", dest="download", action="store_const", const=False,
                         help="never download a missing dataset (default: download where the network allows)")
@@ -192,8 +207,16 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     sys.exit(code)
 
 
+MESSAGE_HEAD, MESSAGE_TAIL = 400, 200  # characters kept of a long message: what was wrong, how to fix it
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """The error on one line, printable (no escape codes), cut in the middle when it echoes a long value."""
+    text = "".join(c if c.isprintable() else " " for c in str(exc).replace("\x1b", " "))
+    text = " ".join(text.split())
+    if len(text) > MESSAGE_HEAD + MESSAGE_TAIL + 20:
+        text = f"{text[:MESSAGE_HEAD]} …[{len(text) - MESSAGE_HEAD - MESSAGE_TAIL:,} characters cut]… " \
+               f"{text[-MESSAGE_TAIL:]}"
     return text if text else type(exc).__name__
 
 

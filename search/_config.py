@@ -25,6 +25,7 @@ ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own c
 RESOLVED_NAME = "config.resolved.yaml"
 OPTIONS_NAME = "run-options.yaml"
 MAX_CONFIG_BYTES = 1_000_000
+MAX_INT_DIGITS = 30  # no setting needs 10^30; longer integers overflow a float or Python's int parsing
 
 
 class ConfigError(ValueError):
@@ -275,6 +276,28 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise ConfigError(f"YAML aliases (*{event.anchor}) are not allowed in a config "
                               f"(line {event.start_mark.line + 1}); write the values out")
         return super().compose_node(parent, index)
+
+    def construct_yaml_int(self, node):
+        """Refuse an integer of more than :data:`MAX_INT_DIGITS` digits before Python converts it (a
+        5,000-digit one exceeds Python's conversion limit; 10^400 overflows a float)."""
+        if sum(c.isdigit() for c in str(node.value)) > MAX_INT_DIGITS:
+            raise ConfigError(f"an integer of {len(str(node.value)):,} digits at line {node.start_mark.line + 1} "
+                              f"is not a config value; write a number of at most {MAX_INT_DIGITS} digits")
+        return super().construct_yaml_int(node)
+
+    def construct_mapping(self, node, deep=False):
+        """Refuse a key given twice in one mapping (YAML would silently keep the last value)."""
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {str(key)[:80]!r} is given twice at line {key_node.start_mark.line + 1}; "
+                                  f"keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
 
 
 def read_yaml(path: str | Path) -> dict:

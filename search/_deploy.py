@@ -8,7 +8,8 @@ from pathlib import Path
 
 from torch import nn
 
-from pruning import CheckpointMeta, Dataset, atomic_write_text, export_onnx, onnx_latency, verify_onnx
+from pruning import (CheckpointMeta, Dataset, atomic_write_text, export_onnx, external_data_path, onnx_latency,
+                     uses_external_data, verify_standalone)
 from pruning._checkpoint import library_versions
 from pruning._export import INPUT, OUTPUT
 from pruning._typed import to_plain
@@ -33,17 +34,23 @@ def _formula(pre) -> str:
     return f"{bring}; then x = (pixels / 255 - mean) / std, per channel, as float32 (batch, C, H, W)"
 
 
+def export_paths(onnx: Path) -> tuple[Path, Path, Path]:
+    """Every file an export to ``onnx`` may write: the model, its sidecar, its external data."""
+    return onnx, sidecar_path(onnx), external_data_path(onnx)
+
+
 def ship(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx: Path) -> dict:
     """Export ``model`` to ``onnx``, verify it on the first validation images, measure it, and write
     the sidecar beside it. Returns the sidecar's content."""
     batch = data.normalize(data.val_x[:VERIFY_BATCH]).cpu()
     model = model.float().cpu().eval()
     export_onnx(model, onnx, batch)
-    check = verify_onnx(onnx, model, batch)
+    check = verify_standalone(onnx, model, batch)
     latency = onnx_latency(onnx, batch, (1, 64), threads=ORT_THREADS)
     pre = meta.preprocessing or data.preprocessing
     sidecar = {
         "onnx": onnx.name,
+        "external_data": external_data_path(onnx).name if uses_external_data(onnx) else None,
         "input": {"name": INPUT, "shape": ["batch", pre.channels, pre.input_size, pre.input_size],
                   "dtype": "float32"},
         "output": {"name": OUTPUT, "shape": ["batch", meta.num_classes], "meaning": "class logits (argmax = class)"},

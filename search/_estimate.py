@@ -37,7 +37,9 @@ class Estimate:
 def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) -> float:
     """Training seconds per image of the unpruned model on the data's device, from the training
     loop's own clock: two warm-up steps at batch 8; a model that trains fast is then timed at the
-    recipe's batch for about a second, a slow one (a large model on a CPU) for two steps at batch 16."""
+    recipe's batch for about a second, a slow one (a large model on a CPU) for two steps at batch 16.
+    Either way the figure is the difference of a long and a one-step run, so what a training call
+    costs once (building the optimizer, the first batch) is never spread over a few images."""
     model = build_model(cfg, data)
     n = data.train_x.shape[0]
 
@@ -49,12 +51,12 @@ def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) 
         return first / min(8, n)
     # every figure is the least of a few repeats: the machine's speed, not a neighbour's load spike
     warm = min(run(1, min(8, n)) for _ in range(2))  # the first step paid the one-time costs
-    if warm >= 0.05:  # a slow model: two steps at batch 16; what a run costs once is small beside them
-        batch = min(16, n)
-        return min(run(PROBE_STEPS, batch) for _ in range(2)) / (PROBE_STEPS * batch)
-    batch = min(cfg.baseline_recipe().batch_size, n)
-    steps = max(3, min(100, int(0.5 / max(warm * batch / 8, 1e-4))))
-    # a fast model: the difference of two runs cancels what a run costs once
+    if warm >= 0.05:  # a slow model: a few steps at batch 16, less one step to cancel a run's fixed cost
+        batch, steps = min(16, n), PROBE_STEPS
+    else:
+        batch = min(cfg.baseline_recipe().batch_size, n)
+        steps = max(3, min(100, int(0.5 / max(warm * batch / 8, 1e-4))))
+    # the difference of two runs cancels what a run costs once
     long, short = (min(run(k, batch) for _ in range(3)) for k in (1 + steps, 1))
     return (long - short) / (steps * batch) if long > short else long / ((1 + steps) * batch)
 
@@ -99,8 +101,9 @@ def describe(est: Estimate, device: torch.device) -> str:
 
 
 def guard(cfg: StudyConfig, opts: RunOptions, est: Estimate, device: torch.device) -> None:
-    """Refuse, with one line naming the alternatives, a CPU study estimated at over an hour."""
-    if device.type != "cpu" or est.total_s <= LIMIT_S or opts.yes or env_flag(YES_ENV):
+    """Refuse, with one line naming the alternatives, a CPU study estimated at over an hour. The
+    ``smoke`` budget is never refused: it exists to prove the pipeline on any machine."""
+    if device.type != "cpu" or cfg.budget == "smoke" or est.total_s <= LIMIT_S or opts.yes or env_flag(YES_ENV):
         return
     smoke = "" if cfg.budget == "smoke" else "try --budget smoke (minutes, proves the pipeline), "
     raise UsageError(f"{cfg.model} at budget {cfg.budget!r} is estimated at {duration(est.total_s)} on this CPU as "

@@ -30,7 +30,7 @@ from search._latency import ort_ms
 from search._records import Rung, TrialRecord, record_value
 from search._rungs import decide, rung_steps
 from search._space import sample
-from search._storage import artifact_dir
+from search._storage import artifact_dir, file_sha256
 from search._tables import OBJECTIVES
 
 # failures of one candidate, not of the settings: the trial fails with its reason, the study goes on
@@ -260,9 +260,10 @@ def _store(ctx: SearchContext, io: TrialIO, model: nn.Module, surgery, m: Measur
                    metrics={"val_accuracy": val, "params": m.params, "macs": m.macs, "size_mb": m.size_mb})
     with tempfile.TemporaryDirectory() as tmp:
         path = save_pruned(Path(tmp) / f"trial-{io.trial.number}.pt", model, surgery, meta)
+        digest = file_sha256(path)
         artifact = upload_artifact(artifact_store=ctx.artifacts, file_path=str(path), study_or_trial=io.trial,
                                    mimetype="application/octet-stream")
-    io.write(checkpoint=artifact)
+    io.write(checkpoint=artifact, checkpoint_sha256=digest)
 
 
 def finished_note(ctx: SearchContext, trial: optuna.Trial, outcome: Outcome) -> str:

@@ -58,6 +58,7 @@ class TrialRecord:
     skipped: str | None = None               # why it was not fine-tuned (over the size budget)
     finetune_seconds: float | None = None
     checkpoint: str | None = None            # artifact id of its checkpoint
+    checkpoint_sha256: str | None = None     # that file's SHA-256 when written: a swapped artifact is refused
     reference: str | None = None             # "uniform" or "global" for the enqueued classic plans
     reference_ratio: float | None = None
     plan: dict[str, float] = field(default_factory=dict)  # unit -> ratio

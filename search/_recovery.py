@@ -22,7 +22,7 @@ from search._config import StudyConfig
 from search._faults import fault
 from search._records import RecoveryRecord, TrialRecord, recoveries, save_recovery
 from search._report import front_trials
-from search._storage import artifact_dir, artifact_path, file_lock
+from search._storage import artifact_dir, file_lock, trial_artifact
 
 
 REACH = 3.0  # recovery brings a point up by one to two points: those within 3x the drop are worth a try
@@ -81,7 +81,7 @@ def recover(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, sta
 def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, data: Dataset, start: Checkpoint,
                  store: FileSystemArtifactStore, progress: bool) -> RecoveryRecord:
     rec = TrialRecord.read(study.trials[number])
-    ckpt = load_checkpoint(artifact_path(out, rec.checkpoint), expect_model=cfg.model)
+    ckpt = load_checkpoint(trial_artifact(out, rec.checkpoint, rec.checkpoint_sha256, number), expect_model=cfg.model)
     # resolved on the model pruned from, as in the search, so every recovered point trains alike
     recipe = replace(cfg.recovery_recipe(cfg.seed + number),
                      precision=resolve_precision(cfg.recovery.precision, start.model, data.device))

@@ -15,7 +15,7 @@ from search._config import StudyConfig
 from search._latency import latencies, setting
 from search._records import RecoveryRecord, TrialRecord, completed, recoveries
 from search._render import Results, pick_command, plot_front, render_markdown, selection_accuracy, speedup_text
-from search._storage import TEST_CACHE, artifact_path
+from search._storage import TEST_CACHE, artifact_path, trial_artifact
 from search._verdict import headline_gain, verdict
 
 LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
@@ -45,7 +45,10 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset)
     for artifact in new:
         cache[artifact] = evaluate(load_checkpoint(artifact_path(out, artifact), expect_model=model).model, data, "test")
     if new:
-        atomic_write_text(cache_file, json.dumps(cache, indent=1))
+        try:
+            atomic_write_text(cache_file, json.dumps(cache, indent=1))
+        except OSError:
+            pass  # a read-only copy of a study (how results are shared) is read, not cached into
     return {key: cache[a] for key, a in items.items()}
 
 
@@ -55,6 +58,9 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
     reference and the "before" of the channel widths); ``latency`` measures every front point."""
     front = front_trials(study)
     recovered = recoveries(study)
+    for t in front:  # every front artifact is the file its trial wrote, before any figure is read from it
+        rec = TrialRecord.read(t)
+        trial_artifact(out, rec.checkpoint, rec.checkpoint_sha256, t.number)
     items = {f"t{t.number}": TrialRecord.read(t).checkpoint for t in front}
     items.update({f"r{n}": r.checkpoint for n, r in recovered.items()})
     tests = test_accuracies(out, cfg.model, items, data)

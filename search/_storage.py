@@ -14,6 +14,7 @@ from pathlib import Path
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from pruning import atomic_write
 from search._cli import UsageError
 from search._config import OPTIONS_NAME, RESOLVED_NAME, redact
 
@@ -64,6 +65,21 @@ def refuse_study_file(target: Path, flag: str) -> None:
             return
 
 
+def check_targets(targets: tuple[Path, ...], flag: str, *, force: bool, pinned: tuple[str | Path, ...] = ()) -> None:
+    """Refuse, with one line and before anything is written, to write any of ``targets`` when it is
+    a study's own file (whatever study folder it lies in), a start checkpoint a study is pinned to
+    (``pinned``), a folder, or an existing file without ``force``."""
+    pins = {Path(p).resolve() for p in pinned if p}
+    for target in targets:
+        refuse_study_file(target, flag)
+        if target.resolve() in pins:
+            raise UsageError(f"{flag} {target} is the start checkpoint a study is pinned to; save elsewhere")
+        if target.is_dir():
+            raise UsageError(f"{flag} {target} is a folder; name a file")
+        if os.path.lexists(target) and not force:
+            raise UsageError(f"{flag} {target} exists; pass --force to replace it, or name another file")
+
+
 def check_writable(out: Path) -> None:
     """Fail with one line before anything is written when the study folder cannot be written."""
     try:
@@ -94,17 +110,33 @@ def study_lock(out: Path):
     return file_lock(out / ".lock")
 
 
-def check_journal(path: Path) -> str | None:
-    """Make sure a journal can be read and appended to.
+def refuse_links(out: Path) -> None:
+    """One line when a study's own file or its artifact store is a symbolic link: writing or repairing
+    through it would change a file outside the study. (``journal.log.lock`` is Optuna's lock, a link
+    by design, and is left to Optuna.)"""
+    for p in (*own_files(out), artifact_dir(out)):
+        if p.name != JOURNAL + ".lock" and p.is_symlink():
+            raise UsageError(f"{p} is a symbolic link; a study's own files must be plain files inside its folder "
+                             f"(a link could make a command write elsewhere): replace the link with the file it "
+                             f"points to, or pass another --out")
+
+
+def check_journal(path: Path, *, repair: bool = True) -> str | None:
+    """Make sure a journal can be read (and, with ``repair``, appended to).
 
     A torn last line (a crash or a full disk in the middle of a write) is cut off and kept beside
-    the journal as ``journal.log.torn-<time>``, so nothing is ever appended after it. The check holds
-    the journal's own write lock, so a line another process is writing right now is never taken for
-    a torn one. A damaged line anywhere else is refused with one line that says how to fix it.
-    Returns a note when something was repaired.
+    the journal as ``journal.log.torn-<time>``, so nothing is ever appended after it; only a command
+    that appends to the journal (``repair``) does this, under the journal's own write lock, so a line
+    another process is writing right now is never taken for a torn one. Without ``repair`` nothing is
+    locked or written (a read-only copy can be read; Optuna skips a torn last line when reading). A
+    damaged line anywhere else, or a file that is not an Optuna journal, is refused with one line.
+    Returns a note when something was repaired or needs repair.
     """
     if not path.exists():
         return None
+    if not repair:
+        good_end, size = _scan(path, path.read_bytes())
+        return None if good_end == size else "the journal's last line is torn; the next search.run repairs it"
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()
     try:
@@ -113,41 +145,58 @@ def check_journal(path: Path) -> str | None:
         lock.release()
 
 
-def _repair(path: Path) -> str | None:
-    data = path.read_bytes()
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def _scan(path: Path, data: bytes) -> tuple[int, int]:
+    """(bytes of whole journal records from the start, file size); refuses damage before the end
+    and a file that is not a journal at all."""
     good_end, line_no, start = 0, 0, 0
     while start < len(data):
         end = data.find(b"\n", start)
         line_no += 1
-        line = data[start:] if end < 0 else data[start:end]
-        try:
-            ok = end >= 0 and isinstance(json.loads(line), dict)
-        except (ValueError, UnicodeDecodeError):
-            ok = False
-        if not ok:
+        if end < 0 or not _is_record(data[start:end]):
             if end >= 0 and data[end + 1:].strip():
                 raise UsageError(f"{path} line {line_no} is damaged (not a journal record) and records follow it; "
                                  f"restore the journal from a backup, or delete that line to keep the rest")
             break
         good_end, start = end + 1, end + 1
-    if good_end == len(data):
+    if good_end == 0 and data and not data.lstrip().startswith(b'{"op_code"'):
+        raise UsageError(f"{path} is not an Optuna journal (its first line is not a journal record); "
+                         f"pass the --out of a study, or move that file away")
+    return good_end, len(data)
+
+
+def _repair(path: Path) -> str | None:
+    data = path.read_bytes()
+    good_end, size = _scan(path, data)
+    if good_end == size:
         return None
     torn = path.with_name(f"{path.name}.torn-{int(time.time())}")
-    torn.write_bytes(data[good_end:])
-    with open(path, "r+b") as handle:
-        handle.truncate(good_end)
+    atomic_write(torn, lambda tmp: Path(tmp).write_bytes(data[good_end:]))
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        os.ftruncate(fd, good_end)
+    finally:
+        os.close(fd)
     return f"the journal's last line was torn (an interrupted write); it was cut off and kept in {torn.name}"
 
 
 def open_storage(out: Path, url: str | None, *, heartbeat_s: int = 60, create: bool = True) -> BaseStorage:
-    """The journal file of the study folder (checked, see :func:`check_journal`; made when
-    ``create``), or the RDB at ``url`` with heartbeats every ``heartbeat_s`` seconds (a worker
+    """The journal file of the study folder (checked, see :func:`check_journal`; made and repaired
+    only when ``create``: the commands that read a study never write it), or the RDB at ``url`` with heartbeats every ``heartbeat_s`` seconds (a worker
     silent for twice that has its trial failed and retried)."""
+    refuse_links(out)
     if url is None:
         path = journal_path(out)
         if not create and not path.exists():
             raise UsageError(f"no study in {out}; run search.run first (or pass the --out / --budget it used)")
-        note = check_journal(path)
+        note = check_journal(path, repair=create)
         if note:
             print(f"note: {note}", file=sys.stderr, flush=True)
         out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +216,28 @@ def artifact_path(out: Path, artifact_id: object) -> Path:
         raise UsageError(f"the study records an artifact id {str(artifact_id)[:80]!r} that is not an artifact "
                          f"of its store; the storage was edited by hand or damaged")
     return artifact_dir(out) / artifact_id
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def trial_artifact(out: Path, artifact_id: object, sha256: str | None, trial: int) -> Path:
+    """:func:`artifact_path`, refused with one line when the file is not the one trial ``trial``
+    wrote (its recorded SHA-256 differs: another valid checkpoint swapped in). Studies written
+    before checksums were recorded (``sha256`` None) are read as they are."""
+    path = artifact_path(out, artifact_id)
+    if sha256 is not None and path.exists() and file_sha256(path) != sha256:
+        raise UsageError(f"trial {trial}'s checkpoint {path.relative_to(out)} is not the file the trial wrote "
+                         f"(its SHA-256 differs from the one recorded); restore the study's artifacts from a backup")
+    return path
 
 
 def dashboard_command(out: Path, url: str | None) -> str:

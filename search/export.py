@@ -9,25 +9,27 @@ from pathlib import Path
 
 from pruning import load_checkpoint, load_dataset
 from pruning._data import image_spec_of
-from search._cli import Parser, quiet_libraries, run_cli
+from search._cli import Parser, folder_arg, path_arg, quiet_libraries, run_cli
 from search._context import VAL_SPLIT_SEED
-from search._deploy import VERIFY_BATCH, ship, sidecar_path
-from search._storage import refuse_study_file
+from search._deploy import VERIFY_BATCH, export_paths, ship, sidecar_path
+from search._storage import check_targets
 
 
 def get_args_parser() -> Parser:
     parser = Parser(prog="search.export", description="Export a checkpoint to ONNX with a preprocessing sidecar.",
                     example="python -m search.export --checkpoint picked.pt --out picked.onnx")
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", required=True, type=path_arg,
                         help="a .pt written by search.train, search.run or search.pick (required)")
-    parser.add_argument("--out", help="the .onnx to write (default: the checkpoint's name with .onnx); "
+    parser.add_argument("--out", type=path_arg, help="the .onnx to write (default: the checkpoint's name with .onnx); "
                                       "the sidecar is the same name with .json")
-    parser.add_argument("--data-dir", default="data",
+    parser.add_argument("--data-dir", default="data", type=folder_arg,
                         help=f"where the checkpoint's dataset is found, for the {VERIFY_BATCH}-image verification "
                              f"batch (default: data)")
     parser.add_argument("--model", help="the checkpoint's model source; needed for a model of your own code "
                                         "(naming it allows importing that code), checked otherwise (default: the one it records)")
     parser.add_argument("--cache-mb", type=float, default=4096, help="as search.run's (default 4096)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing files at the export's paths (default: refuse them)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="never download the dataset (default: download where the network allows)")
     return parser
@@ -36,10 +38,9 @@ def get_args_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
-    ckpt = load_checkpoint(args.checkpoint, expect_model=args.model)
     onnx = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
-    for target in (onnx, sidecar_path(onnx)):
-        refuse_study_file(target, "--out")
+    check_targets(export_paths(onnx), "--out", force=args.force, pinned=(args.checkpoint,))
+    ckpt = load_checkpoint(args.checkpoint, expect_model=args.model)
     pre = ckpt.meta.preprocessing
     data = load_dataset(ckpt.meta.dataset or "fashion-mnist", data_dir=args.data_dir, seed=VAL_SPLIT_SEED,
                         download=args.download, image=image_spec_of(pre) if pre else None, cache_mb=args.cache_mb)

@@ -17,8 +17,8 @@ from search._records import reference_of
 from search._render import selection_accuracy
 from search._report import collect
 from search._session import open_existing
-from search._deploy import ship, sidecar_path
-from search._storage import refuse_own_file
+from search._deploy import export_paths, ship
+from search._storage import check_targets, refuse_own_file
 
 
 def get_args_parser():
@@ -35,6 +35,8 @@ def get_args_parser():
     parser.add_argument("--finetune-epochs", type=number(float, low=0, high=10_000), default=0.0,
                         help="a further fine-tune with the recovery recipe, distilled when recovery.kd_weight > 0")
     parser.add_argument("--save", required=True, help="where to write the picked checkpoint (required)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing files at --save / the export's paths (default: refuse them)")
     parser.add_argument("--export", choices=("onnx",),
                         help="also write <save>.onnx and a <save>.json sidecar, verified against onnxruntime "
                              "(default: the checkpoint only)")
@@ -75,14 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_libraries()
     rule = {k: getattr(args, k) for k in ("max_size_mb", "min_accuracy", "max_drop", "trial")}
-    epochs, save, export = args.finetune_epochs, Path(args.save), args.export
-    for k in (*rule, "finetune_epochs", "save", "export"):
+    epochs, save, export, force = args.finetune_epochs, Path(args.save), args.export, args.force
+    for k in (*rule, "finetune_epochs", "save", "export", "force"):
         delattr(args, k)
     found = open_existing(*resolve(args))
     cfg, out = found.cfg, found.out
     refuse_own_file(out, save, "--save")
-    for target in ((save.with_suffix(".onnx"), sidecar_path(save.with_suffix(".onnx"))) if export else ()):
-        refuse_own_file(out, target, "--export")
+    check_targets((save,), "--save", force=force, pinned=(cfg.from_checkpoint,))
+    if export:
+        check_targets(export_paths(save.with_suffix(".onnx")), "--export", force=force, pinned=(cfg.from_checkpoint,))
     data = load_data(cfg, found.opts)
     ref = reference_of(found.study)
     start = start_checkpoint(cfg, out, data)

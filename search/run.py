@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pruning import GRANULARITIES, IMPORTANCES
 from search._backends import BACKENDS
-from search._cli import UsageError, add_study_flags, number, quiet_libraries, resolve, run_cli, study_parser
+from search._cli import UsageError, add_study_flags, number, path_arg, quiet_libraries, resolve, run_cli, study_parser
 from search._session import finish_study, open_for_run, start_runner
 from search._tables import LATENCY_BACKENDS, OBJECTIVES, SAMPLERS
 
@@ -33,7 +33,7 @@ def get_args_parser():
     parser.add_argument("--min-accuracy", dest="constraints.min_accuracy",
                         type=number(float, low=0, high=1, fraction=True),
                         help="constraint: validation accuracy, a fraction: 0.9, not 90 (default: none)")
-    parser.add_argument("--from", dest="from_checkpoint", metavar="CHECKPOINT",
+    parser.add_argument("--from", dest="from_checkpoint", metavar="CHECKPOINT", type=path_arg,
                         help="prune an already pruned checkpoint further (default: the study folder's baseline)")
     parser.add_argument("--no-early-stop", dest="search.early_stop", action="store_const", const=False,
                         help="fine-tune every candidate to the end (default: successive halving over rungs)")

@@ -154,3 +154,108 @@ def test_endless_failures_stop_with_one_line(tmp_path, capsys, monkeypatch, fash
     config = write_config(tmp_path / "tiny.yaml", merged(TINY_LENET, search={"references": []}))
     code, _, err = cli(run, base_args(config, tmp_path / "out") + ["--quiet", "--trials", "20"], capsys)
     assert code == 2 and err.count("\n") == 1 and "5 trials in a row failed (last: TrainingDiverged" in err
+
+
+@pytest.mark.parametrize("name, extra, match", [
+    ("baseline.pt", [], "would overwrite the study's own files"),            # another study's pinned baseline
+    ("report.pt", ["--export", "onnx"], "would overwrite the study's own files"),  # its report.json
+    ("notes.pt", [], "exists; pass --force"),                                 # any existing file
+    ("notes.pt", ["--export", "onnx"], "exists; pass --force"),
+])
+def test_pick_never_overwrites_another_study_or_an_existing_file(study, tmp_path, capsys, name, extra, match):
+    import optuna
+    root, config, out, _ = study
+    other = tmp_path / "B"  # another study folder: a journal, its baseline, its report
+    other.mkdir()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(other / "journal.log")))
+    optuna.create_study(storage=storage, study_name="b")
+    for own in ("baseline.pt", "report.json", "notes.pt", "notes.json"):
+        (other / own).write_bytes(b"B's own")
+    before = folder_hash(other)
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(other / name), *extra],
+                       capsys)
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert folder_hash(other) == before
+
+
+def test_pick_force_replaces_an_existing_file_but_never_the_pinned_start(study, tmp_path, capsys):
+    from search._cli import UsageError
+    from search._storage import check_targets
+    root, config, out, files = study
+    existing = tmp_path / "p.pt"
+    existing.write_bytes(b"old")
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(existing), "--force"], capsys)
+    assert code == 0, err
+    assert existing.read_bytes() != b"old"
+    with pytest.raises(UsageError, match="start checkpoint a study is pinned to"):
+        check_targets((files["foreign"],), "--save", force=True, pinned=(str(files["foreign"]),))
+
+
+def test_export_refuses_an_existing_sidecar_before_loading(tmp_path, capsys):
+    from search import export
+    (tmp_path / "package.json").write_text('{"name": "unrelated"}')
+    code, _, err = cli(export, ["--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "package.onnx")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "package.json exists; pass --force" in err, err
+    assert (tmp_path / "package.json").read_text() == '{"name": "unrelated"}'
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("seed: " + "9" * 5000, "an integer of 5,000 digits"),             # PyYAML's int: a traceback before
+    ("seed: 1" + "0" * 400, "an integer of 401 digits"),               # OverflowError in math.isfinite before
+    ("seed: 1\nseed: 2", "key 'seed' is given twice at line"),         # the last value was silently taken
+    ("dataset: " + "x" * 900_000, "characters cut"),                    # a 900 KB value echoed in full
+])
+def test_hostile_config_values_are_one_short_line(extra, match, tmp_path, capsys):
+    import yaml
+    config = tmp_path / "hostile.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in TINY_LENET.items() if k != "dataset" or "dataset:" not in extra})
+                      + extra + "\n")
+    code, _, err = cli(run, base_args(config, tmp_path / "out") + ["--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and match in err and len(err) < 1000, err[:2000]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--data-dir", "FILE", "is a file, not a folder"),   # was silently ignored (exit 0)
+    ("--out", "", "argument --out: is empty"),           # started a full study in the default folder
+    ("--from", "", "argument --from: is empty"),
+])
+def test_empty_or_wrong_kind_paths_are_refused(flag, value, match, tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default study folder would appear here
+    if value == "FILE":
+        value = str(tmp_path / "a-file")
+        (tmp_path / "a-file").write_text("not a folder")
+    argv = ["--model", "lenet5", "--config", str(tiny_config), "--budget", "smoke", "--quiet"]
+    if flag != "--out":
+        argv += ["--out", str(tmp_path / "out")]
+    code, _, err = cli(run, argv + [flag, value], capsys)
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "studies").exists()
+
+
+def test_a_read_only_study_can_be_picked_from(study, tmp_path, capsys):
+    """A study shared on a read-only mount: the journal check took a write lock and failed."""
+    root, config, out, _ = study
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    if subprocess.run(["mount", "--bind", str(out), str(mounted)], capture_output=True).returncode != 0:
+        pytest.skip("bind mounts are not permitted here (needs root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)], capture_output=True).returncode != 0:
+            pytest.skip("a read-only remount is not permitted here")
+        code, stdout, err = cli(pick, base_args(config, mounted) + ["--max-drop", "100", "--save",
+                                                                    str(tmp_path / "p.pt")], capsys)
+        assert code == 0, err
+        assert (tmp_path / "p.pt").exists() and "trial" in stdout
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True)
+
+
+@pytest.mark.parametrize("payload", ["module", "state_dict"])
+def test_a_foreign_from_file_is_one_plain_line_and_makes_no_folder(payload, tmp_path, tiny_config, capsys):
+    model = create_model("lenet5", in_channels=1)
+    foreign = tmp_path / "foreign.pt"
+    torch.save(model if payload == "module" else model.state_dict(), foreign)  # a pickled nn.Module, or bare weights
+    code, _, err = cli(run, base_args(tiny_config, tmp_path / "out") + ["--quiet", "--from", str(foreign)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "\x1b" not in err  # the torch message carried ANSI escapes
+    assert err[:-1].isprintable() and not (tmp_path / "out").exists()
