@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     del args.epochs
     cfg, opts = resolve(args)
     out = opts.out_dir(cfg)
+    if cfg.weights:
+        raise UsageError("--weights makes your model the baseline, which is never retrained; search.run adopts "
+                         "it (python -m search.run --model ... --weights ...)")
     if journal_path(out).exists():
         raise UsageError(f"{out} holds a study pruned from its baseline; retraining would leave its trials "
                          f"without their base; use another --out")
