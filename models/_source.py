@@ -120,6 +120,8 @@ def parse_source(text: str, kwargs: dict[str, Any] | None = None) -> ModelSource
     if _ENTRY.match(text):
         return ModelSource("code", text, kwargs)
     close = difflib.get_close_matches(text, list_models(), n=3)
+    if text in _torchvision_names():  # a torchvision architecture named without its source
+        close = [f"torchvision:{text}", *close]
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise SourceError(f"unknown model {text!r}{hint}; give a registry name ({', '.join(list_models())}), "
                       f"torchvision:<arch>, timm:<name>, or your own entry point pkg.module:fn / file.py:fn")

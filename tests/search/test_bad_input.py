@@ -85,7 +85,8 @@ def test_unknown_model_from_the_shell_has_no_traceback(study):
     result = subprocess.run([PYTHON, "-m", "search.run", "--model", "alexnet"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "invalid choice: 'alexnet'" in result.stderr
+    assert result.stderr.count("\n") == 1 and "unknown model 'alexnet' (did you mean torchvision:alexnet" \
+        in result.stderr
     assert "Traceback" not in result.stderr
 
 
