@@ -2,6 +2,8 @@
 measured on onnxruntime (CPU). onnx, onnxscript and onnxruntime are imported here only."""
 from __future__ import annotations
 
+import copy
+
 import contextlib
 import io
 import logging
@@ -73,7 +75,9 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor)
     in a private temp folder beside ``path`` and moved into place, so no temp file is left behind.
     """
     path = Path(path)
-    model = model.float().cpu().eval()
+    # a copy in the standard layout: a channels_last model (the bf16 path) makes the exporter
+    # specialize the batch dimension, and the caller's model keeps its layout
+    model = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
     x = example_input[:1].float().cpu().contiguous()
     external = _weight_bytes(model) > EMBED_LIMIT_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
