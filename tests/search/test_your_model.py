@@ -79,7 +79,7 @@ def _pick_and_export(folder: Path, out: Path, source: str, tmp: Path) -> None:
 
     save = tmp / "picked.pt"
     assert pick(["--model", source, "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out),
-                 "--max-drop", "100", "--save", str(save), "--export", "onnx", "--quiet"]) == 0
+                 "--max-drop", "100", "--save", str(save), "--export", "onnx"]) == 0
     ckpt = load_checkpoint(save, expect_model=source)
     assert ckpt.meta.preprocessing.input_size == 64 and ckpt.meta.preprocessing.resize_size == 73
     sidecar = json.loads(save.with_suffix(".json").read_text())
