@@ -123,7 +123,7 @@ def test_a_timm_model_and_a_users_own_code_go_the_same_way(folder, tmp_path):
 @pytest.mark.slow
 def test_a_resume_with_other_weights_or_size_is_refused_and_changes_nothing(folder, tmp_path):
     source = "torchvision:resnet18"
-    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=300)
+    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=150)
     _study(folder, tmp_path / "s", source, weights, "--no-recover")
     before = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
     other = tmp_path / "other.pt"
@@ -143,8 +143,8 @@ BAD = {
     "unknown torchvision name": (["--model", "torchvision:resnet51"], "close matches: torchvision:resnet50"),
     "missing entry point": (["--model", "{tmp}/nets.py:nope"], "has no function 'nope'"),
     "entry point raises": (["--model", "{tmp}/nets.py:broken"], "raised RuntimeError: no GPU here"),
-    "too small an image": (["--model", "torchvision:resnet18", "--image-size", "8", "--weights", "{w}"],
-                           "--image-size 8 is too small"),
+    "too small an image": (["--model", "torchvision:inception_v3", "--image-size", "32"],
+                           "--image-size 32 is too small for torchvision:inception_v3; the smallest input"),
     "pickled module": (["--model", "torchvision:resnet18", "--weights", "{tmp}/whole.pt"], "whole pickled model"),
     "class count": (["--model", "torchvision:resnet18", "--weights", "{tmp}/thousand.pt"],
                     "has 1000 outputs but the dataset has 4 classes"),
