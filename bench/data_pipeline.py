@@ -19,8 +19,7 @@ import torch
 
 from _common import header, spread
 from models import parse_source
-from pruning import TrainConfig, load_dataset, train, train_batches
-from pruning._data import ImageSpec
+from pruning import ImageSpec, TrainConfig, load_dataset, train, train_batches
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 

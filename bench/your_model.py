@@ -19,8 +19,7 @@ import torch
 
 from _common import header
 from models import parse_source
-from pruning import TrainConfig, evaluate, load_dataset, train
-from pruning._data import ImageSpec
+from pruning import ImageSpec, TrainConfig, evaluate, load_dataset, train
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

@@ -12,8 +12,7 @@ from torch import nn
 
 from models import fit_weights, read_state_dict
 from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, Reference, TrainHooks, TrainState,
-                     atomic_write, evaluate, load_checkpoint, load_dataset, measure, save_pruned, train)
-from pruning._data import ImageSpec
+                     ImageSpec, atomic_write, evaluate, load_checkpoint, load_dataset, measure, save_pruned, train)
 from pruning._train import prepare
 from pruning._typed import to_plain
 from search._cli import UsageError

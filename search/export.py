@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pruning import load_checkpoint, load_dataset
-from pruning._data import image_spec_of
+from pruning import image_spec_of, load_checkpoint, load_dataset
 from search._cli import Parser, folder_arg, path_arg, quiet_libraries, run_cli
 from search._context import VAL_SPLIT_SEED
 from search._deploy import VERIFY_BATCH, export_paths, ship, sidecar_path
