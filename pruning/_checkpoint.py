@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from pruning._units import trace
 
 FORMAT = "automl-prune-checkpoint"
 VERSION = 2
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a larger count in a checkpoint is forged
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,15 @@ class Reference:
     size_mb: float
     val_accuracy: float
     test_accuracy: float | None = None  # None: the dataset has no test split
+
+    def __post_init__(self) -> None:
+        if min(self.params, self.macs) < 0 or not (math.isfinite(self.size_mb) and self.size_mb >= 0):
+            raise ValueError(f"reference sizes must be non-negative, got params={self.params}, macs={self.macs}, "
+                             f"size_mb={self.size_mb}")
+        for name in ("val_accuracy", "test_accuracy"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"reference.{name} must be a fraction in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,23 @@ class CheckpointMeta:
     metrics: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """The metadata must describe a model that can exist (a forged checkpoint is refused here)."""
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must be 1..{MAX_CLASSES}, got {self.num_classes}")
+        if not 1 <= self.in_channels <= 4:
+            raise ValueError(f"in_channels must be 1..4, got {self.in_channels}")
+        pre = self.preprocessing
+        if pre is not None and pre.channels != self.in_channels:
+            raise ValueError(f"preprocessing.channels {pre.channels} differs from the model's in_channels "
+                             f"{self.in_channels}")
+        if pre is not None and pre.class_names and len(pre.class_names) != self.num_classes:
+            raise ValueError(f"preprocessing.class_names has {len(pre.class_names)} names for "
+                             f"{self.num_classes} outputs")
+        bad = [k for k, v in self.metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"metrics.{bad[0]} is not a finite number")
 
     @property
     def source(self) -> ModelSource:
@@ -130,6 +158,7 @@ def _read(path: Path) -> dict:
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt, "
                               f"or not written by torch.save)")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -147,12 +176,71 @@ def _read(path: Path) -> dict:
     return payload
 
 
+def _check_archive(path: Path) -> None:
+    """torch.save stores its records uncompressed: a compressed record, or records claiming more
+    bytes than the file holds, could only inflate memory while loading (a zip bomb)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: "
+                              f"{type(exc).__name__})") from None
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or \
+            sum(e.file_size for e in entries) > path.stat().st_size:
+        raise CheckpointError(f"{path} has compressed records, which torch.save never writes: refused to load it "
+                              f"(it could expand in memory); re-save it with torch.save")
+
+
+def _check_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor dense and backed by its own bytes: a forged stride (0, or overlapping) makes a
+    small file claim a tensor of terabytes, which hashing or loading would allocate."""
+    for name, t in state.items():
+        if t.layout != torch.strided or t.device.type != "cpu":
+            raise CheckpointError(f"{path}: tensor {name} is not a dense CPU tensor; a checkpoint holds only those")
+        needed = (t.storage_offset() + t.numel()) * t.element_size()
+        if not t.is_contiguous() or needed > t.untyped_storage().nbytes():
+            raise CheckpointError(f"{path}: tensor {name} of shape {tuple(t.shape)[:8]} is not backed by its own "
+                                  f"bytes (forged strides or sizes); the file was not written by this project")
+
+
+def _check_shapes(path: Path, state: dict[str, torch.Tensor], meta: CheckpointMeta) -> None:
+    """The weights' shapes against the recorded source, built on the meta device (nothing
+    allocated): the same tensor names; no tensor larger than the base model's (pruning only removes
+    channels); and the dimensions set by the class count and the input channels exactly as
+    recorded. So forged metadata (``num_classes`` of 10^7) is refused before a real model is built."""
+    def shapes(num_classes: int, in_channels: int) -> dict[str, tuple[int, ...]] | None:
+        try:
+            with torch.device("meta"):
+                built = meta.source.build(num_classes=num_classes, in_channels=in_channels)
+            return {k: tuple(v.shape) for k, v in built.state_dict().items()}
+        except Exception:  # noqa: BLE001 - a builder that cannot run on the meta device: the real build checks
+            return None
+
+    base = shapes(meta.num_classes, meta.in_channels)
+    if base is None:
+        return
+    other = shapes(meta.num_classes + 1, 3 if meta.in_channels == 1 else 1) or base
+    if set(base) != set(state):
+        extra, missing = sorted(set(state) - set(base)), sorted(set(base) - set(state))
+        first = f"unexpected {extra[0]}" if extra else f"missing {missing[0]}"
+        raise CheckpointError(f"weights do not match the {meta.model} model the metadata names "
+                              f"({first}; {len(extra)} unexpected, {len(missing)} missing)")
+    for name, t in state.items():
+        full, alt = base[name], other.get(name, base[name])
+        fits = len(full) == t.dim() and all(n <= f if f == a else n == f for n, f, a in zip(t.shape, full, alt))
+        if not fits:
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)}, which a pruned {meta.model} "
+                                  f"with {meta.num_classes} classes and {meta.in_channels} input channels cannot "
+                                  f"have (base shape {full})")
+
+
 def _verified(path: Path, payload: dict) -> tuple[dict, History, dict, dict, str]:
     """The parts of a payload, after checking their types and the checksum."""
     state, history, plan, meta = (payload.get(k) for k in ("state_dict", "history", "plan", "metadata"))
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise CheckpointError(f"{path} has no state dict of named tensors")
+    _check_tensors(path, state)
     if not isinstance(history, list) or not isinstance(plan, dict) or not isinstance(meta, dict):
         raise CheckpointError(f"{path} has a malformed history, plan or metadata")
     stored = payload.get("checksum")
@@ -193,6 +281,7 @@ def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> Che
     if source.kind == "code" and expect_model != meta.model:
         raise CheckpointError(f"{path} was built by your code {meta.model}; loading it imports that code, so name "
                               f"it: --model {meta.model} (in Python: load_pruned(path, model={meta.model!r}))")
+    _check_shapes(path, state, meta)
     try:
         with torch.inference_mode(False), torch.enable_grad():
             model = _rebuild(state, history, meta)

@@ -33,6 +33,7 @@ RRC_SCALE = (0.25, 1.0)  # area share of a random-resized crop (timm's fine-tuni
 RRC_RATIO = (3 / 4, 4 / 3)  # lose too much at 0.08)
 _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                     "Ankle boot")
+MAX_INPUT_SIZE = 4096  # the largest model input side a checkpoint may record
 MAX_IMAGE_PIXELS = 50_000_000  # an image folder's file above this is refused (decompression bombs)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = {
@@ -73,6 +74,28 @@ class Preprocessing:
     std: tuple[float, ...]
     class_names: tuple[str, ...]
     resize_size: int | None = None
+
+    def __post_init__(self) -> None:
+        """Values a deployment can follow (a forged or hand-edited checkpoint is refused here)."""
+        if self.channels not in (1, 3):
+            raise ValueError(f"preprocessing.channels must be 1 or 3, got {self.channels}")
+        if not 1 <= self.input_size <= MAX_INPUT_SIZE:
+            raise ValueError(f"preprocessing.input_size must be 1..{MAX_INPUT_SIZE} pixels, got {self.input_size}")
+        if not 0 <= self.pad < self.input_size:
+            raise ValueError(f"preprocessing.pad must be 0..{self.input_size - 1}, got {self.pad}")
+        if self.resize not in ("none", *INTERPOLATIONS):
+            raise ValueError(f"preprocessing.resize must be one of none, {', '.join(INTERPOLATIONS)}; "
+                             f"got {str(self.resize)[:40]!r}")
+        if self.resize_size is not None and not self.input_size <= self.resize_size <= 4 * MAX_INPUT_SIZE:
+            raise ValueError(f"preprocessing.resize_size must be at least the input size {self.input_size}, "
+                             f"got {self.resize_size}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != self.channels or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"preprocessing.{name} must be {self.channels} finite numbers, got {values[:8]}")
+        if min(self.std) <= 0:
+            raise ValueError(f"preprocessing.std must be positive, got {self.std}")
+        if not all(isinstance(c, str) and 0 < len(c) <= 200 for c in self.class_names):
+            raise ValueError("preprocessing.class_names must be non-empty names of at most 200 characters")
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,12 @@ class SearchContext:
     calibration: list          # fixed training batches: BN recalibration and Taylor importance
 
 
-def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Dataset | None = None) -> SearchContext:
-    """Data, starting model, units and calibration batches: everything trials share."""
+def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Dataset | None = None,
+                  start: Checkpoint | None = None) -> SearchContext:
+    """Data, starting model, units and calibration batches: everything trials share (``start``: the
+    starting checkpoint, when the caller has loaded it already)."""
     data = data if data is not None else load_data(cfg, opts)
-    start = start_checkpoint(cfg, out, data)
+    start = start or start_checkpoint(cfg, out, data)
     example = data.example_input(1)
     units, keep = safe_units(start.model, example, cfg, progress=opts.progress)
     artifact_dir(out).mkdir(parents=True, exist_ok=True)

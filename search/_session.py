@@ -14,7 +14,7 @@ from optuna.storages import BaseStorage
 from pruning import atomic_write_text, read_meta
 from search._backends import Job
 from search._config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig
-from search._context import adopt_weights, load_data, preflight, train_baseline
+from search._context import adopt_weights, load_data, preflight, start_checkpoint, train_baseline
 from search._estimate import Estimate, describe, duration, estimate, guard
 from search._objective import SearchContext, build_context
 from search._records import reference_of
@@ -47,6 +47,8 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
     if cfg.from_checkpoint:
         read_meta(cfg.from_checkpoint)  # a foreign or damaged file is refused before anything else
     data = load_data(cfg, opts)  # a missing or damaged dataset is refused before anything is written
+    # a starting checkpoint that does not rebuild, or does not fit the data, is refused before the journal exists
+    start = start_checkpoint(cfg, out, data) if cfg.from_checkpoint else None
     _say(opts, f"device: {data.device}" + (f" ({_gpu_name()})" if data.device.type == "cuda" else ""))
     for note in data.notes:
         _say(opts, f"note: {note}")
@@ -77,7 +79,7 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
                 _say(opts, f"no baseline in {out}; training one")
                 after = f" (then trials + recovery ~{duration(est.trials_s + est.recovery_s)})" if est else ""
                 train_baseline(cfg, out, data, progress=opts.progress, then=after)
-        ctx = build_context(cfg, opts, out, data=data)
+        ctx = build_context(cfg, opts, out, data=data, start=start)
         if study is None:
             study = create_study(storage, cfg, digest=ctx.start.checksum, reference=ctx.reference)
             atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
@@ -143,7 +145,8 @@ def finish_study(session: Session) -> None:
                        f"({rec.epochs:g} epochs, {rec.seconds:.0f} s)")
     if not opts.write_report:
         return
-    paths = write_report(cfg, session.out, session.study, ctx.data, ctx.reference, ctx.start)
+    paths = write_report(cfg, session.out, session.study, ctx.data, ctx.reference, ctx.start,
+                         progress=opts.progress)
     answer = json.loads(paths["json"].read_text())
     if answer["warning"]:
         print(f"warning: {answer['warning']}", file=sys.stderr, flush=True)

@@ -185,3 +185,77 @@ def test_our_tag_with_a_malformed_body(pruned_resnet, tmp_path, damage):
     with pytest.raises(CheckpointError) as info:
         load_pruned(tmp_path / f"{damage}.pt")
     assert "\n" not in str(info.value)
+
+
+def _one_line(path, match: str) -> None:
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_pruned(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_forged_stride_is_refused_before_anything_is_allocated(pruned_resnet, tmp_path):
+    """A stride-0 view claims 2^40 elements (4 TB) over a 4-byte storage: hashing it would
+    allocate them. It is refused from its storage size, before the checksum."""
+    raw = torch.load(pruned_resnet[2], weights_only=True)
+    raw["state_dict"]["fc.bias"] = torch.zeros(1).expand(2 ** 40)
+    torch.save(raw, tmp_path / "huge.pt")
+    _one_line(tmp_path / "huge.pt", "not backed by its own bytes")
+    raw["state_dict"]["fc.bias"] = torch.zeros(1).expand(10)  # small and resealed: refused the same way
+    _resealed(raw, tmp_path / "small.pt")
+    _one_line(tmp_path / "small.pt", "not backed by its own bytes")
+
+
+def test_a_compressed_archive_is_refused(pruned_resnet, tmp_path):
+    """torch.save stores records uncompressed; a deflated one could expand in memory (a zip bomb)."""
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(pruned_resnet[2]) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    _one_line(packed, "compressed records")
+
+
+@pytest.mark.parametrize("classes, match", [(10 ** 7, "num_classes must be"),  # refused by its bound
+                                            (50_000, "cannot have")])  # in bounds: by the weights' shapes
+def test_a_forged_class_count_is_refused_before_the_model_is_built(pruned_resnet, tmp_path, classes, match):
+    """A resealed checkpoint claiming 50,000 classes would build a 400 MB classifier; its weights
+    have 10 rows, which the shapes checked on the meta device show first."""
+    raw = torch.load(pruned_resnet[2], weights_only=True)
+    raw["metadata"]["num_classes"] = classes
+    _resealed(raw, tmp_path / "classes.pt")
+    _one_line(tmp_path / "classes.pt", match)
+
+
+def test_an_enlarged_tensor_is_refused_by_its_shape(pruned_resnet, tmp_path):
+    raw = torch.load(pruned_resnet[2], weights_only=True)
+    raw["state_dict"]["conv1.weight"] = torch.zeros(9999, 1, 3, 3)
+    _resealed(raw, tmp_path / "wide.pt")
+    _one_line(tmp_path / "wide.pt", "conv1.weight has shape")
+
+
+PRE = dict(channels=1, input_size=32, pad=2, resize="none", mean=[0.3], std=[0.35], class_names=[str(i) for i in range(10)])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (dict(std=[0.0]), "std must be positive"),
+    (dict(channels=99), "channels must be 1 or 3"),
+    (dict(input_size=-5), "input_size must be"),
+    (dict(class_names=["one"]), "1 names for 10 outputs"),
+    (dict(resize="rm -rf"), "resize must be one of"),
+    (dict(mean=[float("nan")]), "mean.0. must be a finite number"),
+    (dict(mean=[0.1, 0.2]), "mean must be 1 finite numbers"),
+    (dict(channels=3, mean=[0.3] * 3, std=[0.3] * 3), "differs from the model's in_channels"),
+])
+def test_resealed_metadata_must_describe_the_model(pruned_resnet, tmp_path, edit, match):
+    """The checksum proves the file is intact, not that it makes sense: the metadata is checked
+    against the model it describes (a sidecar saying shape [batch, 1, -5, -5] is never written)."""
+    raw = torch.load(pruned_resnet[2], weights_only=True)
+    raw["metadata"]["preprocessing"] = {**PRE, **edit}
+    _resealed(raw, tmp_path / "meta.pt")
+    _one_line(tmp_path / "meta.pt", match)
+
+
+def test_sane_preprocessing_still_loads(pruned_resnet, tmp_path):
+    raw = torch.load(pruned_resnet[2], weights_only=True)
+    raw["metadata"]["preprocessing"] = PRE
+    _resealed(raw, tmp_path / "ok.pt")
+    assert load_pruned(tmp_path / "ok.pt").preprocessing.input_size == 32

@@ -258,6 +258,70 @@ def _intact(path) -> bool:
     return True
 
 
+@st.composite
+def forged(draw):
+    """An edit a forger makes to a valid checkpoint, resealed with a fresh checksum: metadata that
+    cannot describe the model (class and channel counts, preprocessing, reference figures) or a
+    tensor that lies about its size (a stride-0 view of up to 2^40 elements, left unsealed: hashing
+    it is the allocation to avoid)."""
+    kind = draw(st.sampled_from(["classes", "channels", "preprocessing", "reference", "stride", "shape"]))
+    if kind == "classes":
+        return kind, draw(st.one_of(st.integers(-10, 0), st.integers(11, 10 ** 5), st.integers(10 ** 5, 10 ** 12)))
+    if kind == "channels":
+        return kind, draw(st.one_of(st.integers(-10, 0), st.integers(2, 10 ** 9)))
+    if kind == "preprocessing":
+        return kind, draw(st.sampled_from([
+            ("std", [draw(st.floats(max_value=0.0, allow_nan=False))]), ("std", []), ("mean", [0.1, 0.2, 0.3]),
+            ("channels", draw(st.integers(4, 10 ** 6))), ("input_size", draw(st.integers(-10 ** 9, 0))),
+            ("input_size", draw(st.integers(4097, 10 ** 12))), ("pad", draw(st.integers(-100, -1))),
+            ("resize", draw(st.text(max_size=20).filter(lambda t: t not in ("none", "bilinear", "bicubic")))),
+            ("class_names", draw(st.lists(st.text(min_size=1, max_size=5), min_size=0, max_size=9).filter(len))),
+            ("resize_size", draw(st.integers(-10, 31)))]))
+    if kind == "reference":
+        return kind, draw(st.sampled_from([("val_accuracy", draw(st.floats(1.01, 1e300))),
+                                           ("params", draw(st.integers(-10 ** 9, -1))),
+                                           ("size_mb", -draw(st.floats(0.01, 1e9)))]))
+    return kind, draw(st.integers(2, 2 ** 40) if kind == "stride" else st.integers(2, 64))
+
+
+PRE_OK = dict(channels=1, input_size=32, pad=2, resize="none", mean=[0.3], std=[0.35],
+              class_names=[str(i) for i in range(10)])
+
+
+@settings(FUZZ, max_examples=80)
+@given(edit=forged())
+def test_forged_checkpoints(study, capsys, tmp_path_factory, edit):
+    """Resealed checkpoints that lie: refused in one line before anything large is allocated."""
+    import torch
+
+    from pruning._checkpoint import checksum
+    root, config, out = study
+    raw = torch.load(out / "baseline.pt", weights_only=True)
+    kind, value = edit
+    meta, state = raw["metadata"], raw["state_dict"]
+    if kind == "classes":
+        meta["num_classes"] = value
+    elif kind == "channels":
+        meta["in_channels"] = value
+    elif kind == "preprocessing":
+        meta["preprocessing"] = {**PRE_OK, value[0]: value[1]}
+    elif kind == "reference":
+        meta["reference"] = {"params": 1, "macs": 1, "size_mb": 0.2, "val_accuracy": 0.9, value[0]: value[1]}
+    else:
+        name = sorted(k for k in state if k.endswith("weight"))[0]
+        t = state[name]
+        if kind == "stride":
+            state[name] = torch.zeros(1).expand(value)
+        else:
+            state[name] = torch.zeros(t.shape[0] * value, *t.shape[1:])
+    if kind != "stride":
+        raw["checksum"] = checksum(state, raw["history"], raw["plan"], meta)
+    new = tmp_path_factory.mktemp("forged")
+    torch.save(raw, new / "forged.pt")
+    argv = _args(config, new / "out") + ["--quiet", "--from", str(new / "forged.pt")]
+    assert_refused(run, argv, capsys, out, new=new / "out")
+
+
 # --- dataset folders -------------------------------------------------------------------------------
 
 def _idx(array_bytes: bytes, dims: tuple[int, ...]) -> bytes:
