@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from pruning import atomic_write_text, export_onnx, measure, onnx_latency
 from pruning._measure import SpeedUp, interleaved_speedup
@@ -56,9 +57,10 @@ def _ort_version() -> str:
 
 
 def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module]]],
-              example: torch.Tensor) -> dict[str, dict]:
+              example: torch.Tensor, *, progress: bool = False) -> dict[str, dict]:
     """key -> {"ort": {batch: ms}, "device": {batch: ms}} for models given as (cache key: an artifact id
-    or a checksum, a loader called only when needed), measuring only those not cached yet."""
+    or a checksum, a loader called only when needed), measuring only those not cached yet
+    (``progress``: a bar over the models, which take seconds to minutes each for a large one)."""
     path = out / CACHE
     try:
         cache = json.loads(path.read_text()) if path.exists() else {}
@@ -68,17 +70,24 @@ def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module
     device = str(example.device)
     start_key, start = key_models["start"]
     changed = False
+    todo = [k for k, (ck, _) in key_models.items() if f"{ck}@{device}" not in cache
+            or (ck != start_key and f"{ck}/{start_key}@{device}" not in cache)]
+    bar = tqdm(total=len(todo), desc="latency of front points", unit="model", leave=False,
+               disable=not progress or not todo)
     for cache_key, lazy in key_models.values():
-        slot = f"{cache_key}@{device}"
+        slot, pair = f"{cache_key}@{device}", f"{cache_key}/{start_key}@{device}"
+        measured = False
         if slot not in cache:
             model = lazy().to(example.device)
             on_device = device_ms(model, example)  # before the export, which moves the model to the CPU
             cache[slot] = {"ort": ort_ms(model, example), "device": on_device}
-            changed = True
-        pair = f"{cache_key}/{start_key}@{device}"
+            measured = True
         if cache_key != start_key and pair not in cache:
             cache[pair] = _speedups(start(), lazy(), example)
-            changed = True
+            measured = True
+        changed |= measured
+        bar.update(int(measured))
+    bar.close()
     if changed:
         atomic_write_text(path, json.dumps(cache, indent=1))
     return {key: {**{kind: {int(b): ms for b, ms in cache[f"{ck}@{device}"][kind].items()} for kind in ("ort", "device")},

@@ -92,7 +92,7 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
               f"Baseline: {ref.params:,} parameters, {ref.size_mb:.3f} MB, {ref.macs / 1e6:.1f} M MACs, "
               f"val accuracy {ref.val_accuracy:.4f}, test accuracy {fmt_accuracy(ref.test_accuracy)}.", ""]
     if data is not None:
-        lines += [_data_line(data), ""]
+        lines += [_data_line(data), _spend_line(cfg, data), ""]
     lines += _headline(cfg, results, ref)
     lines += _commands(cfg, out, results, data_dir)
     lines += _latency(results)
@@ -113,6 +113,27 @@ def _data_line(data) -> str:
             f"mean {tuple(round(m, 4) for m in pre.mean)}, std {tuple(round(s, 4) for s in pre.std)}; training "
             f"augmentation `{data.augment}`; {data.train_y.shape[0]:,} training, {data.val_y.shape[0]:,} validation, "
             f"{test} images.")
+
+
+def _spend_line(cfg: StudyConfig, data) -> str:
+    """What the budget paid for in training, in steps and images, so a short study (``cpu``,
+    ``smoke``) is never mistaken for a full one."""
+    n = int(data.train_y.shape[0])
+    spend, base, ft, rec = cfg.spend, cfg.baseline_recipe(), cfg.finetune_recipe(0), cfg.recovery_recipe(0)
+    if cfg.weights:
+        baseline = "the baseline is your weights (evaluated, not retrained)"
+    elif cfg.from_checkpoint:
+        baseline = "the study starts from the --from checkpoint (not retrained)"
+    else:
+        baseline = (f"the baseline trained {base.total_steps(n):,} steps at batch {base.batch_size} "
+                    f"({base.epochs:g} epochs)")
+    subset = " (the budget's train_subset)" if spend.train_subset else ""
+    short = "" if cfg.budget in ("default", "full") else \
+        " A short budget: its figures are not those of a `default` study."
+    return (f"What budget `{cfg.budget}` trained, on {n:,} training images{subset}: {baseline}; each candidate "
+            f"{ft.total_steps(n):,} fine-tuning steps at batch {ft.batch_size} "
+            f"({ft.total_steps(n) * ft.batch_size / max(1, n):.2f} epochs); each recovered front point "
+            f"{rec.total_steps(n):,} steps ({rec.epochs:g} epochs).{short}")
 
 
 def pick_command(cfg: StudyConfig, out: Path, trial: int, data_dir: str | None = None) -> str:

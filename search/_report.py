@@ -53,7 +53,7 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset)
 
 
 def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference, start: Checkpoint, *,
-            latency: bool = True) -> Results:
+            latency: bool = True, progress: bool = False) -> Results:
     """Everything the report files show. ``start`` is the model the study prunes (the speed-up
     reference and the "before" of the channel widths); ``latency`` measures every front point."""
     front = front_trials(study)
@@ -65,7 +65,7 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
     items.update({f"r{n}": r.checkpoint for n, r in recovered.items()})
     tests = test_accuracies(out, cfg.model, items, data)
     timed = [t for t in front if cfg.report.latency == "all" or t.number in recovered]
-    timing = _latencies(cfg, out, timed, data, start) if latency and cfg.report.latency != "none" else {}
+    timing = _latencies(cfg, out, timed, data, start, progress) if latency and cfg.report.latency != "none" else {}
     rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, ref, timing) for t in front]
     table = pd.DataFrame(rows, columns=CSV_COLUMNS)
     best = headline(table, ref, cfg.report.headline_max_drop)
@@ -90,14 +90,15 @@ def wall_seconds(study: optuna.Study) -> float | None:
     return (max(t.datetime_complete for t in trials) - start).total_seconds()
 
 
-def _latencies(cfg: StudyConfig, out: Path, front: list[FrozenTrial], data: Dataset, start: Checkpoint) -> dict:
+def _latencies(cfg: StudyConfig, out: Path, front: list[FrozenTrial], data: Dataset, start: Checkpoint,
+               progress: bool = False) -> dict:
     example = data.example_input(1)
     models = {"start": (start.checksum, lambda: copy.deepcopy(start.model))}
     for t in front:
         artifact = TrialRecord.read(t).checkpoint
         models[f"t{t.number}"] = (artifact, lambda a=artifact: load_checkpoint(
             artifact_path(out, a), expect_model=cfg.model).model)
-    return latencies(out, models, example)
+    return latencies(out, models, example, progress=progress)
 
 
 def channel_widths(before: nn.Module, after: nn.Module) -> list[tuple[str, int, int]]:
@@ -191,9 +192,10 @@ def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], ref:
 
 
 def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference,
-                 start: Checkpoint) -> dict[str, Path]:
-    """Write pareto.csv, report.md and pareto.png into the study folder; return their paths."""
-    results = collect(cfg, out, study, data, ref, start)
+                 start: Checkpoint, *, progress: bool = False) -> dict[str, Path]:
+    """Write pareto.csv, report.md and pareto.png into the study folder; return their paths
+    (``progress``: a bar while the front points' latencies are measured)."""
+    results = collect(cfg, out, study, data, ref, start, progress=progress)
     paths = {"csv": out / "pareto.csv", "md": out / "report.md", "png": out / "pareto.png"}
     atomic_write_text(paths["csv"], results.table.to_csv(index=False))
     atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, ref, data))

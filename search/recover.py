@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for rec in recover(cfg, found.out, found.study, data, start, ref, progress=found.opts.progress):
         print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {fmt_accuracy(rec.test_accuracy)} after {rec.epochs:g} "
               f"epochs ({rec.seconds:.0f} s)")
-    for path in write_report(cfg, found.out, found.study, data, ref, start).values():
+    for path in write_report(cfg, found.out, found.study, data, ref, start, progress=found.opts.progress).values():
         print(path)
     return 0
 

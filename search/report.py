@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     found = open_existing(*resolve(args))
     data = load_data(found.cfg, found.opts)
     start = start_checkpoint(found.cfg, found.out, data)
-    for path in write_report(found.cfg, found.out, found.study, data, reference_of(found.study), start).values():
+    for path in write_report(found.cfg, found.out, found.study, data, reference_of(found.study), start,
+                             progress=found.opts.progress).values():
         print(path)
     return 0
 
