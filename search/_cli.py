@@ -203,8 +203,24 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; run the same command again to resume\n")
         code = 130
+    except Exception as exc:
+        if not _storage_failure(exc):
+            raise
+        sys.stderr.write(f"error: the study's database stopped answering ({type(exc).__name__}: "
+                         f"{_one_line(exc)[:160]}); the trials finished so far are kept in it: bring the database "
+                         f"server back and run the same command to resume\n")
+        code = 2
     sys.stderr.flush()
     sys.exit(code)
+
+
+def _storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database server going away under an RDB study (SQLAlchemy's errors, or
+    Optuna's wrapper of them); checked without importing either."""
+    db = sys.modules.get("sqlalchemy.exc")
+    optuna_exc = sys.modules.get("optuna.exceptions")
+    kinds = tuple(k for k in (getattr(db, "DBAPIError", None), getattr(optuna_exc, "StorageInternalError", None)) if k)
+    return bool(kinds) and isinstance(exc, kinds)
 
 
 MESSAGE_HEAD, MESSAGE_TAIL = 400, 200  # characters kept of a long message: what was wrong, how to fix it

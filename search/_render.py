@@ -92,7 +92,7 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
               f"Baseline: {ref.params:,} parameters, {ref.size_mb:.3f} MB, {ref.macs / 1e6:.1f} M MACs, "
               f"val accuracy {ref.val_accuracy:.4f}, test accuracy {fmt_accuracy(ref.test_accuracy)}.", ""]
     if data is not None:
-        lines += [_data_line(data), _spend_line(cfg, data), ""]
+        lines += [_data_line(data), "", _spend_line(cfg, data), ""]
     lines += _headline(cfg, results, ref)
     lines += _commands(cfg, out, results, data_dir)
     lines += _latency(results)

@@ -1,6 +1,7 @@
 """What the search bought, in the report's first lines: whether the headline is a searched plan or a
-classic reference, its gain over the best reference no larger, and the nearest searched point to
-the bar when the search missed it."""
+classic reference, its gain over the best reference no larger, its size against the smallest
+reference that holds the same accuracy bar, and the nearest searched point to the bar when the
+search missed it."""
 from __future__ import annotations
 
 import pandas as pd
@@ -22,7 +23,8 @@ def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, 
     number, size = int(headline["trial"]), float(headline["size_mb"])
     own = next(r for t, r in done if t.number == number)
     if not own.reference:
-        return [f"The headline is a searched plan (trial {number}).", _gain(headline_gain(done, headline))]
+        return [f"The headline is a searched plan (trial {number}).", _gain(headline_gain(done, headline)),
+                _size_gain(done, number, size, bar)]
     lines = [f"The headline is the classic {own.reference} {own.reference_ratio:g} reference (trial {number}), "
              "not a searched plan: the search did not beat it at this size.", _gain(headline_gain(done, headline))]
     smaller = [(n, r) for n, r in searched if r.size_mb < size]
@@ -44,6 +46,21 @@ def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | 
     n, best = max(rivals, key=lambda p: p[1].val_accuracy)
     return {"reference": f"{best.reference} {best.reference_ratio:g}", "trial": n, "size_mb": best.size_mb,
             "gain_pts": 100 * (own.val_accuracy - best.val_accuracy)}
+
+
+def _size_gain(done: list[tuple[object, TrialRecord]], number: int, size: float, bar: float) -> str:
+    """The headline's size against the smallest reference that holds the same accuracy bar at
+    search time: what the search bought in size."""
+    holding = [(t.number, r) for t, r in done if r.reference and r.val_accuracy >= bar and t.number != number]
+    if not holding:
+        return "No reference holds the accuracy bar at search time: the search alone reached it."
+    n, best = min(holding, key=lambda p: p[1].size_mb)
+    if best.size_mb <= size:
+        return (f"The smallest reference within the same bar ({best.reference} {best.reference_ratio:g}, trial {n}, "
+                f"{best.size_mb:.4f} MB) is no larger than the headline: the search bought no size there.")
+    return (f"The smallest reference within the same bar ({best.reference} {best.reference_ratio:g}, trial {n}, "
+            f"{best.size_mb:.4f} MB, at search time) is {best.size_mb / size:.2f}x the headline's size: the "
+            f"headline is {100 * (1 - size / best.size_mb):.1f} % smaller.")
 
 
 def _gain(gain: dict | None) -> str:

@@ -111,32 +111,53 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+class PgServer:
+    """A throwaway PostgreSQL server on loopback (Debian's postgresql package) that a test can kill
+    (``pg_ctl stop -m immediate``: the postmaster and its backends exit at once) and start again."""
+
+    def __init__(self) -> None:
+        initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not initdb or not self.pg_ctl:
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL is not installed; `make test` installs Debian's postgresql package")
+            pytest.skip("PostgreSQL server binaries are not installed")
+        self.root = tempfile.mkdtemp(prefix="pgtest-")
+        os.chmod(self.root, 0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.data = os.path.join(self.root, "data")
+        subprocess.run(_as_postgres([initdb, "-D", self.data, "-U", "study", "--auth=trust"]), check=True,
+                       capture_output=True, timeout=120)
+        self.opts = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self.url = f"postgresql://study@127.0.0.1:{port}/postgres"
+        self.start()
+
+    def start(self) -> None:
+        subprocess.run(_as_postgres([self.pg_ctl, "-D", self.data, "-o", self.opts, "-l",
+                                     os.path.join(self.root, "log"), "-w", "start"]),
+                       check=True, capture_output=True, timeout=120)
+
+    def kill(self) -> None:
+        subprocess.run(_as_postgres([self.pg_ctl, "-D", self.data, "-m", "immediate", "stop"]), capture_output=True,
+                       timeout=60)
+
+
 @pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL server on loopback (Debian's postgresql package), stopped afterwards."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed; `make test` installs Debian's postgresql package")
-        pytest.skip("PostgreSQL server binaries are not installed")
-    root = tempfile.mkdtemp(prefix="pgtest-")
-    os.chmod(root, 0o755)
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = os.path.join(root, "data")
-    subprocess.run(_as_postgres([initdb, "-D", data, "-U", "study", "--auth=trust"]), check=True,
-                   capture_output=True, timeout=120)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
-    subprocess.run(_as_postgres([pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(root, "log"), "-w", "start"]),
-                   check=True, capture_output=True, timeout=120)
+def postgres_server():
+    server = PgServer()
     try:
-        yield f"postgresql://study@127.0.0.1:{port}/postgres"
+        yield server
     finally:
-        subprocess.run(_as_postgres([pg_ctl, "-D", data, "-m", "immediate", "stop"]), capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        server.kill()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    return postgres_server.url
 
 
 def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, fashion_mnist):
@@ -175,3 +196,48 @@ def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, f
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retries) == 1 and retries[0].state in FINISHED
     assert retries[0].params == study.trials[killed].params
+
+
+def test_a_killed_postgres_server_stops_the_run_in_one_line_and_the_study_resumes(tmp_path, postgres_server,
+                                                                                   fashion_mnist):
+    """The server dies mid-study (a trial finished, another running): the run stops with one line,
+    exit 2; once the server is back the same command resumes, and no trial is lost or counted twice
+    (the one running at the kill is failed by its stale heartbeat and retried)."""
+    config = _slow_config(tmp_path)
+    out = tmp_path / "out"
+    trained = _run(["search.train"] + base_args(config, out) + ["--epochs", "1"])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    cmd = ["search.run"] + base_args(config, out) + ["--quiet", "--trials", "5", "--storage", postgres_server.url,
+                                                     "--heartbeat-s", "1", "--no-early-stop"]
+    run = subprocess.Popen([PYTHON, "-m", *cmd], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    storage = optuna.storages.RDBStorage(postgres_server.url)
+    try:
+        while run.poll() is None:  # wait on the study's progress, not on a clock
+            time.sleep(0.5)
+            try:
+                study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
+            except KeyError:
+                continue
+            if study.get_trials(states=FINISHED) and study.get_trials(states=(TrialState.RUNNING,)):
+                break
+        assert run.poll() is None, "the run ended before the server could be killed mid-trial"
+        done_before = len(study.get_trials(states=FINISHED))
+        storage.engine.dispose()
+        postgres_server.kill()
+        _, err = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 2, err[-2000:]
+    assert err.count("\n") == 1 and "Traceback" not in err and "database" in err, err[-2000:]
+    postgres_server.start()
+    resumed = _run(cmd, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=optuna.storages.RDBStorage(postgres_server.url))
+    _check_finished(study, 5)
+    assert len(study.get_trials(states=FINISHED)) >= done_before
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    for t in failed:  # each trial cut by the kill was retried once, with its own plan
+        retries = [r for r in study.trials if r.system_attrs.get("failed_trial") == t.number]
+        assert len(retries) == 1 and retries[0].params == t.params

@@ -63,3 +63,14 @@ def test_a_speedup_whose_range_includes_one_prints_as_about_one():
     row = pd.Series({"ort_b1_speedup": 0.9, "ort_b1_speedup_low": 0.8, "ort_b1_speedup_high": 0.95})
     assert speedup_text(row, "ort", 1) == "0.90x (0.80-0.95)"   # a slow-down outside the noise is shown
     assert speedup_text(pd.Series({"ort_b1_speedup": float("nan")}), "ort", 1) is None
+
+
+def test_a_searched_headline_states_its_size_against_the_smallest_reference_at_the_bar():
+    """Bar 0.89: uniform 0.2 (0.7 MB) holds it, uniform 0.5 (0.3 MB) does not; the headline is 0.3 MB."""
+    done = _done((0, "uniform 0.5", 0.3, 0.85), (1, "uniform 0.2", 0.7, 0.9), (2, None, 0.3, 0.892))
+    line = verdict(done, _head(2, 0.3), REF, 1.0)[2]
+    assert "uniform 0.2, trial 1" in line and "2.33x" in line and "57.1 % smaller" in line
+    done = _done((0, "uniform 0.5", 0.3, 0.85), (2, None, 0.3, 0.892))
+    assert "search alone reached it" in verdict(done, _head(2, 0.3), REF, 1.0)[2]
+    done = _done((0, "global 0.6", 0.25, 0.895), (2, None, 0.3, 0.892))
+    assert "bought no size" in verdict(done, _head(2, 0.3), REF, 1.0)[2]
