@@ -28,10 +28,11 @@ class Estimate:
     recovery_s: float
     per_trial_s: float
     upper_bound: bool = False  # from one small-batch step (overheads included): the study is no longer
+    report_s: float = 0.0  # the report: test accuracy and latency of the front points
 
     @property
     def total_s(self) -> float:
-        return self.baseline_s + self.trials_s + self.recovery_s
+        return self.baseline_s + self.trials_s + self.recovery_s + self.report_s
 
 
 def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) -> float:
@@ -83,7 +84,33 @@ def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: floa
     recovery = cfg.report.recover_points * rec.total_steps(n_train) * rec.batch_size * per_image * TRIAL_SHARE \
         if opts.recover else 0.0
     return Estimate(baseline_s=baseline, trials_s=trials_left * per_trial / max(1, opts.workers),
-                    recovery_s=recovery, per_trial_s=per_trial)
+                    recovery_s=recovery, per_trial_s=per_trial, report_s=report_seconds(cfg, opts, data, per_image))
+
+
+# The front a study ends with, in points per recovered point (LeNet5 and ResNet18 studies: 6-10 points
+# for 4 recovered ones)
+FRONT_PER_RECOVERED = 2
+
+
+def report_seconds(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float) -> float:
+    """The report's own cost: each front point's test accuracy and, unless ``report.latency`` is
+    ``none``, its latency on two runtimes at batch 1 and 64 and its interleaved speed-ups over the
+    baseline (SPEEDUP_REPEATS pairs of timed blocks of up to 50 runs, at least 3, about a second).
+    A forward pass is a third of a training step; the baseline's cost bounds a pruned point's."""
+    from search._latency import BATCHES, SPEEDUP_REPEATS
+
+    if not opts.write_report:
+        return 0.0
+    forward = per_image / 3
+    points = FRONT_PER_RECOVERED * cfg.report.recover_points
+    tests = points * int(data.test_x.shape[0]) * forward
+    if cfg.report.latency == "none":
+        return tests
+    timed = points if cfg.report.latency == "all" else cfg.report.recover_points
+    calls = [b * forward for b in BATCHES]
+    blocks = sum(min(50 * t, max(1.0, 3 * t)) for t in calls)  # one timed block per batch size
+    per_point = 2 * SPEEDUP_REPEATS * 2 * blocks + (60 + 25) * sum(calls)  # 2 runtimes; ORT 10+50, torch 5+20 runs
+    return tests + (timed + 1) * per_point
 
 
 def duration(seconds: float) -> str:
@@ -97,7 +124,7 @@ def duration(seconds: float) -> str:
 def describe(est: Estimate, device: torch.device) -> str:
     at_most = "at most " if est.upper_bound else ""
     return (f"estimated study time on {device.type}: {at_most}{duration(est.total_s)} (baseline {duration(est.baseline_s)}, "
-            f"trials {duration(est.trials_s)}, recovery {duration(est.recovery_s)})")
+            f"trials {duration(est.trials_s)}, recovery {duration(est.recovery_s)}, report {duration(est.report_s)})")
 
 
 def guard(cfg: StudyConfig, opts: RunOptions, est: Estimate, device: torch.device) -> None:
@@ -108,6 +135,6 @@ def guard(cfg: StudyConfig, opts: RunOptions, est: Estimate, device: torch.devic
     smoke = "" if cfg.budget == "smoke" else "try --budget smoke (minutes, proves the pipeline), "
     raise UsageError(f"{cfg.model} at budget {cfg.budget!r} is estimated at {duration(est.total_s)} on this CPU as "
                      f"busy as it is now (baseline {duration(est.baseline_s)}, trials {duration(est.trials_s)}, "
-                     f"recovery {duration(est.recovery_s)}): this is GPU work; run it on a GPU machine "
+                     f"recovery {duration(est.recovery_s)}, report {duration(est.report_s)}): this is GPU work; run it on a GPU machine "
                      f"(bench/gpu_run.sh), {smoke}or spread it with --workers / --backend ray on GPU machines; "
                      f"pass --yes (or {YES_ENV}=1) to go on anyway")

@@ -77,7 +77,7 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
                            f" (evaluated, not retrained)")
             else:
                 _say(opts, f"no baseline in {out}; training one")
-                after = f" (then trials + recovery ~{duration(est.trials_s + est.recovery_s)})" if est else ""
+                after = f" (then trials, recovery, report ~{duration(est.trials_s + est.recovery_s + est.report_s)})" if est else ""
                 train_baseline(cfg, out, data, progress=opts.progress, then=after)
         ctx = build_context(cfg, opts, out, data=data, start=start)
         if study is None:
@@ -119,7 +119,7 @@ def start_runner(session: Session) -> Job:
     est = session.estimate
     runner = TrialRunner(study, session.storage, cfg, opts, session.out, ctx.keys, reference_of(study),
                          seconds_per_trial=est.per_trial_s if est else None,
-                         after_trials_s=est.recovery_s if est else 0.0)
+                         after_trials_s=est.recovery_s + est.report_s if est else 0.0)
     with study_lock(session.out):
         stale = runner.fail_stale()
     done = finished(study)
