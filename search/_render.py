@@ -30,6 +30,7 @@ class Results:
     device: str | None = None              # where the trials ran ("cpu", "cuda:0")
     wall_s: float | None = None            # first trial's start to last trial's end, seconds
     gain: dict | None = None               # the headline against the best reference no larger (search._verdict)
+    size_gain: dict | None = None          # the smallest reference within the bar against the headline (search._verdict)
 
 
 def selection_accuracy(row: pd.Series) -> float:

@@ -16,7 +16,7 @@ from search._latency import latencies, setting
 from search._records import RecoveryRecord, TrialRecord, completed, recoveries
 from search._render import Results, pick_command, plot_front, render_markdown, selection_accuracy, speedup_text
 from search._storage import TEST_CACHE, artifact_path, trial_artifact
-from search._verdict import headline_gain, verdict
+from search._verdict import headline_gain, size_gain, verdict
 
 LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
 CSV_COLUMNS = ["trial", "headline", "reference", "size_mb", "params", "macs", "pruned_pct", "val_accuracy",
@@ -78,7 +78,8 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
                    warning=undertrained(study, recovered, ref, cfg.report.undertrained_margin),
                    baseline_latency=timing.get("start"), latency_setting=setting(data.device) if timing else None,
                    widths=widths, verdict=verdict(completed(study), best, ref, cfg.report.headline_max_drop),
-                   device=str(data.device), wall_s=wall_seconds(study), gain=headline_gain(completed(study), best))
+                   device=str(data.device), wall_s=wall_seconds(study), gain=headline_gain(completed(study), best),
+                   size_gain=size_gain(completed(study), best, ref, cfg.report.headline_max_drop))
 
 
 def wall_seconds(study: optuna.Study) -> float | None:
@@ -222,6 +223,7 @@ def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference, data_
         head["ort_b1_speedup_text"] = speedup_text(best, "ort", 1)
         head["kind"] = "reference" if isinstance(best["reference"], str) else "searched"
         head["gain"] = results.gain
+        head["size_gain"] = results.size_gain
         head["pick_command"] = pick_command(cfg, out, int(best["trial"]), data_dir)
     return {"model": cfg.model, "dataset": cfg.dataset, "budget": cfg.budget, "baseline": {
             "size_mb": ref.size_mb, "params": ref.params, "macs": ref.macs, "val_accuracy": ref.val_accuracy,

@@ -24,7 +24,7 @@ def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, 
     own = next(r for t, r in done if t.number == number)
     if not own.reference:
         return [f"The headline is a searched plan (trial {number}).", _gain(headline_gain(done, headline)),
-                _size_gain(done, number, size, bar)]
+                _size_gain(size_gain(done, headline, ref, max_drop))]
     lines = [f"The headline is the classic {own.reference} {own.reference_ratio:g} reference (trial {number}), "
              "not a searched plan: the search did not beat it at this size.", _gain(headline_gain(done, headline))]
     smaller = [(n, r) for n, r in searched if r.size_mb < size]
@@ -48,19 +48,30 @@ def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | 
             "gain_pts": 100 * (own.val_accuracy - best.val_accuracy)}
 
 
-def _size_gain(done: list[tuple[object, TrialRecord]], number: int, size: float, bar: float) -> str:
-    """The headline's size against the smallest reference that holds the same accuracy bar at
-    search time: what the search bought in size."""
+def size_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, ref: Reference,
+              max_drop: float) -> dict | None:
+    """The headline's size against the smallest reference that holds the same accuracy bar at search
+    time (what the search bought in size): {"reference", "trial", "size_mb", "ratio"} (reference
+    size over the headline's); None without a headline or without such a reference."""
+    if headline is None:
+        return None
+    number, size, bar = int(headline["trial"]), float(headline["size_mb"]), ref.val_accuracy - max_drop / 100
     holding = [(t.number, r) for t, r in done if r.reference and r.val_accuracy >= bar and t.number != number]
     if not holding:
-        return "No reference holds the accuracy bar at search time: the search alone reached it."
+        return None
     n, best = min(holding, key=lambda p: p[1].size_mb)
-    if best.size_mb <= size:
-        return (f"The smallest reference within the same bar ({best.reference} {best.reference_ratio:g}, trial {n}, "
-                f"{best.size_mb:.4f} MB) is no larger than the headline: the search bought no size there.")
-    return (f"The smallest reference within the same bar ({best.reference} {best.reference_ratio:g}, trial {n}, "
-            f"{best.size_mb:.4f} MB, at search time) is {best.size_mb / size:.2f}x the headline's size: the "
-            f"headline is {100 * (1 - size / best.size_mb):.1f} % smaller.")
+    return {"reference": f"{best.reference} {best.reference_ratio:g}", "trial": n, "size_mb": best.size_mb,
+            "ratio": best.size_mb / size}
+
+
+def _size_gain(gain: dict | None) -> str:
+    if gain is None:
+        return "No reference holds the accuracy bar at search time: the search alone reached it."
+    where = (f"The smallest reference within the same bar ({gain['reference']}, trial {gain['trial']}, "
+             f"{gain['size_mb']:.4f} MB, at search time)")
+    if gain["ratio"] <= 1.0:
+        return f"{where} is no larger than the headline: the search bought no size there."
+    return f"{where} is {gain['ratio']:.2f}x the headline's size: the headline is {100 * (1 - 1 / gain['ratio']):.1f} % smaller."
 
 
 def _gain(gain: dict | None) -> str:
