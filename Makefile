@@ -44,7 +44,7 @@ dashboard: setup
 	$(VENV)/bin/optuna-dashboard $(OUT)/journal.log --artifact-dir $(OUT)/artifacts $(ARGS)
 
 test: setup postgres
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 # The fast tier: no subprocesses, servers, Ray or long training (seconds to a few minutes).
 test-fast: setup

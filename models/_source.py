@@ -18,6 +18,7 @@ from typing import Any, Callable
 from torch import nn
 
 from models._registry import UnknownModelError, create_model, list_models, model_spec
+from models._weights import first_line
 
 KINDS = ("registry", "torchvision", "timm", "code")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -173,7 +174,7 @@ def _call_entry(entry: str, num_classes: int, kwargs: dict) -> nn.Module:
     try:
         model = fn(num_classes=num_classes, **kwargs) if accepts else fn(**kwargs)
     except Exception as exc:  # the user's code fails in its own ways; its message is what helps
-        raise SourceError(f"{entry} raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise SourceError(f"{entry} raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise SourceError(f"{entry} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -190,7 +191,7 @@ def import_entry(entry: str) -> Callable[..., Any]:
     except SourceError:
         raise
     except Exception as exc:  # ImportError, SyntaxError, or whatever the module raises at import
-        raise SourceError(f"cannot import {where} for {entry}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise SourceError(f"cannot import {where} for {entry}: {type(exc).__name__}: {first_line(exc)}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise SourceError(f"{where} has no function {fn_name!r} (entry point {entry})")
@@ -212,11 +213,6 @@ def _import_file(path: Path):
         sys.modules.pop(name, None)
         raise
     return module
-
-
-def _first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc))
-    return (text.strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def fit_weights(source: ModelSource, model: nn.Module, state: dict, *, num_classes: int) -> None:

@@ -17,6 +17,12 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "wei
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, without terminal escape codes, cut to ``limit``."""
+    text = _ANSI.sub("", str(exc))
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 class WeightsError(ValueError):
     """Weights that cannot be used with the model: the message says which key and how to fix it."""
 
@@ -43,7 +49,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if re.search(r"GLOBAL (torch\.nn\.modules|torchvision\.models|timm\.)|__main__", str(exc)):
             raise WeightsError(f"{path} holds a whole pickled model (torch.save(model)), which would run code to "
                                f"load; save its weights instead: torch.save(model.state_dict(), 'weights.pt')") from None
-        detail = _ANSI.sub("", str(exc)).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        detail = first_line(exc, 120) if str(exc).strip() else ""
         raise WeightsError(f"{path} holds pickled Python objects that weights never need; refused ({detail})") from None
     except Exception as exc:  # zip and storage errors of a damaged file come in many types
         raise WeightsError(f"{path} is not a readable PyTorch file ({type(exc).__name__})") from None
