@@ -69,26 +69,18 @@ def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module
         cache = {}  # a damaged cache is only a cache
     device = str(example.device)
     start_key, start = key_models["start"]
-    changed = False
-    todo = [k for k, (ck, _) in key_models.items() if f"{ck}@{device}" not in cache
-            or (ck != start_key and f"{ck}/{start_key}@{device}" not in cache)]
-    bar = tqdm(total=len(todo), desc="latency of front points", unit="model", leave=False,
-               disable=not progress or not todo)
-    for cache_key, lazy in key_models.values():
+    todo = [(ck, lazy) for ck, lazy in key_models.values()
+            if f"{ck}@{device}" not in cache or (ck != start_key and f"{ck}/{start_key}@{device}" not in cache)]
+    for cache_key, lazy in tqdm(todo, desc="latency of front points", unit="model", leave=False,
+                                disable=not progress or not todo):
         slot, pair = f"{cache_key}@{device}", f"{cache_key}/{start_key}@{device}"
-        measured = False
         if slot not in cache:
             model = lazy().to(example.device)
             on_device = device_ms(model, example)  # before the export, which moves the model to the CPU
             cache[slot] = {"ort": ort_ms(model, example), "device": on_device}
-            measured = True
         if cache_key != start_key and pair not in cache:
             cache[pair] = _speedups(start(), lazy(), example)
-            measured = True
-        changed |= measured
-        bar.update(int(measured))
-    bar.close()
-    if changed:
+    if todo:
         atomic_write_text(path, json.dumps(cache, indent=1))
     return {key: {**{kind: {int(b): ms for b, ms in cache[f"{ck}@{device}"][kind].items()} for kind in ("ort", "device")},
                   "speedup": _read_speedups(cache.get(f"{ck}/{start_key}@{device}"))}
