@@ -15,8 +15,8 @@ import os
 import time
 
 import torch
-
 from _common import header, spread
+
 from models import create_model
 
 

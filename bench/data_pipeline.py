@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import header, spread
+
 from models import parse_source
 from pruning import ImageSpec, TrainConfig, load_dataset, train, train_batches
 

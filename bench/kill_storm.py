@@ -27,8 +27,8 @@ import yaml
 from optuna.trial import TrialState
 
 from pruning import CheckpointError, load_checkpoint
-from search._faults import ENV
-from search._records import TrialRecord
+from search.config import ENV
+from search.storage import TrialRecord
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {
@@ -154,7 +154,7 @@ def main() -> None:
     start = time.perf_counter()
     kills = storm(config, out, args.trials, args.kills, random.Random(args.seed))
     deadline = time.time() + 600  # orphaned children of killed parents finish their trials first
-    while time.time() < deadline and subprocess.run(["pgrep", "-f", "search._worker"], capture_output=True).stdout:
+    while time.time() < deadline and subprocess.run(["pgrep", "-f", "search.cli._worker"], capture_output=True).stdout:
         time.sleep(1)
     final = subprocess.run(command(config, out, kills["total"], 1), cwd=REPO, capture_output=True, text=True)
     if final.returncode != 0:

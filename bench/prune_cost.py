@@ -18,9 +18,8 @@ import _common  # noqa: F401
 import torch
 
 from models import create_model, list_models
-from pruning import CheckpointMeta, apply_plan, finetune, measure, prunable_units, recalibrate_bn, save_pruned
-from pruning._data import Dataset, synthetic_splits
-from pruning._train import prepare
+from pruning import (CheckpointMeta, Dataset, apply_plan, finetune, measure, prepare, prunable_units, recalibrate_bn,
+                     save_pruned, synthetic_splits)
 
 EPOCH_IMAGES = 54000
 CPU_SECONDS = 6.0  # on the CPU, BN batches and fine-tune steps are cut to about this long, then scaled

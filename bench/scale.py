@@ -20,8 +20,8 @@ from pathlib import Path
 import _common
 import torch
 
-from search._config import RunOptions, load_config
-from search._context import load_data, train_baseline
+from search.config import RunOptions, load_config
+from search.trial import load_data, train_baseline
 
 REPO = Path(__file__).resolve().parent.parent
 

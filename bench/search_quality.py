@@ -30,9 +30,9 @@ from optuna.trial import TrialState
 
 from search import recover as recover_cmd
 from search import run
-from search._config import RunOptions, load_config
-from search._context import load_data, train_baseline
-from search._records import TrialRecord, recoveries
+from search.config import RunOptions, load_config
+from search.storage import TrialRecord, recoveries
+from search.trial import load_data, train_baseline
 
 NAME = "lenet5-fashion-mnist"
 

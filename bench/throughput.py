@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from models import create_model, list_models
-from pruning import TrainConfig, train
-from pruning._data import Dataset, synthetic_splits
-from pruning._train import autocast, resolve_precision
+from pruning import Dataset, TrainConfig, autocast, resolve_precision, synthetic_splits, train
 
 MODES = {"fp32": ("fp32", False), "fp32+cl": ("fp32", True), "bf16+cl": ("bf16", True)}
 BATCH = {"lenet5": 128}  # small batches for the big models keep a repeat short on two cores

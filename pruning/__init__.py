@@ -4,29 +4,31 @@ from __future__ import annotations
 
 from pruning._apply import IMPORTANCES, PruningRecord, apply_plan, global_ranking_plans, prunable_safely
 from pruning._bn import recalibrate_bn
-from pruning._checkpoint import (Checkpoint, CheckpointMeta, Reference, load_checkpoint, load_pruned, read_meta,
-                                 save_pruned, with_metrics)
+from pruning._checkpoint import (Checkpoint, CheckpointMeta, Reference, checksum, library_versions, load_checkpoint,
+                                 load_pruned, read_meta, save_pruned, with_metrics)
 from pruning._data import (AUGMENTATIONS, DATASETS, Dataset, ImageSpec, Preprocessing, image_spec_of, load_dataset,
-                           train_batches)
+                           synthetic_splits, train_batches)
 from pruning._errors import CheckpointError, DatasetError, PlanError, PruningError, TrainingDiverged
-from pruning._export import (ExportError, Verification, export_onnx, external_data_path, onnx_latency,
+from pruning._export import (ExportError, INPUT, OUTPUT, Verification, export_onnx, external_data_path, onnx_latency,
                              uses_external_data, verify_onnx, verify_standalone)
 from pruning._io import atomic_write, atomic_write_text
-from pruning._measure import Measurement, measure
-from pruning._train import TrainConfig, TrainHooks, TrainResult, TrainState, evaluate, finetune, train
-from pruning._units import (GRANULARITIES, Unit, channels_to_keep, expand_plan, plan_keys, prunable_units,
-                            validate_plan)
+from pruning._measure import Measurement, SpeedUp, interleaved_speedup, measure
+from pruning._train import (TrainConfig, TrainHooks, TrainResult, TrainState, autocast, evaluate, finetune, prepare,
+                            resolve_precision, train)
+from pruning._units import (GRANULARITIES, Unit, channels_to_keep, expand_plan, find_classifier, plan_keys,
+                            prunable_units, tree_stages, validate_plan)
+from pruning._typed import bounds, check_fields, from_plain, to_plain
 
 __all__ = [
-    "AUGMENTATIONS", "DATASETS", "GRANULARITIES", "IMPORTANCES",
-    "Checkpoint", "CheckpointError", "CheckpointMeta", "Dataset", "DatasetError", "ImageSpec", "ExportError", "Measurement",
-    "PlanError", "Verification",
-    "Preprocessing", "PruningError", "PruningRecord", "Reference", "TrainConfig", "TrainHooks", "TrainResult",
-    "TrainState", "TrainingDiverged", "Unit",
-    "apply_plan", "atomic_write", "atomic_write_text", "channels_to_keep", "evaluate", "expand_plan",
-    "export_onnx", "image_spec_of", "external_data_path", "finetune", "onnx_latency", "verify_onnx", "verify_standalone",
-    "uses_external_data",
-    "global_ranking_plans", "load_checkpoint", "load_dataset", "load_pruned", "measure", "plan_keys",
-    "prunable_safely", "prunable_units", "read_meta", "recalibrate_bn", "save_pruned", "train", "train_batches", "validate_plan",
-    "with_metrics",
+    "AUGMENTATIONS", "DATASETS", "GRANULARITIES", "IMPORTANCES", "INPUT", "OUTPUT", "Checkpoint",
+    "CheckpointError", "CheckpointMeta", "Dataset", "DatasetError", "ExportError", "ImageSpec", "Measurement",
+    "PlanError", "Preprocessing", "PruningError", "PruningRecord", "Reference", "SpeedUp", "TrainConfig",
+    "TrainHooks", "TrainResult", "TrainState", "TrainingDiverged", "Unit", "Verification", "apply_plan",
+    "atomic_write", "atomic_write_text", "autocast", "bounds", "channels_to_keep", "check_fields", "checksum",
+    "evaluate", "expand_plan", "export_onnx", "external_data_path", "find_classifier", "finetune", "from_plain",
+    "global_ranking_plans", "image_spec_of", "interleaved_speedup", "library_versions", "load_checkpoint",
+    "load_dataset", "load_pruned", "measure", "onnx_latency", "plan_keys", "prepare", "prunable_safely",
+    "prunable_units", "read_meta", "recalibrate_bn", "resolve_precision", "save_pruned", "synthetic_splits",
+    "to_plain", "train", "train_batches", "tree_stages", "uses_external_data", "validate_plan", "verify_onnx",
+    "verify_standalone", "with_metrics",
 ]

@@ -150,9 +150,10 @@ def global_ranking_plans(model: nn.Module, ratios: Iterable[float], *, example_i
                 round_to=round_to)
         plan = {u.name: 0.0 for u in units}
         for group in pruner.step(interactive=True):  # interactive: the groups are read, never pruned
-            unit = unit_of.get(group[0].dep.target.module)
+            root = group.items[0]
+            unit = unit_of.get(root.dep.layer)
             if unit is not None:
-                plan[unit.name] = min(max_ratio, len(group[0].idxs) / unit.channels)
+                plan[unit.name] = min(max_ratio, len(root.idxs) / unit.channels)
         plans[float(ratio)] = plan
     return plans
 
@@ -191,4 +192,4 @@ def _touches_grouped_conv(graph: tp.DependencyGraph, model: nn.Module, unit: Uni
     root = model.get_submodule(unit.root)
     group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, [0])
     return any(isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels
-               for m in (dep.target.module for dep, _ in group))
+               for m in (dep.layer for dep, _ in group.items))

@@ -7,6 +7,9 @@ from torch import nn
 
 from pruning._train import autocast, resolve_precision
 
+# the public BatchNorm classes (timm's BatchNormAct2d and the like subclass them)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 def recalibrate_bn(model: nn.Module, batches: Iterable, *, precision: str = "auto") -> int:
     """Adaptive BatchNorm: reset running statistics and re-estimate them on training batches.
@@ -17,7 +20,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, precision: str = "aut
     statistics are those of the activations the candidate will be trained and evaluated with.
     Returns the number of batches used (0 when there is no BatchNorm).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
     if not norms:
         return 0
     momenta = [m.momentum for m in norms]

@@ -20,7 +20,7 @@ from pruning._typed import bounds, check_fields
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 # auto picks bf16 autocast + channels_last on a bf16-capable CPU only for models of at least this many
-# parameters (bench/throughput.py, README): VGG16 (15 M) and ResNet50 (24 M) were measured faster by the
+# parameters (bench/throughput.py, docs/measurements.md): VGG16 (15 M) and ResNet50 (24 M) were measured faster by the
 # quiet-machine probe; DenseNet121 (7 M) measured 2.17x; MobileNetV2 (2.2 M)
 # measured no faster (1.03x, inside the noise) and LeNet5 (0.06 M) keeps its fp32 figures.
 # A study resolves it once, on the model it prunes, so all its candidates train alike.

@@ -11,7 +11,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from models._registry import STAGES_ATTR
+from models import STAGES_ATTR
 from pruning._errors import PlanError
 
 GRANULARITIES = ("unit", "stage", "global")
@@ -129,9 +129,9 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, *,
     order = {m: i for i, m in enumerate(names)}
     found = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-        layers = sorted({dep.target.module for dep, _ in group
-                         if graph.is_out_channel_pruning_fn(dep.handler)
-                         and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))}, key=order.__getitem__)
+        layers = sorted({dep.layer for dep, _ in group.items
+                         if graph.is_out_channel_pruning_fn(dep.pruning_fn)
+                         and isinstance(dep.layer, (nn.Conv2d, nn.Linear))}, key=order.__getitem__)
         if layers:
             found.append((group, layers))
     found.sort(key=lambda item: order[item[1][0]])
@@ -143,7 +143,7 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, *,
         unit = Unit(name, graph.get_out_channels(layers[0]), tuple(names[m] for m in layers),
                     stage_of(name) if stage_of else None)
         units.append(unit)
-        if group[0].dep.target.module is layers[0]:
+        if group.items[0].dep.layer is layers[0]:
             groups[name] = group
     return graph, units, groups
 

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 from pruning import image_spec_of, load_checkpoint, load_dataset
-from search._cli import Parser, folder_arg, path_arg, quiet_libraries, run_cli
-from search._context import VAL_SPLIT_SEED
-from search._deploy import VERIFY_BATCH, export_paths, ship, sidecar_path
-from search._storage import check_targets
+from search.cli import Parser, folder_arg, path_arg, run_cli
+from search.config import quiet_libraries
+from search.results import VERIFY_BATCH, export_paths, ship, sidecar_path
+from search.storage import check_targets
+from search.trial import VAL_SPLIT_SEED
 
 
 def get_args_parser() -> Parser:

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pruning import (PruningRecord, evaluate, load_checkpoint, measure, save_pruned, train, with_metrics)
-from search._cli import UsageError, number, quiet_libraries, resolve, run_cli, study_parser
-from search._context import load_data, start_checkpoint, test_accuracy
-from search._records import reference_of
-from search._render import selection_accuracy
-from search._report import collect
-from search._session import open_existing
-from search._deploy import export_paths, ship
-from search._storage import check_targets, refuse_own_file
+from pruning import PruningRecord, evaluate, load_checkpoint, measure, save_pruned, train, with_metrics
+from search.cli import number, resolve, run_cli, study_parser
+from search.config import UsageError, quiet_libraries
+from search.results import collect, export_paths, selection_accuracy, ship
+from search.storage import check_targets, refuse_own_file
+from search.study import open_existing
+from search.trial import test_accuracy
 
 
 def get_args_parser():
@@ -86,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     check_targets((save,), "--save", force=force, pinned=(cfg.from_checkpoint,))
     if export:
         check_targets(export_paths(save.with_suffix(".onnx")), "--export", force=force, pinned=(cfg.from_checkpoint,))
-    data = load_data(cfg, found.opts)
-    ref = reference_of(found.study)
-    start = start_checkpoint(cfg, out, data)
+    data, ref, start = found.data, found.reference, found.start
     results = collect(cfg, out, found.study, data, ref, start, latency=False)
     if results.table.empty:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")

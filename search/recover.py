@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from search._records import fmt_accuracy
-from search._cli import number, quiet_libraries, resolve, run_cli, study_parser
-from search._context import load_data, start_checkpoint
-from search._records import reference_of
-from search._recovery import recover
-from search._report import write_report
-from search._session import open_existing
+from search.cli import number, resolve, run_cli, study_parser
+from search.config import quiet_libraries
+from search.results import write_report
+from search.storage import fmt_accuracy
+from search.study import open_existing, recover
 
 
 def get_args_parser():
@@ -32,13 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = found.cfg
     if points is not None:
         cfg = replace(cfg, report=replace(cfg.report, recover_points=points))
-    data = load_data(cfg, found.opts)
-    ref = reference_of(found.study)
-    start = start_checkpoint(cfg, found.out, data)
+    data, ref, start = found.data, found.reference, found.start
     for rec in recover(cfg, found.out, found.study, data, start, ref, progress=found.opts.progress):
         print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {fmt_accuracy(rec.test_accuracy)} after {rec.epochs:g} "
               f"epochs ({rec.seconds:.0f} s)")
-    for path in write_report(cfg, found.out, found.study, data, ref, start, progress=found.opts.progress).values():
+    for path in write_report(cfg, found.out, found.study, data, ref, start, progress=found.opts.progress).paths.values():
         print(path)
     return 0
 

@@ -1,11 +1,10 @@
 """Rewrite a study's pareto.csv, report.md and pareto.png: ``python -m search.report --model lenet5``."""
 from __future__ import annotations
 
-from search._cli import quiet_libraries, resolve, run_cli, study_parser
-from search._context import load_data, start_checkpoint
-from search._records import reference_of
-from search._report import write_report
-from search._session import open_existing
+from search.cli import resolve, run_cli, study_parser
+from search.config import quiet_libraries
+from search.results import write_report
+from search.study import open_existing
 
 
 def get_args_parser():
@@ -17,10 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
     found = open_existing(*resolve(args))
-    data = load_data(found.cfg, found.opts)
-    start = start_checkpoint(found.cfg, found.out, data)
-    for path in write_report(found.cfg, found.out, found.study, data, reference_of(found.study), start,
-                             progress=found.opts.progress).values():
+    for path in write_report(found.cfg, found.out, found.study, found.data, found.reference, found.start,
+                             progress=found.opts.progress).paths.values():
         print(path)
     return 0
 

@@ -5,12 +5,12 @@ and writes the report.
 """
 from __future__ import annotations
 
+import argparse
 
 from pruning import GRANULARITIES, IMPORTANCES
-from search._backends import BACKENDS
-from search._cli import UsageError, add_study_flags, number, path_arg, quiet_libraries, resolve, run_cli, study_parser
-from search._session import finish_study, open_for_run, start_runner
-from search._tables import LATENCY_BACKENDS, OBJECTIVES, SAMPLERS
+from search.cli import add_study_flags, number, path_arg, resolve, run_cli, study_parser
+from search.config import LATENCY_BACKENDS, OBJECTIVES, SAMPLERS, UsageError, quiet_libraries
+from search.study import BACKENDS, finish_study, open_for_run, start_broker
 
 
 def get_args_parser():
@@ -21,6 +21,9 @@ def get_args_parser():
                         help="the study's total number of trials (default: the budget's)")
     parser.add_argument("--objective", dest="search.objective", choices=tuple(OBJECTIVES),
                         help="the size measure to minimize (default: the config's, size in MB)")
+    parser.add_argument("--objectives", type=_objectives, metavar="accuracy,MEASURE[,MEASURE...]",
+                        help=f"every objective, e.g. accuracy,size,latency for a 3-objective study; measures: "
+                             f"{', '.join(OBJECTIVES)} (default: accuracy and --objective)")
     parser.add_argument("--latency-backend", dest="search.latency_backend", choices=LATENCY_BACKENDS,
                         help="where --objective latency is measured (default: torch, on the study's device)")
     parser.add_argument("--granularity", dest="search.granularity", choices=GRANULARITIES,
@@ -63,20 +66,36 @@ def get_args_parser():
     return parser
 
 
+def _objectives(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if len(names) < 2 or names[0] != "accuracy" or len(set(names)) < len(names) \
+            or not set(names[1:]) <= set(OBJECTIVES):
+        raise argparse.ArgumentTypeError(f"expected accuracy then one or more distinct measures of "
+                                         f"{', '.join(OBJECTIVES)}, e.g. accuracy,size,latency; got {text[:80]!r}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
+    objectives = args.objectives
+    del args.objectives
+    if objectives:  # the list, onto the config's objective and extra objectives
+        if getattr(args, "search.objective") is not None:
+            raise UsageError("give --objectives or --objective, not both")
+        setattr(args, "search.objective", objectives[1])
+        setattr(args, "search.extra_objectives", objectives[2:])
     cfg, opts = resolve(args)
     if opts.backend not in BACKENDS:
         raise UsageError(f"--backend {opts.backend!r} is not one of: {', '.join(BACKENDS)}")
     if opts.backend == "ray" and opts.workers != 1:
         raise UsageError("--workers is for the optuna backend; with ray use --max-concurrent")
     session = open_for_run(cfg, opts, opts.out_dir(cfg))
-    job = start_runner(session)
+    job = start_broker(session)
     try:
         BACKENDS[opts.backend](job)
     finally:
-        job.runner.close()
+        job.broker.close()
     finish_study(session)
     return 0
 

@@ -14,7 +14,8 @@ import pandas as pd
 import yaml
 
 from pruning import atomic_write, atomic_write_text
-from search._cli import Parser, UsageError, run_cli
+from search.cli import Parser, run_cli
+from search.config import UsageError
 
 REPORT, RESOLVED, FRONT = "report.json", "config.resolved.yaml", "pareto.csv"
 COLUMNS = ["model", "dataset", "original_size_mb", "pruned_size_mb", "pruned_pct", "accuracy_drop_pts",

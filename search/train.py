@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 
-from search._cli import UsageError, add_study_flags, number, quiet_libraries, resolve, run_cli, study_parser
-from search._context import load_data, train_baseline
-from search._storage import baseline_path, check_writable, journal_path
+from search.cli import add_study_flags, number, resolve, run_cli, study_parser
+from search.config import UsageError, quiet_libraries
+from search.storage import baseline_path, check_writable, journal_path
+from search.trial import load_data, train_baseline
 
 
 def get_args_parser():

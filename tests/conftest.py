@@ -84,7 +84,7 @@ def base_args(config: Path, out: Path, model: str = "lenet5") -> list[str]:
 
 def cli(module, argv: list[str], capsys) -> tuple[int, str, str]:
     """Run a command's main() as the shell would, returning (exit code, stdout, stderr)."""
-    from search._cli import run_cli
+    from search.cli import run_cli
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:

@@ -7,11 +7,10 @@ import torch
 import torchvision
 from torch import nn
 
-from models import (SourceError, WeightsError, create_model, fit_weights, list_models, parse_source,
-                    read_state_dict)
+from models import SourceError, WeightsError, create_model, fit_weights, list_models, parse_source, read_state_dict
 from models._weights import load_weights
 from pruning import prunable_units
-from pruning._units import find_classifier, tree_stages
+from pruning import find_classifier, tree_stages
 
 
 def test_registry_names_stay_registry_sources():

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from pruning import DatasetError, load_dataset, train_batches
-from pruning._data import ImageSpec, eval_batches, stratified_indices
+from pruning._data import eval_batches, stratified_indices
+from pruning import ImageSpec
 from tests.conftest import write_image_folder
 
 SPEC = ImageSpec(input_size=32, crop_pct=0.875, interpolation="bilinear", channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)

@@ -13,8 +13,8 @@ from torch import nn
 from models import create_model
 from pruning import TrainConfig, evaluate, load_dataset, recalibrate_bn, train
 from pruning import _train
-from pruning._measure import SpeedUp, interleaved_speedup
-from pruning._train import resolve_precision
+from pruning import SpeedUp, interleaved_speedup
+from pruning import resolve_precision
 
 CPU = torch.device("cpu")
 

@@ -1,15 +1,15 @@
 """Any architecture Torch-Pruning can trace: one member of each torchvision CNN family goes through
 unit discovery, one plan, a forward pass of the smaller model and a checkpoint round trip. Families
-Torch-Pruning cannot trace are refused with one line (README, "Prune your own model")."""
+Torch-Pruning cannot trace are refused with one line (docs/usage.md, the families table)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from models import parse_source
-from pruning import (CheckpointMeta, PlanError, Preprocessing, apply_plan, load_checkpoint, measure,
-                     prunable_safely, save_pruned)
-from search._objective import safe_units
+from pruning import (CheckpointMeta, PlanError, Preprocessing, apply_plan, load_checkpoint, measure, prunable_safely,
+                     save_pruned)
+from search.trial import safe_units
 from tests.conftest import TINY_LENET
 
 # (arch, input side): the smallest side each family is cheap and valid at; inception needs 75+
@@ -17,7 +17,7 @@ FAMILIES = [("resnet18", 32), ("resnext50_32x4d", 32), ("wide_resnet50_2", 32), 
             ("densenet121", 32), ("mobilenet_v2", 32), ("mobilenet_v3_small", 32), ("efficientnet_b0", 32),
             ("regnet_x_400mf", 32), ("squeezenet1_0", 64), ("mnasnet0_5", 32), ("convnext_tiny", 32),
             ("googlenet", 32), ("inception_v3", 80)]
-# grouped (not depthwise) convolutions: the units coupled to them are kept whole (README)
+# grouped (not depthwise) convolutions: the units coupled to them are kept whole (docs/usage.md)
 GROUPED = {"resnext50_32x4d", "regnet_x_400mf"}
 UNTRACEABLE = ["shufflenet_v2_x0_5"]  # channel shuffle's reshape breaks Torch-Pruning 1.6.1's index mapping
 
@@ -48,7 +48,7 @@ def test_a_torchvision_family_prunes_runs_and_round_trips(arch, side, tmp_path):
 
 @pytest.mark.parametrize("arch", UNTRACEABLE)
 def test_a_family_torch_pruning_cannot_trace_is_one_line(arch):
-    from search._config import build_config
+    from search.config import build_config
 
     cfg = build_config({**TINY_LENET, "model": f"torchvision:{arch}", "budget": "smoke",
                         "search": {"granularity": "unit"}},

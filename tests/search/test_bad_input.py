@@ -8,8 +8,7 @@ import torch
 
 from models import create_model
 from search import pick, report, run, train
-from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, cli, folder_hash, merged, smoke_budget,
-                            write_config)
+from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, cli, folder_hash, merged, smoke_budget, write_config
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +57,11 @@ BAD_RUNS = {
     "scalar reference ratios": (["--config", "{ratios}"], "reference_ratios must be a list"),
     "stage granularity without stages": (["--config", "{stage}"], "lenet5 has no stage grouping"),
     "changed objective on resume": (["--objective", "macs"], "search.objective: the study has 'size'"),
+    "objectives without accuracy": (["--objectives", "size,latency"], "expected accuracy then one or more"),
+    "objectives and objective": (["--objectives", "accuracy,size", "--objective", "macs"],
+                                 "give --objectives or --objective, not both"),
+    "a third objective on resume": (["--objectives", "accuracy,size,latency"],
+                                    "search.extra_objectives: the study has [], this run ['latency']"),
     "changed granularity on resume": (["--granularity", "global"], "search.granularity: the study has 'unit'"),
     "bad ray resources": (["--backend", "ray", "--cpus-per-trial", "0"], "must be > 0"),
     "workers with ray": (["--backend", "ray", "--workers", "2"], "--workers is for the optuna backend"),
@@ -145,7 +149,7 @@ def test_pick_refuses_to_overwrite_the_study(study, capsys, target):
 
 
 def test_endless_failures_stop_with_one_line(tmp_path, capsys, monkeypatch, fashion_mnist):
-    import search._objective as objective
+    import search.trial._objective as objective
     from pruning import TrainingDiverged
 
     def always_diverges(model, data, cfg, **kw):
@@ -180,8 +184,8 @@ def test_pick_never_overwrites_another_study_or_an_existing_file(study, tmp_path
 
 
 def test_pick_force_replaces_an_existing_file_but_never_the_pinned_start(study, tmp_path, capsys):
-    from search._cli import UsageError
-    from search._storage import check_targets
+    from search.config import UsageError
+    from search.storage import check_targets
     root, config, out, files = study
     existing = tmp_path / "p.pt"
     existing.write_bytes(b"old")

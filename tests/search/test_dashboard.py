@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from search import run
-from search._storage import dashboard_command
+from search.storage import dashboard_command
 from tests.conftest import base_args
 
 

@@ -13,10 +13,10 @@ import torch
 from models import create_model
 from pruning import CheckpointMeta, apply_plan, load_pruned, prunable_units, save_pruned
 from search import pick, run
-from search._config import RunOptions, load_config
-from search._context import load_data
-from search._estimate import estimate, guard
-from search._cli import UsageError
+from search.config import RunOptions, load_config
+from search.trial import load_data
+from search.study._estimate import estimate, guard
+from search.config import UsageError
 from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, cli, merged, write_config
 
 
@@ -35,7 +35,9 @@ def _ort(path, x: torch.Tensor) -> np.ndarray:
     return session.run(["logits"], {"images": x.numpy()})[0]
 
 
-def test_the_report_leads_to_a_model(study, capsys):
+def _pick_headline(study, capsys) -> dict:
+    """Run the pick command the report names (exactly as written, to a file of the test's own) and
+    return the JSON line it prints."""
     root, config, out = study
     report = (out / "report.md").read_text()
     assert "★" in report and "python -m search.pick" in report and "Channel widths of the headline" in report
@@ -44,16 +46,21 @@ def test_the_report_leads_to_a_model(study, capsys):
     argv[argv.index("--save") + 1] = str(root / "headline.pt")
     code, stdout, err = cli(pick, argv + ["--data-dir", str(REPO / "data")], capsys)  # the exact command works
     assert code == 0, err
-    result = json.loads(stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_the_report_leads_to_a_model(study, capsys):
+    root, config, out = study
+    result = _pick_headline(study, capsys)
     headline = json.loads((out / "report.json").read_text())["headline"]
     assert result["trial"] == headline["trial"] and (root / "headline.onnx").exists()
 
 
-def test_an_exported_lenet5_matches_pytorch_in_onnxruntime(study):
+def test_an_exported_lenet5_matches_pytorch_in_onnxruntime(study, capsys):
     root, config, out = study
     saved = root / "headline.pt"
-    if not saved.exists():
-        pytest.skip("needs test_the_report_leads_to_a_model's export")
+    if not saved.exists():  # run on its own (or first): make the export itself
+        _pick_headline(study, capsys)
     model = load_pruned(saved)
     data = load_data(load_config("lenet5", path=config, overrides={"budget": "smoke"}),
                      RunOptions(data_dir=str(REPO / "data")))
@@ -95,7 +102,7 @@ QUIET_RATE_S = {"lenet5": 1 / 11_000, "densenet121": 1 / 11}
 @pytest.mark.parametrize("model, budget, refused", [("densenet121", "default", True), ("lenet5", "default", False),
                                                     ("densenet121", "smoke", False)])
 def test_the_cpu_guard(model, budget, refused, monkeypatch, fashion_mnist):
-    import search._estimate as est_mod
+    import search.study._estimate as est_mod
     monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: QUIET_RATE_S[model])
     cfg = load_config(model, overrides={"budget": budget})
     opts = RunOptions(data_dir=str(REPO / "data"), device="cpu")
@@ -111,7 +118,7 @@ def test_the_cpu_guard(model, budget, refused, monkeypatch, fashion_mnist):
 
 @pytest.mark.parametrize("rough_s, shown, measured", [(1e-4, False, False), (1e-4, True, True), (1.0, False, True)])
 def test_the_estimate_is_measured_when_shown_or_over_the_limit(rough_s, shown, measured, monkeypatch, fashion_mnist):
-    import search._estimate as est_mod
+    import search.study._estimate as est_mod
     monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: 1e-6 if precise else rough_s)
     cfg = load_config("lenet5")
     est = estimate(cfg, RunOptions(), fashion_mnist, baseline_exists=False, trials_left=60, precise=shown)
@@ -132,45 +139,10 @@ def test_help_gives_defaults_and_an_example(command, capsys):
             assert "default" in rendered or "required" in rendered, (command, action.dest)
 
 
-def _exported_lenet(folder, monkeypatch, embed_limit: int | None = None):
-    import pruning._export as export_mod
-    if embed_limit is not None:
-        monkeypatch.setattr(export_mod, "EMBED_LIMIT_BYTES", embed_limit)
-    torch.manual_seed(0)
-    model = create_model("lenet5", num_classes=10, in_channels=1).eval()
-    x = torch.randn(4, 1, 32, 32)
-    folder.mkdir()
-    export_mod.export_onnx(model, folder / "m.onnx", x)
-    return model, x
-
-
-@pytest.mark.parametrize("embed_limit, files", [(None, {"m.onnx"}), (0, {"m.onnx", "m.onnx.data"})])
-def test_an_export_stands_alone_after_a_copy(embed_limit, files, tmp_path, monkeypatch):
-    import shutil
-    from pruning import uses_external_data, verify_standalone
-    model, x = _exported_lenet(tmp_path / "a", monkeypatch, embed_limit)
-    assert {p.name for p in (tmp_path / "a").iterdir()} == files  # no hidden temp file or folder left behind
-    assert uses_external_data(tmp_path / "a" / "m.onnx") is (embed_limit == 0)
-    (tmp_path / "b").mkdir()
-    for name in files:  # what a deployment copies: the export and the one data file it names
-        shutil.copyfile(tmp_path / "a" / name, tmp_path / "b" / name)
-    with torch.no_grad():
-        np.testing.assert_allclose(_ort(tmp_path / "b" / "m.onnx", x), model(x).numpy(), atol=1e-4, rtol=1e-4)
-    assert verify_standalone(tmp_path / "a" / "m.onnx", model, x).max_abs_diff <= 1e-4
-
-
-def test_an_export_missing_its_data_file_is_refused_in_one_line(tmp_path, monkeypatch):
-    from pruning import ExportError, verify_standalone
-    model, x = _exported_lenet(tmp_path / "a", monkeypatch, 0)
-    (tmp_path / "a" / "m.onnx.data").unlink()
-    with pytest.raises(ExportError, match="onnxruntime cannot run m.onnx"):
-        verify_standalone(tmp_path / "a" / "m.onnx", model, x)
-
-
 @pytest.mark.parametrize("per_image_s, overhead_s", [(0.01, 0.5), (1e-5, 0.05)])
 def test_the_rate_excludes_a_training_call_s_fixed_cost(per_image_s, overhead_s, monkeypatch, fashion_mnist):
     """A slow model's fixed cost per call (0.5 s) was spread over 32 images: the estimate was 10-25x off."""
-    import search._estimate as est_mod
+    import search.study._estimate as est_mod
     from types import SimpleNamespace
 
     def fake_train(model, data, cfg, progress=False):

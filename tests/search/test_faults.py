@@ -12,12 +12,13 @@ import time
 import optuna
 import pandas as pd
 import pytest
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from pruning import load_checkpoint
 from search import pick, report, run
-from search._faults import ENV
-from search._records import TrialRecord
+from search.config import ENV
+from search.storage import TrialRecord
 from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, cli, folder_hash, has_study, merged, smoke_budget,
                             study_of, write_config)
 
@@ -132,7 +133,7 @@ def test_a_killed_worker_child_does_not_hang_its_parent(tmp_path, fashion_mnist)
     study = check_study(out, 6)
     lost = study.trials[victim["trial"]]
     assert lost.state == TrialState.FAIL and "died" in TrialRecord.read(lost).fail_reason
-    assert any(t.system_attrs.get("failed_trial") == victim["trial"] for t in study.trials)  # run again
+    assert any(RetryFailedTrialCallback.retried_trial_number(t) == victim["trial"] for t in study.trials)  # run again
 
 
 @pytest.mark.slow
@@ -245,7 +246,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_study_resumes(tmp_path, t
     try:
         code, _, err = cli(run, base_args(tiny_config, out) + ["--quiet", "--trials", "8", "--no-report"], capsys)
         assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
-        from search._storage import check_journal
+        from search.storage._storage import check_journal
         check_journal(out / "journal.log", repair=False)  # the journal (if any yet) is still readable
         done = study_of(out).get_trials(states=FINISHED) if has_study(out) else []
         for t in done:  # nothing half-written is taken for a result

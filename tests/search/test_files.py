@@ -7,8 +7,9 @@ import optuna
 import pytest
 
 from search import pick, report, run
-from search._cli import UsageError
-from search._storage import check_journal, open_storage
+from search.config import UsageError
+from search.storage._storage import check_journal
+from search.storage import open_storage
 from tests.conftest import base_args, cli
 
 OUTSIDE = b"precious\n"  # 9 bytes elsewhere that a study command must never cut

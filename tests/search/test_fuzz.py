@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pruning import TrainConfig
 from search import pick, report, run, train
-from search._config import Budget, Constraints, ReportConfig, SearchSpace
+from search.config._config import Budget, Constraints, ReportConfig, SearchSpace
 from tests.conftest import REPO, TINY_LENET, cli, folder_hash, write_config
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -294,7 +294,7 @@ def test_forged_checkpoints(study, capsys, tmp_path_factory, edit):
     """Resealed checkpoints that lie: refused in one line before anything large is allocated."""
     import torch
 
-    from pruning._checkpoint import checksum
+    from pruning import checksum
     root, config, out = study
     raw = torch.load(out / "baseline.pt", weights_only=True)
     kind, value = edit

@@ -10,9 +10,9 @@ from optuna.trial import TrialState
 
 from pruning import load_checkpoint
 from search import run
-from search._records import TrialRecord
-from search._rungs import crowding, decide, fronts, ranking, rung_steps
-from search._space import LEVEL
+from search.storage import TrialRecord
+from search.trial._rungs import crowding, decide, fronts, ranking, rung_steps
+from search.trial._space import LEVEL
 from tests.conftest import TINY_LENET, base_args, merged, study_of, write_config
 
 
@@ -28,6 +28,16 @@ def test_fronts_and_crowding():
     dist = crowding(points, [0, 1, 3, 4])
     assert dist[3] == math.inf and dist[4] == math.inf and 0 < dist[1] < math.inf
     assert ranking(points)[-1] == 2  # the dominated point ranks last
+
+
+def test_a_third_objective_is_ranked_too():
+    # (accuracy max, size min, latency min): point 2 is worse than 0 in accuracy and size but faster
+    points = [(0.9, 1.0, 5.0), (0.8, 1.2, 6.0), (0.85, 1.1, 2.0)]
+    assert fronts(points) == [[0, 2], [1]]
+    assert fronts([p[:2] for p in points]) == [[0], [2], [1]]  # on two objectives 0 dominates it
+    dist = crowding(points, [0, 2])
+    assert dist[0] == dist[2] == math.inf
+    assert decide((0.85, 1.1, 2.0), [points[0], points[1], (0.7, 2.0, 9.0)], eta=2, min_trials=4).go_on
 
 
 def test_decide_keeps_the_top_third_and_starts_only_with_enough_trials():
@@ -128,7 +138,7 @@ def test_two_workers_decide_from_the_shared_storage(tmp_path, fashion_mnist):
 
 
 def test_rungs_judge_on_a_slice_of_validation_and_the_trial_on_all_of_it(tmp_path, fashion_mnist, monkeypatch):
-    import search._objective as objective
+    import search.trial._objective as objective
     seen: list[int] = []
 
     def counting(model, data, split, *args, **kwargs):

@@ -12,9 +12,10 @@ import time
 
 import optuna
 import pytest
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
-from search._records import TrialRecord
+from search.storage import TrialRecord
 from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, merged, smoke_budget, study_of, write_config
 
 pytestmark = pytest.mark.slow
@@ -193,7 +194,7 @@ def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, f
     study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
     _check_finished(study, 6)
     assert study.trials[killed].state == TrialState.FAIL
-    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == killed]
     assert len(retries) == 1 and retries[0].state in FINISHED
     assert retries[0].params == study.trials[killed].params
 
@@ -239,5 +240,5 @@ def test_a_killed_postgres_server_stops_the_run_in_one_line_and_the_study_resume
     assert len(study.get_trials(states=FINISHED)) >= done_before
     failed = study.get_trials(states=(TrialState.FAIL,))
     for t in failed:  # each trial cut by the kill was retried once, with its own plan
-        retries = [r for r in study.trials if r.system_attrs.get("failed_trial") == t.number]
+        retries = [r for r in study.trials if RetryFailedTrialCallback.retried_trial_number(r) == t.number]
         assert len(retries) == 1 and retries[0].params == t.params

@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from pruning import evaluate, load_checkpoint, load_pruned
 from search import pick, run
-from search._config import RunOptions, load_config
-from search._context import load_data
-from search._records import TrialRecord
-from tests.conftest import REPO, TINY_LENET, base_args, cli, merged, study_of, write_config
+from search.config import RunOptions, load_config
+from search.trial import load_data
+from search.storage import TrialRecord
+from tests.conftest import REPO, TINY_LENET, base_args, cli, folder_hash, merged, study_of, write_config
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_same_seed_samples_the_same_plans(tmp_path, tiny_config, fashion_mnist):
 
 
 def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, tiny_config, fashion_mnist, monkeypatch):
-    import search._objective as objective
+    import search.trial._objective as objective
     from pruning import TrainingDiverged
 
     real = objective.train
@@ -206,3 +207,32 @@ def test_validation_split_does_not_follow_the_seed(fashion_mnist):
     a = load_data(load_config("lenet5", overrides={"budget": "smoke", "seed": 0}), opts)
     b = load_data(load_config("lenet5", overrides={"budget": "smoke", "seed": 5}), opts)
     assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)
+
+
+def test_a_three_objective_study_runs_end_to_end(tmp_path, fashion_mnist, capsys):
+    """--objectives accuracy,size,latency: three directions and metric names, three values per
+    trial (the recorded size and latency), rungs and the front in three objectives, and the report's
+    2-D projections of that front; a resume without the third objective is refused."""
+    config = write_config(tmp_path / "c.yaml", merged(TINY_LENET, report={"recover_points": 1, "latency": "none"}))
+    out = tmp_path / "out"
+    code, _, err = cli(run, base_args(config, out) + ["--quiet", "--trials", "6", "--objectives",
+                                                      "accuracy,size,latency"], capsys)
+    assert code == 0, err
+    study = study_of(out)
+    assert study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE, StudyDirection.MINIMIZE]
+    assert study.metric_names == ["val_accuracy", "size_mb", "latency_ms"]
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert done
+    for t in done:
+        rec = TrialRecord.read(t)
+        assert len(t.values) == 3 and t.values[1] == rec.size_mb and t.values[2] == rec.latency_ms > 0
+        assert list(rec.objective_values) == t.values[1:]
+    report = (out / "report.md").read_text()
+    assert "## The 3-objective front" in report and "val_accuracy (max), size_mb (min), latency_ms (min)" in report
+    section = report.split("## The 3-objective front")[1]
+    assert all(f"| {t.number} |" in section for t in study.best_trials)
+    assert (out / "pareto-projections.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = folder_hash(out)
+    code, _, err = cli(run, base_args(config, out) + ["--quiet", "--trials", "7"], capsys)
+    assert code == 2 and "search.extra_objectives: the study has ['latency'], this run []" in err
+    assert folder_hash(out) == before

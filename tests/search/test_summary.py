@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from search import run, summary
-from search._records import TrialRecord
+from search.storage import TrialRecord
 from tests.conftest import TINY_LENET, base_args, cli, folder_hash, merged, study_of, write_config
 
 

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pandas as pd
 
 from pruning import Reference
-from search._records import TrialRecord
-from search._references import _keep, reference_limit
-from search._render import format_speedup, speedup_text
-from search._verdict import headline_gain, verdict
+from search.storage import TrialRecord
+from search.study._references import _keep, reference_limit
+from search.results._render import format_speedup, speedup_text
+from search.results._verdict import headline_gain, verdict
 
 REF = Reference(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.90, test_accuracy=0.90)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models import parse_source
-from pruning import ImageSpec, TrainConfig, evaluate, load_checkpoint, load_dataset, train
+from pruning import ImageSpec, TrainConfig, load_checkpoint, load_dataset, train
 from tests.conftest import PYTHON, REPO, write_image_folder
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

@@ -15,15 +15,12 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
-from pruning import (Checkpoint, Dataset, PruningRecord, Reference, evaluate, load_checkpoint, save_pruned, train,
-                     with_metrics)
-from pruning._train import resolve_precision
-from search._config import StudyConfig
-from search._faults import fault
-from search._records import RecoveryRecord, TrialRecord, recoveries, save_recovery
-from search._report import front_trials
-from search._storage import artifact_dir, file_lock, trial_artifact
-
+from pruning import (Checkpoint, Dataset, PruningRecord, Reference, evaluate, load_checkpoint, resolve_precision,
+                     save_pruned, train, with_metrics)
+from search.config import StudyConfig, fault
+from search.results import front_trials
+from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, file_lock, recoveries, save_recovery,
+                            trial_artifact)
 
 REACH = 3.0  # recovery brings a point up by one to two points: those within 3x the drop are worth a try
 

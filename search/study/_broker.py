@@ -1,39 +1,34 @@
-"""The one trial runner, on Optuna's public ask/tell, and the backends that execute its trials.
+"""The trial broker: it runs no trial itself, it hands trials to the backends that do and takes
+their outcomes back, on Optuna's public ask/tell.
 
-Under the study lock the runner fails trials whose worker is gone, checks the total and the
+Under the study lock the broker fails trials whose worker is gone, checks the total and the
 failure streak, asks for a trial, records its worker and samples its plan (refusing a plan the
 study already evaluated); the lock is released while the trial runs anywhere (this process, a
-worker process, a Ray actor); the runner then tells the outcome: values, PRUNED or FAIL with its
+worker process, a Ray actor); the broker then tells the outcome: values, PRUNED or FAIL with its
 reason, and a dashboard note. Every backend shares these policies.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from tqdm.auto import tqdm
 
 from pruning import Reference
-from search._cli import UsageError
-from search._config import RunOptions, StudyConfig
-from search._dashboard import save_trial_note, trial_note
-from search._faults import fault
-from search._objective import Outcome
-from search._records import TrialRecord, cleared_outputs, inputs_of, record_value
-from search._space import sample
-from search._storage import study_lock
-from search._study import FINISHED, finished, occupied, placeholders, trial_handle, worker_id
+from search.config import RunOptions, StudyConfig, UsageError, fault
+from search.storage import (TrialRecord, cleared_outputs, inputs_of, record_value, save_trial_note, study_lock,
+                            trial_note)
+from search.study._progress import Progress
+from search.study._study import FINISHED, finished, occupied, placeholders, trial_handle, worker_id
+from search.trial import Outcome, sample
 
 MAX_FAILURES_IN_A_ROW = 5  # then the settings are wrong, not the candidates: stop instead of looping
 MAX_RETRIES = 2            # a trial whose worker died runs again at most this often
@@ -56,41 +51,24 @@ def alive(pid: int) -> bool:
         return True
 
 
-@dataclass
-class _Clock:
-    """Seconds per finished trial of this runner, for the study's ETA."""
-
-    guess: float | None = None
-    spent: float = 0.0
-    count: int = 0
-
-    def per_trial(self) -> float | None:
-        return self.spent / self.count if self.count else self.guess
+Callback = Callable[[optuna.Study, FrozenTrial], None]  # Optuna's callback shape
 
 
-class TrialRunner:
-    """Ask/tell with the study's policies, shared by every backend."""
+class TrialBroker:
+    """Ask/tell with the study's policies, shared by every backend; after each trial it tells, the
+    callbacks run (the first is the run's :class:`Progress`)."""
 
     def __init__(self, study: optuna.Study, storage: BaseStorage, cfg: StudyConfig, opts: RunOptions, out: Path,
                  keys: list[str], reference: Reference, *, seconds_per_trial: float | None = None,
-                 after_trials_s: float = 0.0) -> None:
+                 after_trials_s: float = 0.0, callbacks: tuple[Callback, ...] = ()) -> None:
         self.study, self.storage, self.cfg, self.opts, self.out = study, storage, cfg, opts, out
         self.keys, self.reference = keys, reference
         self.total = opts.total_trials(cfg)
         self.streak: list[str] = []
-        self.started: dict[int, float] = {}
-        self.clock = _Clock(guess=seconds_per_trial)
-        self.after_trials_s = after_trials_s  # the recovery that follows, for the ETA
-        self._bar: tqdm | None = None
+        self.progress = Progress(study, self.total, enabled=opts.progress, workers=opts.workers,
+                                 guess=seconds_per_trial, after_s=after_trials_s)
+        self.callbacks: tuple[Callback, ...] = (self.progress, *callbacks)
         self._waiting = False
-
-    @property
-    def bar(self) -> tqdm:
-        """The progress bar, made at first use (after the run's header lines)."""
-        if self._bar is None:
-            self._bar = tqdm(total=self.total, initial=min(self.total, finished(self.study)), desc="trials",
-                             unit="trial", disable=not self.opts.progress, dynamic_ncols=True)
-        return self._bar
 
     # --- ask ---------------------------------------------------------------------------------
 
@@ -104,9 +82,9 @@ class TrialRunner:
                 result = self._ask_locked()
             if result != WAIT or not block:
                 return result
-            if not self._waiting and self.opts.progress:
-                self.bar.write(f"waiting for {occupied(self.study) - finished(self.study)} trial(s) "
-                               f"running in other workers")
+            if not self._waiting:
+                self.progress.note(f"waiting for {occupied(self.study) - finished(self.study)} trial(s) "
+                                   f"running in other workers")
             self._waiting = True
             time.sleep(poll_s)
 
@@ -133,7 +111,6 @@ class TrialRunner:
             sample(trial, self.keys, self.cfg.search.granularity, self.cfg.search.max_ratio)
             twin = None if queued else self._twin(trial)
             if twin is None:
-                self.started[trial.number] = time.perf_counter()
                 return trial
             self._finish(trial.number, Outcome(TrialState.FAIL, reason=f"duplicate of trial {twin}: not evaluated"),
                          counts=False)
@@ -141,8 +118,10 @@ class TrialRunner:
                          "use another --sampler or --seed")
 
     def _queued(self, number: int) -> bool:
+        """Whether the asked trial came off the queue: a retry (its parameters are set) or a
+        reference plan (its record names it)."""
         frozen = self.study.get_trials(deepcopy=False)[number]
-        return bool(frozen.params) or "fixed_params" in frozen.system_attrs
+        return bool(frozen.params) or TrialRecord.read(frozen).reference is not None
 
     def _twin(self, trial: optuna.Trial) -> int | None:
         """An earlier trial that evaluated (or is evaluating) the very same parameters."""
@@ -192,17 +171,18 @@ class TrialRunner:
 
     def _retry(self, t: FrozenTrial) -> None:
         """Run a lost trial's plan again (at most twice, as Optuna's heartbeat retries do)."""
-        history = list(t.system_attrs.get("retry_history", [])) + [t.number]
+        history = RetryFailedTrialCallback.retry_history(t) + [t.number]
         if len(history) > MAX_RETRIES:
             return
+        rec = TrialRecord.read(t)
         if not t.params:  # lost before its plan was sampled: only an enqueued plan is worth retrying
-            if "fixed_params" in t.system_attrs:
-                self.study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=inputs_of(TrialRecord.read(t)))
+            if rec.enqueued:
+                self.study.enqueue_trial(dict(rec.enqueued), user_attrs=inputs_of(rec))
             return
-        self.study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=t.params, distributions=t.distributions,
-            user_attrs=inputs_of(TrialRecord.read(t)),
-            system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history}))
+        first = RetryFailedTrialCallback.retried_trial_number(t)
+        self.study.add_trial(optuna.trial.create_trial(  # the record RetryFailedTrialCallback reads and writes
+            state=TrialState.WAITING, params=t.params, distributions=t.distributions, user_attrs=inputs_of(rec),
+            system_attrs={"failed_trial": t.number if first is None else first, "retry_history": history}))
 
     # --- tell --------------------------------------------------------------------------------
 
@@ -223,38 +203,15 @@ class TrialRunner:
             return
         if outcome.state == TrialState.FAIL:
             self.streak.append(outcome.reason or "unknown")
-            if self.opts.progress:
-                self.bar.write(f"trial {number} failed: {outcome.reason}")
+            self.progress.note(f"trial {number} failed: {outcome.reason}")
         elif outcome.state == TrialState.COMPLETE:
             self.streak.clear()
-        if number in self.started:
-            self.clock.spent += time.perf_counter() - self.started.pop(number)
-            self.clock.count += 1
-        self.refresh()
-
-    def refresh(self) -> None:
-        front = self.study.best_trials
-        postfix = {"front": len(front)}
-        if front:
-            postfix["acc@smallest"] = f"{min(front, key=lambda t: t.values[1]).values[0]:.3f}"
-        per = self.clock.per_trial()
-        if per is not None:
-            left = max(0, self.total - finished(self.study))
-            postfix["study_eta"] = _duration(left * per / max(1, self.opts.workers) + self.after_trials_s)
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.n = min(self.total, finished(self.study))
-        self.bar.refresh()
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        for callback in self.callbacks:
+            callback(self.study, frozen)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+        self.progress.close()
 
 
 @contextlib.contextmanager

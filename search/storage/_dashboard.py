@@ -13,7 +13,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from pruning import Reference
-from search._records import REPORT_ARTIFACTS_KEY, TrialRecord, fmt_accuracy
+from search.storage._records import REPORT_ARTIFACTS_KEY, TrialRecord, fmt_accuracy
 
 _MIMETYPES = {".md": "text/markdown", ".png": "image/png", ".csv": "text/csv", ".pt": "application/octet-stream"}
 
@@ -95,7 +95,7 @@ def publish(study: optuna.Study, storage: BaseStorage, store: FileSystemArtifact
             continue
         artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study,
                                    mimetype=_MIMETYPES.get(path.suffix, "application/octet-stream"))
-        if old:  # retire the old copy the way the dashboard's own delete does
+        if old:  # retire the old copy the way the dashboard's own delete does (Optuna 5.0 has no public delete)
             storage.set_study_system_attr(study_id, f"artifacts:{old['id']}", json.dumps(None))
             try:
                 store.remove(old["id"])

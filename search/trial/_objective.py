@@ -3,9 +3,6 @@ rungs of successive halving -> score -> checkpoint. Every backend runs trials th
 :func:`run_trial`, so the trial logic exists once."""
 from __future__ import annotations
 
-import itertools
-import math
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -13,90 +10,30 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 from torch import nn
 
-from pruning import (CheckpointMeta, Dataset, Measurement, PlanError, PruningError, Reference, TrainHooks,
-                     TrainingDiverged, Unit, prunable_safely,
-                     apply_plan, evaluate, expand_plan, measure, plan_keys, prunable_units, recalibrate_bn,
-                     save_pruned, train, train_batches)
-from pruning._checkpoint import Checkpoint
-from pruning._train import resolve_precision
-from search._config import RunOptions, StudyConfig
-from search._context import load_data, reference_of, start_checkpoint
-from search._dashboard import trial_note
-from search._latency import ort_ms
-from search._records import Rung, TrialRecord, record_value
-from search._rungs import decide, rung_steps
-from search._space import sample
-from search._storage import artifact_dir, file_sha256
-from search._tables import OBJECTIVES
+from pruning import (CheckpointMeta, Measurement, TrainHooks, TrainingDiverged, apply_plan, evaluate, expand_plan,
+                     measure, recalibrate_bn, resolve_precision, save_pruned, train)
+from search.config import OBJECTIVES
+from search.storage import Rung, TrialRecord, file_sha256, record_value
+from search.trial._context import SearchContext
+from search.trial._latency import ort_ms
+from search.trial._rungs import decide, rung_steps
+from search.trial._space import ratios
 
 # failures of one candidate, not of the settings: the trial fails with its reason, the study goes on
 TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError)
 
 
-@dataclass
-class SearchContext:
-    """What every trial of a study shares, built once per process."""
-
-    cfg: StudyConfig
-    opts: RunOptions
-    out: Path
-    data: Dataset
-    start: Checkpoint          # the model whose copies are pruned (baseline, or --from); the KD teacher
-    reference: Reference       # unpruned baseline figures
-    units: list[Unit]
-    keys: list[str]
-    example: torch.Tensor
-    keep: tuple[str, ...]      # layers whose outputs are kept: the config's, plus units found unsafe to prune
-    artifacts: FileSystemArtifactStore
-    calibration: list          # fixed training batches: BN recalibration and Taylor importance
-
-
-def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Dataset | None = None,
-                  start: Checkpoint | None = None) -> SearchContext:
-    """Data, starting model, units and calibration batches: everything trials share (``start``: the
-    starting checkpoint, when the caller has loaded it already)."""
-    data = data if data is not None else load_data(cfg, opts)
-    start = start or start_checkpoint(cfg, out, data)
-    example = data.example_input(1)
-    units, keep = safe_units(start.model, example, cfg, progress=opts.progress)
-    artifact_dir(out).mkdir(parents=True, exist_ok=True)
-    batch = cfg.finetune_recipe(0).batch_size
-    calibration = list(itertools.islice(train_batches(data, batch, torch.Generator().manual_seed(cfg.seed)),
-                                        cfg.spend.bn_batches))
-    return SearchContext(cfg=cfg, opts=opts, out=out, data=data, start=start, reference=reference_of(start, example),
-                         units=units, keys=plan_keys(units, cfg.search.granularity), example=example, keep=keep,
-                         artifacts=FileSystemArtifactStore(str(artifact_dir(out))), calibration=calibration)
-
-
-def safe_units(model: nn.Module, example: torch.Tensor, cfg: StudyConfig, *,
-               progress: bool = True) -> tuple[list[Unit], tuple[str, ...]]:
-    """The units a study may prune and the layers it keeps whole (:func:`pruning.safe_units`), with
-    one line naming the units Torch-Pruning cannot prune safely."""
-    space = cfg.search
-    try:
-        units, keep, bad = prunable_safely(model, example, max_ratio=space.max_ratio, round_to=space.round_to,
-                                           keep=tuple(space.keep_layers))
-    except PruningError:
-        raise
-    except Exception as exc:  # Torch-Pruning's tracer fails in many ways on unusual graphs
-        raise PlanError(f"Torch-Pruning cannot trace {cfg.model}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from None
-    if bad and progress:
-        print(f"note: Torch-Pruning cannot prune {len(bad)} unit(s) of {cfg.model} safely; kept whole: "
-              f"{', '.join(u.name for u in bad[:8])}{' ...' if len(bad) > 8 else ''}", file=sys.stderr)
-    return units, keep
-
-
 @dataclass(frozen=True)
 class Outcome:
-    """How a trial ended: COMPLETE with (val accuracy, size), PRUNED or FAIL with a reason."""
+    """How a trial ended: COMPLETE with (val accuracy, *the minimized measures, in the study's
+    order), PRUNED or FAIL with a reason."""
 
     state: TrialState
-    values: tuple[float, float] | None = None
+    values: tuple[float, ...] | None = None
     reason: str | None = None
 
 
@@ -109,6 +46,7 @@ class TrialIO:
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
+        self.rungs = TrialRecord.read(trial).rungs  # appended to as the rungs pass, never read back
 
     def write(self, **values) -> None:
         for name, value in values.items():
@@ -119,18 +57,20 @@ class TrialIO:
         return TrialRecord.read(self.trial)
 
     def add_rung(self, rung: Rung) -> None:
-        self.write(rungs=self.record().rungs + (rung,))
+        self.rungs += (rung,)
+        self.write(rungs=self.rungs)
 
 
-def _size(ctx: SearchContext, model: nn.Module) -> tuple[Measurement, float]:
-    """Exact size, and the measure the study minimizes (latency: batch 1, on the configured backend)."""
+def _measures(ctx: SearchContext, model: nn.Module) -> tuple[Measurement, tuple[float, ...]]:
+    """Exact size, and the measures the study minimizes, in its order (latency: batch 1, on the
+    configured backend)."""
     space = ctx.cfg.search
-    latency = space.objective == "latency"
+    latency = "latency" in space.minimized()
     m = measure(model, ctx.example, latency=latency and space.latency_backend == "torch", batch_sizes=(1,))
     if latency and space.latency_backend == "onnxruntime":
         m = replace(m, latency_ms=ort_ms(model, ctx.example, (1,)))
-    field = OBJECTIVES[space.objective]
-    return m, (m.latency_ms[1] if field == "latency_ms" else float(getattr(m, field)))
+    fields = [OBJECTIVES[o] for o in space.minimized()]
+    return m, tuple(m.latency_ms[1] if f == "latency_ms" else float(getattr(m, f)) for f in fields)
 
 
 def run_trial(ctx: SearchContext, trial: optuna.Trial) -> Outcome:
@@ -150,7 +90,7 @@ def _plan(ctx: SearchContext, trial: optuna.Trial, rec: TrialRecord) -> dict[str
     if rec.reference and rec.plan:  # a global-ranking reference: its exact per-unit plan
         return dict(rec.plan)
     space = ctx.cfg.search
-    return expand_plan(ctx.units, space.granularity, sample(trial, ctx.keys, space.granularity, space.max_ratio))
+    return expand_plan(ctx.units, space.granularity, ratios(trial.params, ctx.keys, space.granularity, space.max_ratio))
 
 
 def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
@@ -161,9 +101,10 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
         ctx.start.model, plan, example_input=ctx.example, importance=space.importance, round_to=space.round_to,
         history=ctx.start.history, max_ratio=space.max_ratio, seed=cfg.seed + trial.number, keep=ctx.keep,
         calibration=ctx.calibration if space.importance == "taylor" else None)
-    m, size = _size(ctx, pruned)
+    m, measures = _measures(ctx, pruned)
     io.write(size_mb=m.size_mb, pruned_pct=100.0 * (1 - m.size_mb / ctx.reference.size_mb), macs=m.macs,
-             params=m.params, objective_value=size, plan={k: round(v, 4) for k, v in surgery.plan.items()})
+             params=m.params, objective_value=measures[0], objective_values=measures,
+             plan={k: round(v, 4) for k, v in surgery.plan.items()})
     if m.latency_ms:
         io.write(latency_ms=m.latency_ms[1])
     # one precision for the whole study, resolved on the model it prunes, so candidates compare alike
@@ -175,11 +116,11 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
         io.write(skipped=f"{m.size_mb:.4f} MB is over the size budget of {cfg.constraints.max_size_mb} MB: "
                          f"scored by its proxy, never fine-tuned")
         _constrain(ctx, trial, m, proxy)
-        return Outcome(TrialState.COMPLETE, (proxy, size))
+        return Outcome(TrialState.COMPLETE, (proxy, *measures))
     recipe = replace(cfg.finetune_recipe(cfg.seed + trial.number), precision=precision)
     total = recipe.total_steps(ctx.data.train_x.shape[0])
     rungs = rung_steps(total, space.rungs) if space.early_stop else []
-    halving = _Halving(ctx, io, size, protected=rec.reference is not None, steps=rungs)
+    halving = _Halving(ctx, io, measures, protected=rec.reference is not None, steps=rungs)
     if rungs and rungs[0] == 0:
         halving.at(0, proxy)
     start = time.perf_counter()
@@ -195,7 +136,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
     io.write(val_accuracy=val)
     _constrain(ctx, trial, m, val)
     _store(ctx, io, pruned, surgery, m, val)
-    return Outcome(TrialState.COMPLETE, (val, size))
+    return Outcome(TrialState.COMPLETE, (val, *measures))
 
 
 @dataclass
@@ -204,7 +145,7 @@ class _Halving:
 
     ctx: SearchContext
     io: TrialIO
-    size: float
+    measures: tuple[float, ...]  # the minimized measures, fixed by the plan before any fine-tune
     protected: bool
     steps: list[int]
 
@@ -215,15 +156,16 @@ class _Halving:
             return
         space = self.ctx.cfg.search
         others = _population(self.io.trial, rung)
-        decision = decide((accuracy, self.size), others, eta=space.eta, min_trials=space.rung_min_trials)
+        decision = decide((accuracy, *self.measures), others, eta=space.eta, min_trials=space.rung_min_trials)
         if not decision.go_on:
             reason = f"rung {rung} ({step} fine-tune steps): val accuracy {accuracy:.4f}; {decision.reason}"
             self.io.write(stop_rung=rung, stop_reason=reason)
             raise _Stop(reason)
 
 
-def _population(trial: optuna.Trial, rung: int) -> list[tuple[float, float]]:
-    """(accuracy at ``rung``, size) of every other searched trial of the study that has reached it.
+def _population(trial: optuna.Trial, rung: int) -> list[tuple[float, ...]]:
+    """(accuracy at ``rung``, *minimized measures) of every other searched trial of the study that has
+    reached it.
 
     The reference plans are left out: they always run to the end, so ranked beside the candidates
     they would take promotion slots that nobody else can use (measured: with them in, the searched
@@ -236,8 +178,9 @@ def _population(trial: optuna.Trial, rung: int) -> list[tuple[float, float]]:
         if rec.reference:
             continue
         hit = [r for r in rec.rungs if r.rung == rung]
-        if hit and rec.objective_value is not None:
-            points.append((hit[0].val_accuracy, rec.objective_value))
+        measures = rec.objective_values or ((rec.objective_value,) if rec.objective_value is not None else ())
+        if hit and measures:  # (a study made before objective_values recorded its one measure alone)
+            points.append((hit[0].val_accuracy, *measures))
     return points
 
 
@@ -266,12 +209,3 @@ def _store(ctx: SearchContext, io: TrialIO, model: nn.Module, surgery, m: Measur
         artifact = upload_artifact(artifact_store=ctx.artifacts, file_path=str(path), study_or_trial=io.trial,
                                    mimetype="application/octet-stream")
     io.write(checkpoint=artifact, checkpoint_sha256=digest)
-
-
-def finished_note(ctx: SearchContext, trial: optuna.Trial, outcome: Outcome) -> str:
-    """The dashboard note of a trial that just ended, whatever its state."""
-    return trial_note(TrialRecord.read(trial), outcome.state, outcome.reason, ctx.reference)
-
-
-def is_finite_outcome(outcome: Outcome) -> bool:
-    return outcome.values is None or all(math.isfinite(v) for v in outcome.values)

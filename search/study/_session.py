@@ -1,28 +1,26 @@
 """One run of ``search.run``: open or create the study under the lock, build what trials share,
-hand the runner to a backend, then recover the front and write the report."""
+hand the broker to a backend, then recover the front and write the report."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage
 
-from pruning import atomic_write_text, read_meta
-from search._backends import Job
-from search._config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig
-from search._context import adopt_weights, load_data, preflight, start_checkpoint, train_baseline
-from search._estimate import Estimate, describe, duration, estimate, guard
-from search._objective import SearchContext, build_context
-from search._records import reference_of
-from search._references import reference_plans
-from search._cli import UsageError
-from search._runner import TrialRunner
-from search._storage import BASELINE, JOURNAL, check_writable, dashboard_command, open_storage, study_lock
-from search._study import check_resume, create_study, find_study, finished, load_existing, seed_references
+from pruning import Checkpoint, Dataset, Reference, atomic_write_text, read_meta
+from search.config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig, UsageError
+from search.storage import BASELINE, JOURNAL, check_writable, dashboard_command, open_storage, reference_of, study_lock
+from search.study._backends import Job
+from search.study._estimate import Estimate, describe, duration, estimate, guard
+from search.study._references import reference_plans
+from search.study._broker import TrialBroker
+from search.study._study import check_resume, create_study, find_study, finished, load_existing, seed_references
+from search.trial import (SearchContext, adopt_weights, build_context, load_data, preflight, start_checkpoint,
+                          train_baseline)
 
 
 @dataclass
@@ -114,28 +112,28 @@ def _gpu_name() -> str:
     return torch.cuda.get_device_name()
 
 
-def start_runner(session: Session) -> Job:
+def start_broker(session: Session) -> Job:
     cfg, opts, study, ctx = session.cfg, session.opts, session.study, session.ctx
     est = session.estimate
-    runner = TrialRunner(study, session.storage, cfg, opts, session.out, ctx.keys, reference_of(study),
+    broker = TrialBroker(study, session.storage, cfg, opts, session.out, ctx.keys, reference_of(study),
                          seconds_per_trial=est.per_trial_s if est else None,
                          after_trials_s=est.recovery_s + est.report_s if est else 0.0)
     with study_lock(session.out):
-        stale = runner.fail_stale()
+        stale = broker.fail_stale()
     done = finished(study)
     resumed = f", resuming at {done} finished" if done else ""
     stale_note = f", {stale} interrupted trial(s) marked failed" if stale else ""
     _say(opts, f"study {cfg.study_name}: {len(ctx.units)} units, {len(ctx.keys)} ratios ({cfg.search.granularity}), "
                f"{opts.total_trials(cfg)} trials{resumed}{stale_note}\n"
                f"watch it live: {dashboard_command(session.out, opts.storage)}")
-    return Job(cfg=cfg, opts=opts, out=session.out, storage=session.storage, runner=runner, ctx=ctx)
+    return Job(cfg=cfg, opts=opts, out=session.out, storage=session.storage, broker=broker, ctx=ctx)
 
 
 def finish_study(session: Session) -> None:
     """After the trials: recover a spread of the front, write the report, warn about an
     under-trained baseline."""
-    from search._recovery import recover
-    from search._report import write_report
+    from search.results import write_report
+    from search.study._recovery import recover
 
     cfg, opts, ctx = session.cfg, session.opts, session.ctx
     if opts.recover:
@@ -145,9 +143,9 @@ def finish_study(session: Session) -> None:
                        f"({rec.epochs:g} epochs, {rec.seconds:.0f} s)")
     if not opts.write_report:
         return
-    paths = write_report(cfg, session.out, session.study, ctx.data, ctx.reference, ctx.start,
-                         progress=opts.progress)
-    answer = json.loads(paths["json"].read_text())
+    written = write_report(cfg, session.out, session.study, ctx.data, ctx.reference, ctx.start,
+                           progress=opts.progress)
+    paths, answer = written.paths, written.answer
     if answer["warning"]:
         print(f"warning: {answer['warning']}", file=sys.stderr, flush=True)
     publish_study(session.study, session.storage, session.out, answer)
@@ -165,17 +163,18 @@ def publish_study(study: optuna.Study, storage: BaseStorage, out: Path, answer: 
     """The dashboard's view of the results: a study note, and the report files as study artifacts."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    from search._dashboard import publish, save_study_note, study_note
-    from search._storage import artifact_dir
+    from search.results import PROJECTIONS
+    from search.storage import artifact_dir, publish, save_study_note, study_note
 
     save_study_note(study, study_note(answer))
     publish(study, storage, FileSystemArtifactStore(str(artifact_dir(out))),
-            [out / "report.md", out / "pareto.png", out / "pareto.csv", out / BASELINE])
+            [out / "report.md", out / "pareto.png", out / PROJECTIONS, out / "pareto.csv", out / BASELINE])
 
 
 @dataclass
 class Existing:
-    """A study that search.run made, opened by a later command (report, pick, recover, export)."""
+    """A study that search.run made, opened by a later command (report, pick, recover, export);
+    its data, starting model and baseline figures load on first use, once."""
 
     cfg: StudyConfig
     opts: RunOptions
@@ -183,11 +182,25 @@ class Existing:
     storage: BaseStorage
     study: optuna.Study
 
+    @cached_property
+    def data(self) -> Dataset:
+        return load_data(self.cfg, self.opts)
+
+    @cached_property
+    def start(self) -> Checkpoint:
+        """The model the study prunes from (baseline or ``--from``), checked against its pinned digest."""
+        return start_checkpoint(self.cfg, self.out, self.data)
+
+    @cached_property
+    def reference(self) -> Reference:
+        """The unpruned model's figures the study recorded."""
+        return reference_of(self.study)
+
 
 def open_existing(cfg: StudyConfig, opts: RunOptions) -> Existing:
     """The study of ``cfg``'s model and dataset in its folder (or ``--storage``), with the config it
     stored (which wins over the YAML), its starting model checked against its pinned digest."""
-    from search._study import stored_config
+    from search.study._study import stored_config
 
     out = opts.out_dir(cfg)
     storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s, create=False)

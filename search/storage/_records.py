@@ -13,9 +13,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pruning import Reference
-from pruning._typed import from_plain, to_plain
-from search._config import ConfigError
+from pruning import Reference, from_plain, to_plain
+from search.config import ConfigError
 
 # study user attributes
 CONFIG_KEY = "config"              # the resolved StudyConfig, plain
@@ -49,7 +48,8 @@ class TrialRecord:
     macs: int | None = None
     params: int | None = None
     latency_ms: float | None = None          # batch 1, when the objective is latency
-    objective_value: float | None = None     # the size measure the study minimizes
+    objective_value: float | None = None     # the size measure the study minimizes (its first)
+    objective_values: tuple[float, ...] = ()  # every measure the study minimizes, in its order
     proxy_accuracy: float | None = None      # after adaptive BatchNorm, before any fine-tune (rung 0)
     rungs: tuple[Rung, ...] = ()
     stop_rung: int | None = None             # the rung where successive halving stopped it
@@ -62,6 +62,7 @@ class TrialRecord:
     reference: str | None = None             # "uniform" or "global" for the enqueued classic plans
     reference_ratio: float | None = None
     plan: dict[str, float] = field(default_factory=dict)  # unit -> ratio
+    enqueued: dict[str, float] = field(default_factory=dict)  # the sampler's parameters a reference was queued with
     worker: str | None = None                # host:pid that ran it
     heartbeat: float | None = None           # unix time of its worker's last sign of life (journal storages)
 
@@ -86,6 +87,8 @@ def inputs_of(rec: TrialRecord) -> dict[str, Any]:
     attrs = {k: None for k in KEY_FIELDS}
     if rec.reference:
         attrs.update(reference=rec.reference, reference_ratio=rec.reference_ratio)
+        if rec.enqueued:
+            attrs["enqueued"] = dict(rec.enqueued)
         if rec.reference == "global" and rec.plan:
             attrs["plan"] = dict(rec.plan)
     return attrs

@@ -1,4 +1,4 @@
-"""The search space the sampler sees, in one place (the runner samples it, the objective reads it).
+"""The search space the sampler sees, in one place (the broker samples it, the objective reads it).
 
 At ``unit`` and ``stage`` granularity a plan is sampled as a *level* (the overall ratio, in
 [0, max_ratio]) and a *shape* per key (in [-2, 2]): key k gets ``min(max_ratio, level * 2**shape_k)``.
@@ -18,11 +18,21 @@ SHAPE_RANGE = 2.0  # a key's ratio is the level times 2**shape: from a quarter t
 
 
 def sample(trial: optuna.Trial, keys: list[str], granularity: str, max_ratio: float) -> dict[str, float]:
-    """The ratio of every plan key (asks the trial, so a trial's fixed parameters are returned as they are)."""
-    level = trial.suggest_float(LEVEL, 0.0, max_ratio)
+    """Ask the trial for its parameters (a queued trial's fixed ones come back as they are) and
+    return the ratio of every plan key. The broker samples each trial once, here."""
+    trial.suggest_float(LEVEL, 0.0, max_ratio)
+    if granularity != "global":
+        for k in keys:
+            trial.suggest_float(k, -SHAPE_RANGE, SHAPE_RANGE)
+    return ratios(trial.params, keys, granularity, max_ratio)
+
+
+def ratios(params: dict[str, float], keys: list[str], granularity: str, max_ratio: float) -> dict[str, float]:
+    """The ratio of every plan key from a sampled trial's parameters (what the objective reads)."""
+    level = params[LEVEL]
     if granularity == "global":
         return {k: level for k in keys}
-    return {k: min(max_ratio, level * 2.0 ** trial.suggest_float(k, -SHAPE_RANGE, SHAPE_RANGE)) for k in keys}
+    return {k: min(max_ratio, level * 2.0 ** params[k]) for k in keys}
 
 
 def params_for(ratios: dict[str, float], level: float, granularity: str) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Where trials run. A backend takes the runner's trials and executes :func:`run_trial` somewhere:
+"""Where trials run. A backend takes the broker's trials and executes :func:`run_trial` somewhere:
 ``optuna`` in this process (plus ``--workers`` processes on this machine), ``ray`` on Ray Tune's
 actors. The registry below gives the CLI its choices; Ray is imported only by its own backend."""
 from __future__ import annotations
@@ -14,11 +14,10 @@ from typing import Callable
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from pruning._typed import to_plain
-from search._config import RunOptions, StudyConfig
-from search._faults import fault
-from search._objective import Outcome, SearchContext, run_trial
-from search._runner import TrialRunner, heartbeat
+from pruning import to_plain
+from search.config import RunOptions, StudyConfig, fault
+from search.study._broker import TrialBroker, heartbeat
+from search.trial import Outcome, SearchContext, run_trial
 
 
 @dataclass
@@ -29,24 +28,24 @@ class Job:
     opts: RunOptions
     out: Path
     storage: BaseStorage
-    runner: TrialRunner
+    broker: TrialBroker
     ctx: SearchContext
 
 
-def run_local(runner: TrialRunner, ctx: SearchContext, *, reap: Callable[[], None] | None = None) -> None:
+def run_local(broker: TrialBroker, ctx: SearchContext, *, reap: Callable[[], None] | None = None) -> None:
     """Run trials in this process until the study holds its total."""
     while True:
-        trial = runner.ask(reap=reap)
+        trial = broker.ask(reap=reap)
         if trial is None:
             return
         try:
-            with heartbeat(trial, runner.storage, runner.study, ctx.opts.heartbeat_s):
+            with heartbeat(trial, broker.storage, broker.study, ctx.opts.heartbeat_s):
                 fault("in_trial")
                 outcome = run_trial(ctx, trial)
         except BaseException as exc:  # a bug or an interrupt: the trial must not stay RUNNING
-            runner.tell(trial.number, Outcome(TrialState.FAIL, reason=f"{type(exc).__name__}: {exc}"[:500]))
+            broker.tell(trial.number, Outcome(TrialState.FAIL, reason=f"{type(exc).__name__}: {exc}"[:500]))
             raise
-        runner.tell(trial.number, outcome)
+        broker.tell(trial.number, outcome)
 
 
 class _Workers:
@@ -68,7 +67,7 @@ class _Workers:
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             if gpus > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-            proc = subprocess.Popen([sys.executable, "-m", "search._worker"], env=env, stdin=subprocess.PIPE,
+            proc = subprocess.Popen([sys.executable, "-m", "search.cli._worker"], env=env, stdin=subprocess.PIPE,
                                     text=True)
             proc.stdin.write(message)
             proc.stdin.close()
@@ -92,7 +91,7 @@ def run_optuna(job: Job) -> None:
     """This process, plus ``--workers - 1`` more processes on this machine."""
     workers = _Workers(job, job.opts.workers - 1)
     try:
-        run_local(job.runner, job.ctx, reap=workers.reap)
+        run_local(job.broker, job.ctx, reap=workers.reap)
     except BaseException:
         workers.stop()
         raise
@@ -105,7 +104,7 @@ def run_optuna(job: Job) -> None:
 
 
 def run_ray(job: Job) -> None:
-    from search._ray import run_with_ray  # the only place that imports Ray
+    from search.study._ray import run_with_ray  # the only place that imports Ray
 
     run_with_ray(job)
 

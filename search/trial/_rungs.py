@@ -4,7 +4,8 @@ A candidate's fine-tune is cut into rungs (rung 0 is the adaptive-BatchNorm prox
 fine-tune). At each rung the candidate's validation accuracy is recorded, and it goes on only if it
 ranks in the top ``ceil(n / eta)`` of the ``n`` searched trials that have reached that rung (the
 reference plans are measured at every rung but neither stopped nor ranked against), ranked by
-non-dominated sorting on (accuracy at the rung, max; size, min) and, inside the front that straddles
+non-dominated sorting on (accuracy at the rung, max; the study's measures, min: size, and latency in a
+three-objective study) and, inside the front that straddles
 the cut, by crowding distance (the extremes and the sparse parts of the front first, so the
 promoted set keeps its spread over sizes). While fewer than ``min_trials`` have reached a rung,
 everyone goes on. Decisions read only what is in storage, so any number of workers take them
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-Point = tuple[float, float]  # (accuracy at the rung, size): accuracy maximized, size minimized
+Point = tuple[float, ...]  # (accuracy at the rung, *measures): accuracy maximized, the measures minimized
 
 
 def rung_steps(total_steps: int, fractions: tuple[float, ...]) -> list[int]:
@@ -24,7 +25,8 @@ def rung_steps(total_steps: int, fractions: tuple[float, ...]) -> list[int]:
 
 
 def _dominates(a: Point, b: Point) -> bool:
-    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+    mine, theirs = (-a[0], *a[1:]), (-b[0], *b[1:])  # every axis minimized
+    return all(x <= y for x, y in zip(mine, theirs)) and mine != theirs
 
 
 def fronts(points: list[Point]) -> list[list[int]]:
@@ -40,7 +42,7 @@ def fronts(points: list[Point]) -> list[list[int]]:
 def crowding(points: list[Point], front: list[int]) -> dict[int, float]:
     """NSGA-II crowding distance of each member of ``front`` (infinite at the extremes)."""
     dist = {i: 0.0 for i in front}
-    for axis in (0, 1):
+    for axis in range(len(points[front[0]])):
         ordered = sorted(front, key=lambda i: points[i][axis])
         lo, hi = points[ordered[0]][axis], points[ordered[-1]][axis]
         dist[ordered[0]] = dist[ordered[-1]] = math.inf

@@ -1,23 +1,17 @@
 """What every command shares: the flags, their mapping onto the config by name, one-line errors
-with exit code 2, and quiet libraries."""
+with exit code 2."""
 from __future__ import annotations
 
 import argparse
 import math
 import os
 import sys
-import warnings
 from typing import Any, Callable, NoReturn
 
 from models import UnknownModelError, WeightsError, file_sha256, list_models
 from pruning import AUGMENTATIONS, DATASETS, PruningError, TrainingDiverged
-from search._config import (ConfigError, RunOptions, StudyConfig, config_fields, load_config, option_fields,
-                            options_from_plain)
-
-
-class UsageError(ValueError):
-    """A request that cannot be carried out as given (e.g. no front point meets a budget)."""
-
+from search.config import (ConfigError, RunOptions, StudyConfig, UsageError, config_fields, load_config, option_fields,
+                           options_from_plain)
 
 USER_ERRORS = (ConfigError, PruningError, UnknownModelError, UsageError, TrainingDiverged, WeightsError)
 MODEL_HELP = (f"the model: a registry name ({', '.join(list_models())}; 32x32), torchvision:<arch> (e.g. "
@@ -179,16 +173,6 @@ def resolve(args: argparse.Namespace) -> tuple[StudyConfig, RunOptions]:
     return cfg, options_from_plain(options)
 
 
-def quiet_libraries() -> None:
-    """Optuna's per-trial log lines and experimental warnings are noise in a command's output."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used with Study.optimize.*")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-
-
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> NoReturn:
     """Run ``main`` and turn a user error into one line on stderr and exit code 2."""
     try:
@@ -234,7 +218,3 @@ def _one_line(exc: BaseException) -> str:
         text = f"{text[:MESSAGE_HEAD]} …[{len(text) - MESSAGE_HEAD - MESSAGE_TAIL:,} characters cut]… " \
                f"{text[-MESSAGE_TAIL:]}"
     return text if text else type(exc).__name__
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "yes", "true")

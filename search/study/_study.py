@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from pruning import CheckpointError, Reference, read_meta
-from pruning._typed import to_plain
-from search._cli import UsageError
-from search._config import RESOLVED_NAME, StudyConfig, config_from_plain, first_difference, fingerprint
-from search._records import (BASE_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, REFERENCE_KEY, SETTINGS_KEY,
-                             TrialRecord)
-from search._storage import baseline_path
-from search._tables import OBJECTIVES, SAMPLERS
+from pruning import CheckpointError, Reference, read_meta, to_plain
+from search.config import (RESOLVED_NAME, SAMPLERS, RunOptions, StudyConfig, UsageError, config_from_plain,
+                           fingerprint, first_difference, quiet_libraries)
+from search.storage import (BASE_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, REFERENCE_KEY, SETTINGS_KEY, TrialRecord,
+                            baseline_path, open_storage)
+from search.trial import SearchContext, build_context
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -79,13 +78,13 @@ def check_resume(study: optuna.Study, cfg: StudyConfig, out: Path) -> None:
 def create_study(storage: BaseStorage, cfg: StudyConfig, *, digest: str, reference: Reference) -> optuna.Study:
     """A new study holding its config, fingerprint, base model's digest and reference figures."""
     study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=sampler_for(cfg, 0),
-                                directions=["maximize", "minimize"])
+                                directions=[d for _, d in cfg.search.objectives()])
     study.set_user_attr(CONFIG_KEY, to_plain(cfg))
     study.set_user_attr(SETTINGS_KEY, fingerprint(cfg))
     study.set_user_attr(BASE_KEY, base_label(cfg))
     study.set_user_attr(DIGEST_KEY, digest)
     study.set_user_attr(REFERENCE_KEY, to_plain(reference))
-    study.set_metric_names(["val_accuracy", OBJECTIVES[cfg.search.objective]])
+    study.set_metric_names([name for name, _ in cfg.search.objectives()])
     return study
 
 
@@ -108,7 +107,7 @@ def seed_references(study: optuna.Study, keys: list[str], plans: dict[tuple[str,
     added = 0
     for (kind, ratio), (params, plan) in plans.items():
         if (kind, ratio) not in present:
-            attrs = {**placeholders(), "reference": kind, "reference_ratio": ratio}
+            attrs = {**placeholders(), "reference": kind, "reference_ratio": ratio, "enqueued": dict(params)}
             if plan:
                 attrs["plan"] = plan
             study.enqueue_trial(params, user_attrs=attrs)
@@ -133,3 +132,21 @@ def trial_handle(study: optuna.Study, storage: BaseStorage, number: int) -> optu
 
 def worker_id(host: str) -> str:
     return f"{host}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A study that ``search.run`` opened, joined by another process of the same run."""
+
+    storage: BaseStorage
+    study: optuna.Study
+    ctx: SearchContext
+
+
+def join_study(cfg: StudyConfig, opts: RunOptions, out: Path) -> Joined:
+    """The one way a second process of a run (a ``--workers`` process, a Ray actor) opens its study:
+    its own sampler seed (salted by the pid), the shared storage, and the context trials need."""
+    quiet_libraries()
+    storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
+    study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
+    return Joined(storage, study, build_context(cfg, opts, out))

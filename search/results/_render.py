@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shlex
-
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,8 +10,11 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from pruning import Reference
-from search._config import StudyConfig
-from search._records import completed, fmt_accuracy
+from search.config import StudyConfig
+from search.storage import completed, fmt_accuracy
+
+
+PROJECTIONS = "pareto-projections.png"  # the front's 2-D projections, in a study of 3+ objectives
 
 @dataclass
 class Results:
@@ -26,11 +28,11 @@ class Results:
     baseline_latency: dict | None = None   # {"ort": {batch: ms}, "device": {batch: ms}} of the pruned-from model
     latency_setting: str | None = None
     widths: list = field(default_factory=list)  # (layer, channels before, after) of the headline
-    verdict: list = field(default_factory=list)  # what the search bought, in sentences (search._verdict)
+    verdict: list = field(default_factory=list)  # what the search bought, in sentences (search.results._verdict)
     device: str | None = None              # where the trials ran ("cpu", "cuda:0")
     wall_s: float | None = None            # first trial's start to last trial's end, seconds
-    gain: dict | None = None               # the headline against the best reference no larger (search._verdict)
-    size_gain: dict | None = None          # the smallest reference within the bar against the headline (search._verdict)
+    gain: dict | None = None               # the headline against the best reference no larger (search.results._verdict)
+    size_gain: dict | None = None          # the smallest reference within the bar against the headline (search.results._verdict)
 
 
 def selection_accuracy(row: pd.Series) -> float:
@@ -87,8 +89,8 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
     if results.warning:
         lines += [f"> **Warning:** {results.warning}", ""]
     lines += [f"Budget `{cfg.budget}`: {n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} stopped early, "
-              f"{n[TrialState.FAIL]} failed trials; objectives: validation accuracy (max) and "
-              f"{cfg.search.objective} (min). Granularity `{cfg.search.granularity}`, importance "
+              f"{n[TrialState.FAIL]} failed trials; objectives: {_objectives_text(cfg)}. "
+              f"Granularity `{cfg.search.granularity}`, importance "
               f"`{cfg.search.importance}`, sampler `{cfg.search.sampler}`.", "",
               f"Baseline: {ref.params:,} parameters, {ref.size_mb:.3f} MB, {ref.macs / 1e6:.1f} M MACs, "
               f"val accuracy {ref.val_accuracy:.4f}, test accuracy {fmt_accuracy(ref.test_accuracy)}.", ""]
@@ -98,6 +100,7 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
     lines += _commands(cfg, out, results, data_dir)
     lines += _latency(results)
     lines += _front(results.table)
+    lines += _projections(cfg, study)
     lines += _widths(results)
     lines += _references(results.references)
     return "\n".join(lines) + "\n"
@@ -212,6 +215,53 @@ def _front(table: pd.DataFrame) -> list[str]:
                      f"{r['pruned_pct']:.1f} | {r['val_accuracy']:.4f} | {fmt_accuracy(r['test_accuracy'])} | {rv} | {rt} | "
                      f"{_num(r['accuracy_drop'])} | {ms} | {up} | {'' if pd.isna(r['reference']) else r['reference']} |")
     return lines + [""]
+
+
+def _objectives_text(cfg: StudyConfig) -> str:
+    return ", ".join(f"{name} ({'max' if direction == 'maximize' else 'min'})" for name, direction in
+                     cfg.search.objectives())
+
+
+def _projections(cfg: StudyConfig, study: optuna.Study) -> list[str]:
+    """A study of three or more objectives: its front in every objective, and the figure of the
+    front's 2-D projections (the table above is its size-ordered view)."""
+    names = [name for name, _ in cfg.search.objectives()]
+    if len(names) < 3:
+        return []
+    lines = [f"## The {len(names)}-objective front", "",
+             f"{len(study.best_trials)} trials are non-dominated in ({', '.join(names)}); "
+             f"`{PROJECTIONS}` shows the front's 2-D projections (every pair of objectives; grey: all "
+             f"candidates).", "", f"![front projections]({PROJECTIONS})", "",
+             "| trial | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for t in sorted(study.best_trials, key=lambda t: tuple(t.values[1:])):
+        lines.append(f"| {t.number} | " + " | ".join(f"{v:.4g}" for v in t.values) + " |")
+    return lines + [""]
+
+
+def plot_projections(cfg: StudyConfig, study: optuna.Study):
+    """The figure of a 3+-objective study's front: one panel per pair of objectives."""
+    import itertools
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, _ in cfg.search.objectives()]
+    pairs = list(itertools.combinations(range(len(names)), 2))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 4.2), squeeze=False)
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    front = study.best_trials
+    for ax, (i, j) in zip(axes[0], pairs):
+        ax.scatter([t.values[j] for t in done], [t.values[i] for t in done], s=12, c="0.75", label="all candidates")
+        ax.scatter([t.values[j] for t in front], [t.values[i] for t in front], s=28, c="tab:blue",
+                   label=f"{len(names)}-objective front")
+        ax.set_xlabel(names[j])
+        ax.set_ylabel(names[i])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"{cfg.model} on {cfg.dataset}: the front's 2-D projections")
+    fig.tight_layout()
+    return fig
 
 
 def _references(gaps: pd.DataFrame) -> list[str]:

@@ -1,8 +1,8 @@
-"""Ray Tune backend: the runner's trials, executed on Ray Tune's actors.
+"""Ray Tune backend: the broker's trials, executed on Ray Tune's actors.
 
 This is the only module that imports Ray (about 4 s and 640 MB to start here). Ray Tune schedules
-the trials (resources per trial, a local Ray or a cluster); the search itself stays the runner's:
-a Tune ``Searcher`` asks the runner for each trial and tells it each outcome, so stale trials, the
+the trials (resources per trial, a local Ray or a cluster); the search itself stays the broker's:
+a Tune ``Searcher`` asks the broker for each trial and tells it each outcome, so stale trials, the
 failure streak, successive halving, notes and progress are the same as with the other backend. No
 Tune scheduler is used: they would stop trials and report under-trained values as final.
 """
@@ -17,26 +17,24 @@ from pathlib import Path
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from search._cli import UsageError, quiet_libraries
-from search._config import config_from_plain, options_from_plain
-from search._objective import Outcome, build_context, run_trial
-from search._runner import WAIT, TrialRunner, heartbeat
-from search._storage import open_storage
-from search._study import load_existing, trial_handle
+from search.config import UsageError, config_from_plain, options_from_plain
+from search.study._broker import WAIT, TrialBroker, heartbeat
+from search.study._study import join_study, trial_handle
+from search.trial import Outcome, run_trial
 
 _ACTOR_STATE: dict[str, tuple] = {}  # per Ray worker process: the study's context, built once
 
 
-class RunnerSearcher(Searcher):
-    """Tune's view of the runner: suggest = ask, trial complete = tell."""
+class BrokerSearcher(Searcher):
+    """Tune's view of the broker: suggest = ask, trial complete = tell."""
 
-    def __init__(self, runner: TrialRunner) -> None:
+    def __init__(self, broker: TrialBroker) -> None:
         super().__init__(metric="val_accuracy", mode="max")
-        self.runner, self.numbers, self.error = runner, {}, None
+        self.broker, self.numbers, self.error = broker, {}, None
 
     def suggest(self, trial_id: str):
         try:
-            trial = self.runner.ask(block=False)
+            trial = self.broker.ask(block=False)
         except UsageError as exc:  # the failure streak: stop asking, re-raised after Tune is done
             self.error = exc
             return Searcher.FINISHED
@@ -56,7 +54,7 @@ class RunnerSearcher(Searcher):
         else:
             values = tuple(result["values"]) if result["values"] else None
             outcome = Outcome(TrialState[result["state"]], values, result["reason"])
-        self.runner.tell(number, outcome)
+        self.broker.tell(number, outcome)
 
     def save(self, checkpoint_path: str) -> None:  # the study's storage is the searcher's state
         pass
@@ -68,12 +66,9 @@ class RunnerSearcher(Searcher):
 def ray_trial(config: dict, *, cfg: dict, opts: dict, out: str) -> dict:
     """The Ray trainable: runs one trial of the study in this actor's process."""
     if out not in _ACTOR_STATE:
-        quiet_libraries()
-        study_cfg, run_opts = config_from_plain(cfg), options_from_plain(opts)
-        storage = open_storage(Path(out), run_opts.storage, heartbeat_s=run_opts.heartbeat_s)
-        study = load_existing(storage, study_cfg.study_name, salt=os.getpid(), cfg=study_cfg)
-        _ACTOR_STATE[out] = (build_context(study_cfg, run_opts, Path(out)), study, storage)
-    ctx, study, storage = _ACTOR_STATE[out]
+        _ACTOR_STATE[out] = join_study(config_from_plain(cfg), options_from_plain(opts), Path(out))
+    joined = _ACTOR_STATE[out]
+    ctx, study, storage = joined.ctx, joined.study, joined.storage
     trial = trial_handle(study, storage, config["number"])
     with heartbeat(trial, storage, study, ctx.opts.heartbeat_s):
         outcome = run_trial(ctx, trial)
@@ -96,12 +91,12 @@ def run_with_ray(job) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from pruning._typed import to_plain
+    from pruning import to_plain
 
     opts, cfg = absolute_paths(job.opts), job.cfg
     if cfg.from_checkpoint:
         cfg = replace(cfg, from_checkpoint=str(Path(cfg.from_checkpoint).resolve()))
-    searcher = RunnerSearcher(job.runner)
+    searcher = BrokerSearcher(job.broker)
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent) if opts.max_concurrent else searcher
     trainable = tune.with_resources(
         partial(ray_trial, cfg=to_plain(cfg), opts=to_plain(opts), out=str(job.out.resolve())),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -11,12 +12,12 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from pruning import Checkpoint, Dataset, Reference, atomic_write, atomic_write_text, evaluate, load_checkpoint
-from search._config import StudyConfig
-from search._latency import latencies, setting
-from search._records import RecoveryRecord, TrialRecord, completed, recoveries
-from search._render import Results, pick_command, plot_front, render_markdown, selection_accuracy, speedup_text
-from search._storage import TEST_CACHE, artifact_path, trial_artifact
-from search._verdict import headline_gain, size_gain, verdict
+from search.config import StudyConfig
+from search.results._render import (PROJECTIONS, Results, pick_command, plot_front, plot_projections, render_markdown,
+                                    selection_accuracy, speedup_text)
+from search.results._verdict import headline_gain, size_gain, verdict
+from search.storage import TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, completed, recoveries, trial_artifact
+from search.trial import latencies, setting
 
 LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
 CSV_COLUMNS = ["trial", "headline", "reference", "size_mb", "params", "macs", "pruned_pct", "val_accuracy",
@@ -126,7 +127,7 @@ def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord |
     final_test = recovery.test_accuracy if recovery else test
     speed = {}
     if f"t{t.number}" in timing:
-        mine, base = timing[f"t{t.number}"], timing["start"]
+        mine = timing[f"t{t.number}"]
         for kind, batch in (("ort", 1), ("ort", 64), ("device", 1), ("device", 64)):
             speed[f"{kind}_b{batch}_ms"] = mine[kind][batch]
             up = mine["speedup"][kind][batch]  # interleaved with the baseline, never a ratio of separate runs
@@ -192,23 +193,37 @@ def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], ref:
             f"(baseline.epochs / min_steps) before trusting the accuracy drops")
 
 
+@dataclass(frozen=True)
+class Written:
+    """The report files of a study (csv, md, png, json) and report.json's answer, as written."""
+
+    paths: dict[str, Path]
+    answer: dict
+
+
 def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference,
-                 start: Checkpoint, *, progress: bool = False) -> dict[str, Path]:
-    """Write pareto.csv, report.md and pareto.png into the study folder; return their paths
-    (``progress``: a bar while the front points' latencies are measured)."""
+                 start: Checkpoint, *, progress: bool = False) -> Written:
+    """Write pareto.csv, report.md, report.json and pareto.png into the study folder (``progress``:
+    a bar while the front points' latencies are measured)."""
     results = collect(cfg, out, study, data, ref, start, progress=progress)
     paths = {"csv": out / "pareto.csv", "md": out / "report.md", "png": out / "pareto.png"}
     atomic_write_text(paths["csv"], results.table.to_csv(index=False))
     atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, ref, data))
     results_file = out / "report.json"  # what the console, the study note and the benchmarks read
-    atomic_write_text(results_file, json.dumps(summary(cfg, out, results, ref, data.root), indent=1))
-    figure = plot_front(cfg, study, results, ref)
+    answer = summary(cfg, out, results, ref, data.root)
+    atomic_write_text(results_file, json.dumps(answer, indent=1))
+    figures = {"png": plot_front(cfg, study, results, ref)}
+    if len(cfg.search.objectives()) > 2:
+        paths["projections"] = out / PROJECTIONS
+        figures["projections"] = plot_projections(cfg, study)
     try:
-        atomic_write(paths["png"], lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+        for key, figure in figures.items():
+            atomic_write(paths[key], lambda tmp, figure=figure: figure.savefig(tmp, dpi=110, format="png"))
     finally:
         import matplotlib.pyplot as plt
-        plt.close(figure)
-    return {**paths, "json": results_file}
+        for figure in figures.values():
+            plt.close(figure)
+    return Written({**paths, "json": results_file}, answer)
 
 
 def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference, data_dir: str | None = None) -> dict:

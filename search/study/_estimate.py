@@ -9,9 +9,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from pruning import Dataset, TrainConfig, train
-from search._cli import UsageError, env_flag
-from search._config import RunOptions, StudyConfig
-from search._context import build_model
+from search.config import RunOptions, StudyConfig, UsageError, env_flag
+from search.trial import build_model
 
 LIMIT_S = 3600.0
 YES_ENV = "AUTOML_PRUNE_YES"
@@ -97,7 +96,7 @@ def report_seconds(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image:
     ``none``, its latency on two runtimes at batch 1 and 64 and its interleaved speed-ups over the
     baseline (SPEEDUP_REPEATS pairs of timed blocks of up to 50 runs, at least 3, about a second).
     A forward pass is a third of a training step; the baseline's cost bounds a pruned point's."""
-    from search._latency import BATCHES, SPEEDUP_REPEATS
+    from search.trial import BATCHES, SPEEDUP_REPEATS
 
     if not opts.write_report:
         return 0.0

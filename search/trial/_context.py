@@ -1,24 +1,22 @@
 """Shared set-up of the commands: device, data under the budget, the baseline (trained once,
-resumable per epoch) and the model a study prunes from."""
+resumable per epoch), the model a study prunes from, and the context every trial of a study shares."""
 from __future__ import annotations
 
+import itertools
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
+from optuna.artifacts import FileSystemArtifactStore
 from torch import nn
 
 from models import fit_weights, read_state_dict
-from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, Reference, TrainHooks, TrainState,
-                     ImageSpec, atomic_write, evaluate, load_checkpoint, load_dataset, measure, save_pruned, train)
-from pruning._train import prepare
-from pruning._typed import to_plain
-from search._cli import UsageError
-from search._config import ConfigError, RunOptions, StudyConfig
-from search._faults import fault
-from search._storage import BASELINE_PARTIAL, baseline_path
+from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, ImageSpec, PlanError, PruningError,
+                     Reference, TrainHooks, TrainState, Unit, atomic_write, evaluate, load_checkpoint, load_dataset,
+                     measure, plan_keys, prepare, prunable_safely, save_pruned, to_plain, train, train_batches)
+from search.config import ConfigError, RunOptions, StudyConfig, UsageError, fault
+from search.storage import BASELINE_PARTIAL, artifact_dir, baseline_path
 
 # The validation split never follows --seed: a baseline trained on one split and evaluated on another
 # would be scored on its own training images.
@@ -207,7 +205,7 @@ def _resume_state(partial: Path, model: torch.nn.Module, recipe, progress: bool)
     return state
 
 
-def reference_of(ckpt: Checkpoint, example: torch.Tensor) -> Reference:
+def measured_reference(ckpt: Checkpoint, example: torch.Tensor) -> Reference:
     """Figures of the unpruned baseline that every candidate is compared with: a pruned checkpoint
     carries its study's (``--from``); a baseline is measured here."""
     if ckpt.meta.reference is not None:
@@ -238,3 +236,58 @@ def start_checkpoint(cfg: StudyConfig, out: Path, data: Dataset) -> Checkpoint:
                               f"{data.size}x{data.size} (--image-size)")
     ckpt.model = prepare(ckpt.model, data.device).eval()
     return ckpt
+
+
+@dataclass
+class SearchContext:
+    """What every trial of a study shares, built once per process."""
+
+    cfg: StudyConfig
+    opts: RunOptions
+    out: Path
+    data: Dataset
+    start: Checkpoint          # the model whose copies are pruned (baseline, or --from); the KD teacher
+    reference: Reference       # unpruned baseline figures
+    units: list[Unit]
+    keys: list[str]
+    example: torch.Tensor
+    keep: tuple[str, ...]      # layers whose outputs are kept: the config's, plus units found unsafe to prune
+    artifacts: FileSystemArtifactStore
+    calibration: list          # fixed training batches: BN recalibration and Taylor importance
+
+
+def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Dataset | None = None,
+                  start: Checkpoint | None = None) -> SearchContext:
+    """Data, starting model, units and calibration batches: everything trials share (``start``: the
+    starting checkpoint, when the caller has loaded it already)."""
+    data = data if data is not None else load_data(cfg, opts)
+    start = start or start_checkpoint(cfg, out, data)
+    example = data.example_input(1)
+    units, keep = safe_units(start.model, example, cfg, progress=opts.progress)
+    artifact_dir(out).mkdir(parents=True, exist_ok=True)
+    batch = cfg.finetune_recipe(0).batch_size
+    calibration = list(itertools.islice(train_batches(data, batch, torch.Generator().manual_seed(cfg.seed)),
+                                        cfg.spend.bn_batches))
+    return SearchContext(cfg=cfg, opts=opts, out=out, data=data, start=start,
+                         reference=measured_reference(start, example),
+                         units=units, keys=plan_keys(units, cfg.search.granularity), example=example, keep=keep,
+                         artifacts=FileSystemArtifactStore(str(artifact_dir(out))), calibration=calibration)
+
+
+def safe_units(model: nn.Module, example: torch.Tensor, cfg: StudyConfig, *,
+               progress: bool = True) -> tuple[list[Unit], tuple[str, ...]]:
+    """The units a study may prune and the layers it keeps whole (:func:`pruning.safe_units`), with
+    one line naming the units Torch-Pruning cannot prune safely."""
+    space = cfg.search
+    try:
+        units, keep, bad = prunable_safely(model, example, max_ratio=space.max_ratio, round_to=space.round_to,
+                                           keep=tuple(space.keep_layers))
+    except PruningError:
+        raise
+    except Exception as exc:  # Torch-Pruning's tracer fails in many ways on unusual graphs
+        raise PlanError(f"Torch-Pruning cannot trace {cfg.model}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from None
+    if bad and progress:
+        print(f"note: Torch-Pruning cannot prune {len(bad)} unit(s) of {cfg.model} safely; kept whole: "
+              f"{', '.join(u.name for u in bad[:8])}{' ...' if len(bad) > 8 else ''}", file=sys.stderr)
+    return units, keep

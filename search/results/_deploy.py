@@ -8,12 +8,9 @@ from pathlib import Path
 
 from torch import nn
 
-from pruning import (CheckpointMeta, Dataset, atomic_write_text, export_onnx, external_data_path, onnx_latency,
-                     uses_external_data, verify_standalone)
-from pruning._checkpoint import library_versions
-from pruning._export import INPUT, OUTPUT
-from pruning._typed import to_plain
-from search._latency import ORT_THREADS
+from pruning import (INPUT, OUTPUT, CheckpointMeta, Dataset, atomic_write_text, export_onnx, external_data_path,
+                     library_versions, onnx_latency, to_plain, uses_external_data, verify_standalone)
+from search.trial import ORT_THREADS
 
 VERIFY_BATCH = 64
 

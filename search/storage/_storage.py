@@ -15,8 +15,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from pruning import atomic_write
-from search._cli import UsageError
-from search._config import OPTIONS_NAME, RESOLVED_NAME, redact
+from search.config import OPTIONS_NAME, RESOLVED_NAME, UsageError, redact
 
 JOURNAL = "journal.log"
 ARTIFACTS = "artifacts"

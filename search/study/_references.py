@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from pruning import Unit, global_ranking_plans
-from search._config import StudyConfig
-from search._space import params_for
+from search.config import StudyConfig
+from search.trial import params_for
 
 
 def thin(ratios: tuple[float, ...], limit: int) -> list[float]:

@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 
 from models import SourceError, model_spec, parse_source
-from pruning import AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig
-from pruning._typed import bounds, check_fields, from_plain, to_plain
-from search._tables import LATENCY_BACKENDS, OBJECTIVES, REFERENCES, SAMPLERS
+from pruning import (AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig, bounds, check_fields, from_plain,
+                     to_plain)
+from search.config._tables import LATENCY_BACKENDS, OBJECTIVES, REFERENCES, SAMPLERS
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
 RESOLVED_NAME = "config.resolved.yaml"
 OPTIONS_NAME = "run-options.yaml"
@@ -57,7 +57,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """What is searched and how candidates are stopped early (see README, "Rungs")."""
+    """What is searched and how candidates are stopped early (see docs/design.md, "Rungs")."""
 
     granularity: str = field(default="unit", metadata=bounds(choices=GRANULARITIES))
     max_ratio: float = field(default=0.9, metadata=bounds(above=0, below=1))
@@ -67,6 +67,8 @@ class SearchSpace:
     reference_ratios: tuple[float, ...] = field(default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                                                 metadata=_ratio())
     objective: str = field(default="size", metadata=bounds(choices=tuple(OBJECTIVES)))
+    # more measures to minimize beside ``objective`` (e.g. latency: a 3-objective study); none by default
+    extra_objectives: tuple[str, ...] = field(default=(), metadata=bounds(choices=tuple(OBJECTIVES)))
     latency_backend: str = field(default="torch", metadata=bounds(choices=LATENCY_BACKENDS))
     sampler: str = field(default="tpe", metadata=bounds(choices=tuple(SAMPLERS)))
     early_stop: bool = True
@@ -78,6 +80,15 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         check_fields(self, "search")
+
+    def minimized(self) -> tuple[str, ...]:
+        """The measures the study minimizes, in order (the first is the size axis of the report)."""
+        return (self.objective, *self.extra_objectives)
+
+    def objectives(self) -> list[tuple[str, str]]:
+        """The study's objectives as data: (metric name, direction), validation accuracy first; the
+        study's directions, the dashboard's metric names, the rungs and the report derive from it."""
+        return [("val_accuracy", "maximize")] + [(OBJECTIVES[o], "minimize") for o in self.minimized()]
 
 
 @dataclass(frozen=True)
@@ -364,7 +375,10 @@ def _check(cfg: StudyConfig) -> None:
         raise ConfigError(f"search.rungs must be increasing fractions of the fine-tune, got {list(s.rungs)}")
     if s.granularity == "stage" and cfg.source.kind == "registry" and model_spec(cfg.model).stage_of is None:
         raise ConfigError(f"{cfg.model} has no stage grouping; use search.granularity unit or global")
-    if s.objective == "latency" and s.latency_backend == "onnxruntime":
+    if len(set(s.minimized())) < len(s.minimized()):
+        raise ConfigError(f"search.extra_objectives {list(s.extra_objectives)} repeats a measure (the first is "
+                          f"search.objective {s.objective!r}); name each once")
+    if "latency" in s.minimized() and s.latency_backend == "onnxruntime":
         _require_onnxruntime()
 
 
@@ -412,10 +426,6 @@ def config_from_plain(plain: dict) -> StudyConfig:
 
 def options_from_plain(plain: dict) -> RunOptions:
     return from_plain(RunOptions, plain, where="option", error=ConfigError)
-
-
-def plain(obj: Any) -> Any:
-    return to_plain(obj)
 
 
 def config_fields() -> set[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pruning import Reference
-from search._records import TrialRecord
+from search.storage import TrialRecord
 
 
 def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, ref: Reference,

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruning import atomic_write_text, export_onnx, measure, onnx_latency
-from pruning._measure import SpeedUp, interleaved_speedup
+from pruning import SpeedUp, atomic_write_text, export_onnx, interleaved_speedup, measure, onnx_latency
 
 CACHE = "latency.json"
 BATCHES = (1, 64)

@@ -1,0 +1,7 @@
+"""What every command shares: the flags and their mapping onto the config, one-line errors with
+exit code 2, and the --workers process entry point (python -m search.cli._worker)."""
+from __future__ import annotations
+
+from search.cli._cli import Parser, add_study_flags, folder_arg, number, path_arg, resolve, run_cli, study_parser
+
+__all__ = ["Parser", "add_study_flags", "folder_arg", "number", "path_arg", "resolve", "run_cli", "study_parser"]

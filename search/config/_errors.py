@@ -1,0 +1,7 @@
+"""The search's own error for a request that cannot be carried out as given; every layer raises it,
+the commands turn it into one line and exit code 2."""
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """A request that cannot be carried out as given (e.g. no front point meets a budget)."""

@@ -1,0 +1,10 @@
+"""What a study yields: the front, pareto.csv / report.md / pareto.png / report.json, the verdict
+against the references, and shipping a picked model (ONNX + sidecar)."""
+from __future__ import annotations
+
+from search.results._deploy import VERIFY_BATCH, export_paths, ship, sidecar_path
+from search.results._render import PROJECTIONS, selection_accuracy
+from search.results._report import collect, front_trials, write_report
+
+__all__ = ["PROJECTIONS", "VERIFY_BATCH", "collect", "export_paths", "front_trials", "selection_accuracy", "ship",
+           "sidecar_path", "write_report"]
