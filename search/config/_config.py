@@ -50,6 +50,9 @@ class Budget:
     train_subset: int | None = field(default=None, metadata=bounds(low=2, high=100_000_000))
     val_subset: int | None = field(default=None, metadata=bounds(low=1, high=100_000_000))
     test_subset: int | None = field(default=None, metadata=bounds(low=1, high=100_000_000))
+    # the reference plans' ratios under this budget (a short study spends its trials on the search);
+    # None: search.reference_ratios
+    reference_ratios: tuple[float, ...] | None = field(default=None, metadata=_ratio())
 
     def __post_init__(self) -> None:
         check_fields(self, "budget")
@@ -158,6 +161,12 @@ class StudyConfig:
     @property
     def batch_size(self) -> int | None:
         return self.spend.batch_size
+
+    @property
+    def reference_ratios(self) -> tuple[float, ...]:
+        """The reference plans' target ratios: the budget's where it names them, else the search's."""
+        own = self.spend.reference_ratios
+        return own if own is not None else self.search.reference_ratios
 
     def baseline_recipe(self, epochs: float | None = None) -> TrainConfig:
         """The baseline's recipe under the budget (``epochs`` overrides the budget's)."""
@@ -368,9 +377,13 @@ def _check(cfg: StudyConfig) -> None:
     if cfg.budget not in cfg.budgets:
         raise ConfigError(f"the config has no budget {cfg.budget!r}; it has: {', '.join(cfg.budgets)}")
     s = cfg.search
-    for r in s.reference_ratios:
-        if r > s.max_ratio:
-            raise ConfigError(f"search.reference_ratios has {r}, above search.max_ratio {s.max_ratio}")
+    named = [("search.reference_ratios", s.reference_ratios)] + [
+        (f"budgets.{b}.reference_ratios", budget.reference_ratios) for b, budget in cfg.budgets.items()
+        if budget.reference_ratios is not None]
+    for key, ratios in named:
+        for r in ratios:
+            if r > s.max_ratio:
+                raise ConfigError(f"{key} has {r}, above search.max_ratio {s.max_ratio}")
     if list(s.rungs) != sorted(set(s.rungs)):
         raise ConfigError(f"search.rungs must be increasing fractions of the fine-tune, got {list(s.rungs)}")
     if s.granularity == "stage" and cfg.source.kind == "registry" and model_spec(cfg.model).stage_of is None:

@@ -31,7 +31,7 @@ def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model:
     if not kinds:
         return {}
     limit = reference_limit(total_trials)
-    ratios = thin(cfg.search.reference_ratios, max(1, limit // len(kinds)))
+    ratios = thin(cfg.reference_ratios, max(1, limit // len(kinds)))
     plans: dict[tuple[str, float], tuple[dict, dict]] = {}
     g = cfg.search.granularity
     if "uniform" in kinds:

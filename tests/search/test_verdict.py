@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pandas as pd
+import torch
 
 from pruning import Reference
 from search.storage import TrialRecord
@@ -74,3 +75,29 @@ def test_a_searched_headline_states_its_size_against_the_smallest_reference_at_t
     assert "search alone reached it" in verdict(done, _head(2, 0.3), REF, 1.0)[2]
     done = _done((0, "global 0.6", 0.25, 0.895), (2, None, 0.3, 0.892))
     assert "bought no size" in verdict(done, _head(2, 0.3), REF, 1.0)[2]
+
+
+def test_a_budget_can_name_its_own_reference_ratios():
+    """A short budget spends its trials on the search: its three ratios replace the search's eight,
+    for this budget only; a ratio above max_ratio is refused naming the budget."""
+    import pytest
+    from models import create_model
+    from pruning import plan_keys, prunable_units
+    from search.config import ConfigError, build_config
+    from search.study._references import reference_plans
+    from tests.conftest import TINY_LENET, merged, smoke_budget
+
+    plain = merged({**TINY_LENET, "model": "lenet5"}, search={"references": ["uniform"]},
+                   budgets={**smoke_budget(trials=30, reference_ratios=[0.3, 0.5, 0.7]),
+                            "default": TINY_LENET["budgets"]["smoke"]})
+    short, default = (build_config(plain, where="t", overrides={"budget": b}) for b in ("smoke", "default"))
+    assert short.reference_ratios == (0.3, 0.5, 0.7) and default.reference_ratios == (0.2, 0.5, 0.8)
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    example = torch.zeros(1, 1, 32, 32)
+    units = prunable_units(model, example)
+    keys = plan_keys(units, "unit")
+    assert sorted(reference_plans(short, units, keys, model, example, 30)) == [
+        ("uniform", 0.3), ("uniform", 0.5), ("uniform", 0.7)]
+    with pytest.raises(ConfigError, match="budgets.smoke.reference_ratios has 0.95"):
+        build_config(merged(plain, budgets=smoke_budget(reference_ratios=[0.95])), where="t",
+                     overrides={"budget": "smoke"})
