@@ -27,3 +27,11 @@ def spread(values: list[float]) -> str:
 def header(title: str, device: torch.device) -> None:
     print(f"# {title}\n# command: {' '.join([Path(sys.executable).name] + sys.argv)}\n"
           f"# device: {device_name(device)}; torch {torch.__version__}")
+
+
+def burn() -> None:
+    """A busy process for a synthetic load: one thread of matrix products, until terminated."""
+    torch.set_num_threads(1)
+    a = torch.randn(256, 256)
+    while True:
+        a = (a @ a).tanh()

@@ -15,16 +15,9 @@ import os
 import time
 
 import torch
-from _common import header, spread
+from _common import burn, header, spread
 
 from models import create_model
-
-
-def _burn() -> None:
-    torch.set_num_threads(1)
-    a = torch.randn(256, 256)
-    while True:
-        a = (a @ a).tanh()
 
 
 def images_per_s(name: str, threads: int, batch: int, steps: int) -> float:
@@ -53,7 +46,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--burn", type=int, default=0, help="busy processes to start first (synthetic load)")
     args = p.parse_args()
-    burners = [mp.Process(target=_burn, daemon=True) for _ in range(args.burn)]
+    burners = [mp.Process(target=burn, daemon=True) for _ in range(args.burn)]
     for b in burners:
         b.start()
     cores = len(os.sched_getaffinity(0))
