@@ -5,11 +5,15 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 import torch
 
-from pruning import Reference
+from models import create_model
+from pruning import Reference, plan_keys, prunable_units
+from search.config import ConfigError, build_config
 from search.storage import TrialRecord
-from search.study._references import _keep, reference_limit
+from search.study._references import _keep, reference_limit, reference_plans
+from tests.conftest import TINY_LENET, merged, smoke_budget
 from search.results._render import format_speedup, speedup_text
 from search.results._verdict import headline_gain, verdict
 
@@ -80,13 +84,6 @@ def test_a_searched_headline_states_its_size_against_the_smallest_reference_at_t
 def test_a_budget_can_name_its_own_reference_ratios():
     """A short budget spends its trials on the search: its three ratios replace the search's eight,
     for this budget only; a ratio above max_ratio is refused naming the budget."""
-    import pytest
-    from models import create_model
-    from pruning import plan_keys, prunable_units
-    from search.config import ConfigError, build_config
-    from search.study._references import reference_plans
-    from tests.conftest import TINY_LENET, merged, smoke_budget
-
     plain = merged({**TINY_LENET, "model": "lenet5"}, search={"references": ["uniform"]},
                    budgets={**smoke_budget(trials=30, reference_ratios=[0.3, 0.5, 0.7]),
                             "default": TINY_LENET["budgets"]["smoke"]})
