@@ -53,6 +53,9 @@ class Budget:
     # the reference plans' ratios under this budget (a short study spends its trials on the search);
     # None: search.reference_ratios
     reference_ratios: tuple[float, ...] | None = field(default=None, metadata=_ratio())
+    # false: this budget fine-tunes every candidate to the end (a short study, whose few searched
+    # candidates successive halving would stop at rungs the references pass unjudged)
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, "budget")
@@ -167,6 +170,11 @@ class StudyConfig:
         """The reference plans' target ratios: the budget's where it names them, else the search's."""
         own = self.spend.reference_ratios
         return own if own is not None else self.search.reference_ratios
+
+    @property
+    def early_stop(self) -> bool:
+        """Whether candidates are stopped at rungs: only if the search and the budget both allow it."""
+        return self.search.early_stop and self.spend.early_stop
 
     def baseline_recipe(self, epochs: float | None = None) -> TrainConfig:
         """The baseline's recipe under the budget (``epochs`` overrides the budget's)."""

@@ -159,15 +159,27 @@ class TrialBroker:
         limit = 3 * self.opts.heartbeat_s
         return f"no sign of life from {host} for {silent:.0f} s (limit {limit} s)" if silent > limit else None
 
-    def _fail_lost(self, t: FrozenTrial, reason: str) -> None:
+    def _fail_lost(self, t: FrozenTrial, reason: str) -> bool:
+        """Fail a trial whose run was lost and enqueue its plan again; False if it had finished already."""
         handle = trial_handle(self.study, self.storage, t.number)
-        handle.set_user_attr("fail_reason", reason)
         try:
+            handle.set_user_attr("fail_reason", reason)
             self.study.tell(t.number, state=TrialState.FAIL)
         except (ValueError, RuntimeError):  # another worker failed it first
-            return
+            return False
         save_trial_note(handle, trial_note(TrialRecord.read(handle), TrialState.FAIL, reason, self.reference))
         self._retry(t)
+        return True
+
+    def lost(self, number: int, reason: str) -> None:
+        """A backend lost a trial's run (a Ray actor or its node died): the trial is failed and its
+        plan retried, as a trial whose worker died is; it counts towards the failure streak, so a
+        backend that loses every run stops the study instead of looping."""
+        t = self.study.get_trials(deepcopy=False)[number]
+        if t.state != TrialState.RUNNING or not self._fail_lost(t, reason):
+            return  # failed by a stale check first, or its outcome was told
+        self.streak.append(reason)
+        self.progress.note(f"trial {number} failed: {reason}; its plan runs again")
 
     def _retry(self, t: FrozenTrial) -> None:
         """Run a lost trial's plan again (at most twice, as Optuna's heartbeat retries do)."""

@@ -18,8 +18,9 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search.config import UsageError, config_from_plain, options_from_plain
-from search.study._broker import WAIT, TrialBroker, heartbeat
-from search.study._study import join_study, trial_handle
+from search.storage import record_value
+from search.study._broker import HOST, WAIT, TrialBroker, heartbeat
+from search.study._study import join_study, trial_handle, worker_id
 from search.trial import Outcome, run_trial
 
 _ACTOR_STATE: dict[str, tuple] = {}  # per Ray worker process: the study's context, built once
@@ -49,12 +50,12 @@ class BrokerSearcher(Searcher):
         number = self.numbers.pop(trial_id, None)
         if number is None:
             return
-        if error or not result or "state" not in result:
-            outcome = Outcome(TrialState.FAIL, reason="its Ray trial raised an error (see Ray's log)")
-        else:
-            values = tuple(result["values"]) if result["values"] else None
-            outcome = Outcome(TrialState[result["state"]], values, result["reason"])
-        self.broker.tell(number, outcome)
+        if error or not result or "state" not in result:  # the actor raised, died, or lost its node
+            self.broker.lost(number, "its Ray trial ended without an outcome: an error or a lost actor or node "
+                                     "(see Ray's log)")
+            return
+        values = tuple(result["values"]) if result["values"] else None
+        self.broker.tell(number, Outcome(TrialState[result["state"]], values, result["reason"]))
 
     def save(self, checkpoint_path: str) -> None:  # the study's storage is the searcher's state
         pass
@@ -70,6 +71,7 @@ def ray_trial(config: dict, *, cfg: dict, opts: dict, out: str) -> dict:
     joined = _ACTOR_STATE[out]
     ctx, study, storage = joined.ctx, joined.study, joined.storage
     trial = trial_handle(study, storage, config["number"])
+    trial.set_user_attr("worker", record_value("worker", worker_id(HOST)))  # this actor: where it ran
     with heartbeat(trial, storage, study, ctx.opts.heartbeat_s):
         outcome = run_trial(ctx, trial)
     return {"state": outcome.state.name, "values": list(outcome.values) if outcome.values else None,

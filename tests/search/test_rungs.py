@@ -10,10 +10,11 @@ from optuna.trial import TrialState
 
 from pruning import load_checkpoint
 from search import run
+from search.config import build_config
 from search.storage import TrialRecord
 from search.trial._rungs import crowding, decide, fronts, ranking, rung_steps
 from search.trial._space import LEVEL
-from tests.conftest import TINY_LENET, base_args, merged, study_of, write_config
+from tests.conftest import TINY_LENET, base_args, merged, smoke_budget, study_of, write_config
 
 
 def test_rung_steps_are_fractions_of_the_fine_tune():
@@ -154,3 +155,21 @@ def test_rungs_judge_on_a_slice_of_validation_and_the_trial_on_all_of_it(tmp_pat
     val = TINY_LENET["budgets"]["smoke"]["val_subset"]
     # per trial: the proxy (rung 0) and the final score on all of validation, the rung at 50% on 100 images
     assert sorted(seen) == [100, 100, val, val, val, val]
+
+
+def test_a_budget_without_early_stop_fine_tunes_every_candidate(tmp_path, fashion_mnist):
+    """``budgets.<b>.early_stop: false`` turns the rungs off for that budget only, even under a
+    search that would stop nearly everyone; the search's own ``early_stop: false`` wins over a budget."""
+    greedy = merged(TINY_LENET, search={"references": ["uniform"], "eta": 100, "rung_min_trials": 1},
+                    budgets=smoke_budget(early_stop=False))
+
+    def early_stop(plain: dict) -> bool:
+        return build_config({**plain, "model": "lenet5"}, where="t", overrides={"budget": "smoke"}).early_stop
+    assert not early_stop(greedy) and early_stop(TINY_LENET)
+    assert not early_stop(merged(TINY_LENET, search={"early_stop": False}))
+    out = tmp_path / "out"
+    assert run.main(base_args(write_config(tmp_path / "g.yaml", greedy), out) +
+                    ["--quiet", "--trials", "6", "--no-report", "--no-recover"]) == 0
+    study = study_of(out)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
+    assert not any(TrialRecord.read(t).rungs for t in study.trials)

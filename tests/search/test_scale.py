@@ -1,6 +1,7 @@
 """Scaling out with real components: several worker processes on one journal, Ray Tune, PostgreSQL."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -242,3 +244,153 @@ def test_a_killed_postgres_server_stops_the_run_in_one_line_and_the_study_resume
     for t in failed:  # each trial cut by the kill was retried once, with its own plan
         retries = [r for r in study.trials if RetryFailedTrialCallback.retried_trial_number(r) == t.number]
         assert len(retries) == 1 and retries[0].params == t.params
+
+
+# --- a Ray cluster of two nodes ---------------------------------------------------------------------
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every process of this machine: pid -> (parent pid, command line)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        out[int(entry)] = (ppid, cmd)
+    return out
+
+
+def _descendants(root: int, procs: dict[int, tuple[int, str]]) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+class RayNodes:
+    """A Ray cluster on this machine, started as one is by hand: ``ray start --head`` with no CPU for
+    trials (Ray's own services only) and two ``ray start --address`` nodes of one CPU each, so a
+    trial runs on a node that can be killed while the cluster lives on. The agents get fixed ports:
+    otherwise a raylet whose dashboard agent takes over 15 s to write its port file (a busy machine)
+    exits (ray-project/ray#65983)."""
+
+    def __init__(self) -> None:
+        self.ray = str(Path(PYTHON).parent / "ray")
+        self.temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live below it
+        ports = _free_ports(16)
+        self.address = f"127.0.0.1:{ports[0]}"
+        self.groups: list[int] = []
+        self._start(["--head", f"--port={ports[0]}", "--num-cpus=0", "--include-dashboard=false",
+                     f"--temp-dir={self.temp}"], ports[1:6])
+        self.workers = [self._start([f"--address={self.address}", "--num-cpus=1"], ports[i:i + 5]) for i in (6, 11)]
+
+    def _start(self, args: list[str], ports: list[int]) -> int:
+        """Start one node; its raylet's pid."""
+        before = self._raylets()
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+        proc = subprocess.run(
+            [self.ray, "start", *args, "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+             f"--metrics-export-port={ports[0]}", f"--dashboard-agent-listen-port={ports[1]}",
+             f"--dashboard-agent-grpc-port={ports[2]}", f"--runtime-env-agent-port={ports[3]}",
+             f"--node-manager-port={ports[4]}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+        started = self._raylets() - before
+        assert proc.returncode == 0 and len(started) == 1, proc.stderr[-3000:]
+        raylet = started.pop()
+        self.groups.append(os.getpgid(raylet))
+        return raylet
+
+    def _raylets(self) -> set[int]:
+        return {pid for pid, (_, cmd) in _processes().items() if "raylet/raylet" in cmd and self.temp in cmd}
+
+    def stop(self) -> None:
+        """Kill this cluster's processes only (``ray stop`` would stop every Ray of the machine)."""
+        procs = _processes()
+        mine = {pid for pid, (_, cmd) in procs.items() if self.temp in cmd}
+        for pid in list(mine):
+            mine |= _descendants(pid, procs)
+        for group in self.groups:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+        for pid in mine:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_nodes():
+    nodes = RayNodes()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def test_a_ray_cluster_loses_a_node_mid_trial_and_the_study_finishes(tmp_path, postgres_url, ray_nodes,
+                                                                       fashion_mnist):
+    """Two Ray worker nodes, PostgreSQL storage: the raylet of the node running a trial is SIGKILLed
+    once another trial has finished; that trial is failed and its plan retried, none lost or counted
+    twice, and the study finishes on the other node, so trials ran on both."""
+    config = _slow_config(tmp_path)
+    out = tmp_path / "out"
+    trained = _run(["search.train"] + base_args(config, out) + ["--epochs", "1"])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run = subprocess.Popen(
+        [PYTHON, "-m", "search.run"] + base_args(config, out) +
+        ["--quiet", "--trials", "6", "--no-early-stop", "--storage", postgres_url, "--heartbeat-s", "1",
+         "--backend", "ray", "--ray-address", ray_nodes.address, "--cpus-per-trial", "1"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    storage = optuna.storages.RDBStorage(postgres_url)
+    node_of: dict[int, int] = {}  # Ray worker pid -> its node's raylet, while the nodes live
+    killed = victim = None
+    try:
+        while run.poll() is None:  # wait on the study's progress, not on a clock
+            time.sleep(0.5)
+            procs = _processes()
+            for raylet in ray_nodes.workers:
+                node_of.update(dict.fromkeys(_descendants(raylet, procs), raylet))
+            if killed is not None:
+                continue  # the survivor's workers are still mapped to it
+            try:
+                study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
+            except KeyError:
+                continue
+            where = {t.number: node_of.get(int(TrialRecord.read(t).worker.rpartition(":")[2]))
+                     for t in study.get_trials(states=(TrialState.RUNNING,)) if TrialRecord.read(t).worker}
+            running = [(n, node) for n, node in where.items() if node is not None]
+            if running and study.get_trials(states=FINISHED):
+                killed, victim = running[0]
+                os.kill(victim, signal.SIGKILL)
+        _, err = run.communicate(timeout=900)
+        assert killed is not None, f"no trial ran on a worker node after a first had finished: {err[-2000:]}"
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
+    _check_finished(study, 6)
+    assert study.trials[killed].state == TrialState.FAIL
+    retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == killed]
+    assert len(retries) == 1 and retries[0].state in FINISHED and retries[0].params == study.trials[killed].params
+    survivor = next(r for r in ray_nodes.workers if r != victim)
+    nodes = {node_of.get(int(TrialRecord.read(t).worker.rpartition(":")[2])) for t in study.get_trials(states=FINISHED)}
+    assert survivor in nodes, nodes  # the trials after the kill, at least
+    assert (out / "report.md").exists()
