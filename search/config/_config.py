@@ -54,8 +54,8 @@ class Budget:
     # None: search.reference_ratios
     reference_ratios: tuple[float, ...] | None = field(default=None, metadata=_ratio())
     # false: this budget fine-tunes every candidate to the end (a short study, whose few searched
-    # candidates successive halving would stop at rungs the references pass unjudged)
-    early_stop: bool = True
+    # candidates successive halving would stop at rungs the references pass unjudged); None: search.early_stop
+    early_stop: bool | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "budget")
@@ -174,7 +174,7 @@ class StudyConfig:
     @property
     def early_stop(self) -> bool:
         """Whether candidates are stopped at rungs: only if the search and the budget both allow it."""
-        return self.search.early_stop and self.spend.early_stop
+        return self.search.early_stop and self.spend.early_stop is not False
 
     def baseline_recipe(self, epochs: float | None = None) -> TrainConfig:
         """The baseline's recipe under the budget (``epochs`` overrides the budget's)."""

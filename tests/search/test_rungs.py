@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from pruning import load_checkpoint
 from search import run
-from search.config import build_config
+from search.config import build_config, fingerprint, first_difference
 from search.storage import TrialRecord
 from search.trial._rungs import crowding, decide, fronts, ranking, rung_steps
 from search.trial._space import LEVEL
@@ -167,6 +167,9 @@ def test_a_budget_without_early_stop_fine_tunes_every_candidate(tmp_path, fashio
         return build_config({**plain, "model": "lenet5"}, where="t", overrides={"budget": "smoke"}).early_stop
     assert not early_stop(greedy) and early_stop(TINY_LENET)
     assert not early_stop(merged(TINY_LENET, search={"early_stop": False}))
+    current = fingerprint(build_config({**TINY_LENET, "model": "lenet5"}, where="t", overrides={"budget": "smoke"}))
+    made_before = {k: v for k, v in current.items() if k != "budgets.smoke.early_stop"}
+    assert first_difference(made_before, current) is None  # a study made before the key still resumes
     out = tmp_path / "out"
     assert run.main(base_args(write_config(tmp_path / "g.yaml", greedy), out) +
                     ["--quiet", "--trials", "6", "--no-report", "--no-recover"]) == 0
