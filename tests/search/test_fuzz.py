@@ -147,6 +147,7 @@ def _bad_values(cls, name: str) -> list:
     """Values a field must refuse: the wrong type, out of its range, not finite."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     hint = typing.get_type_hints(cls)[name]
+    optional = typing.get_origin(hint) in (typing.Union, type(int | None)) and type(None) in typing.get_args(hint)
     base = typing.get_args(hint)[0] if typing.get_origin(hint) in (typing.Union, type(int | None)) else hint
     meta, bad = f.metadata, [{"nested": 1}, "text"]
     if base in (int, float):
@@ -162,7 +163,7 @@ def _bad_values(cls, name: str) -> list:
         bad += [3, ["a"]] + (["not-a-choice"] if "choices" in meta else [])
     elif typing.get_origin(base) is tuple:
         bad += [0.5, ["x"], [math.nan], [-1.0] if "low" in meta or "choices" in meta else "x"]
-    return [v for v in bad if v is not None or base is bool]
+    return [v for v in bad if v is not None or (base is bool and not optional)]  # None means unset where allowed
 
 
 CONFIG_CASES = [(section, f.name, v) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)

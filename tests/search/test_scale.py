@@ -294,6 +294,9 @@ class RayNodes:
     def __init__(self) -> None:
         self.ray = str(Path(PYTHON).parent / "ray")
         self.temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live below it
+        # a HOME of its own: an ~/.ray/auth_token left by an earlier local Ray makes the head demand a
+        # token its other nodes do not send
+        self.env = {**os.environ, "HOME": self.temp, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
         ports = _free_ports(16)
         self.address = f"127.0.0.1:{ports[0]}"
         self.groups: list[int] = []
@@ -304,13 +307,12 @@ class RayNodes:
     def _start(self, args: list[str], ports: list[int]) -> int:
         """Start one node; its raylet's pid."""
         before = self._raylets()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
         proc = subprocess.run(
             [self.ray, "start", *args, "--node-ip-address=127.0.0.1", "--disable-usage-stats",
              f"--metrics-export-port={ports[0]}", f"--dashboard-agent-listen-port={ports[1]}",
              f"--dashboard-agent-grpc-port={ports[2]}", f"--runtime-env-agent-port={ports[3]}",
              f"--node-manager-port={ports[4]}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=300, start_new_session=True)
         started = self._raylets() - before
         assert proc.returncode == 0 and len(started) == 1, proc.stderr[-3000:]
         raylet = started.pop()
@@ -357,7 +359,7 @@ def test_a_ray_cluster_loses_a_node_mid_trial_and_the_study_finishes(tmp_path, p
         [PYTHON, "-m", "search.run"] + base_args(config, out) +
         ["--quiet", "--trials", "6", "--no-early-stop", "--storage", postgres_url, "--heartbeat-s", "1",
          "--backend", "ray", "--ray-address", ray_nodes.address, "--cpus-per-trial", "1"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=ray_nodes.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     storage = optuna.storages.RDBStorage(postgres_url)
     node_of: dict[int, int] = {}  # Ray worker pid -> its node's raylet, while the nodes live
     killed = victim = None
