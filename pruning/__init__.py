@@ -2,6 +2,13 @@
 Torch-Pruning, adaptive BatchNorm, the training loop, measurement, data and safe checkpoints."""
 from __future__ import annotations
 
+import os
+
+# onnxruntime (1.32) otherwise starts its telemetry at its first session: a device id and an event
+# store under ~/.cache/Microsoft, files outside any study. Set before onnxruntime is imported; a
+# user's own ORT_DISABLE_TELEMETRY is kept.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from pruning._apply import IMPORTANCES, PruningRecord, apply_plan, global_ranking_plans, prunable_safely
 from pruning._bn import recalibrate_bn
 from pruning._checkpoint import (Checkpoint, CheckpointMeta, Reference, checksum, library_versions, load_checkpoint,

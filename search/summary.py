@@ -16,6 +16,7 @@ import yaml
 from pruning import atomic_write, atomic_write_text
 from search.cli import Parser, run_cli
 from search.config import UsageError
+from search.results import pyplot
 
 REPORT, RESOLVED, FRONT = "report.json", "config.resolved.yaml", "pareto.csv"
 COLUMNS = ["model", "dataset", "original_size_mb", "pruned_size_mb", "pruned_pct", "accuracy_drop_pts",
@@ -86,9 +87,7 @@ def front(folder: Path) -> pd.DataFrame:
 
 def plot(folders: list[Path], table: pd.DataFrame):
     """One figure: every study's front, pruned % against accuracy drop."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for folder, (_, r) in zip(folders, table.iterrows()):

@@ -1,7 +1,12 @@
 """report.md and pareto.png of a study."""
 from __future__ import annotations
 
+import atexit
+import os
 import shlex
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,13 +243,23 @@ def _projections(cfg: StudyConfig, study: optuna.Study) -> list[str]:
     return lines + [""]
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, its font cache and config in a temporary folder removed
+    at exit (unless MPLCONFIGDIR is set): a report writes nothing outside the study, ~/.cache included."""
+    if "MPLCONFIGDIR" not in os.environ and "matplotlib" not in sys.modules:
+        os.environ["MPLCONFIGDIR"] = folder = tempfile.mkdtemp(prefix="automl-prune-matplotlib-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def plot_projections(cfg: StudyConfig, study: optuna.Study):
     """The figure of a 3+-objective study's front: one panel per pair of objectives."""
     import itertools
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [name for name, _ in cfg.search.objectives()]
     pairs = list(itertools.combinations(range(len(names)), 2))
@@ -286,9 +301,7 @@ def _references(gaps: pd.DataFrame) -> list[str]:
 def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, ref: Reference):
     """The figure of pareto.png: all candidates, the references, the front (search-time and
     recovered), the baseline and the headline."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     done = completed(study)
     fig, (ax, lat) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})

@@ -13,8 +13,8 @@ from torch import nn
 
 from pruning import Checkpoint, Dataset, Reference, atomic_write, atomic_write_text, evaluate, load_checkpoint
 from search.config import StudyConfig
-from search.results._render import (PROJECTIONS, Results, pick_command, plot_front, plot_projections, render_markdown,
-                                    selection_accuracy, speedup_text)
+from search.results._render import (PROJECTIONS, Results, pick_command, plot_front, plot_projections, pyplot,
+                                    render_markdown, selection_accuracy, speedup_text)
 from search.results._verdict import headline_gain, size_gain, verdict
 from search.storage import TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, completed, recoveries, trial_artifact
 from search.trial import latencies, setting
@@ -220,7 +220,7 @@ def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset
         for key, figure in figures.items():
             atomic_write(paths[key], lambda tmp, figure=figure: figure.savefig(tmp, dpi=110, format="png"))
     finally:
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         for figure in figures.values():
             plt.close(figure)
     return Written({**paths, "json": results_file}, answer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,12 @@ from search.study._study import join_study, trial_handle, worker_id
 from search.trial import Outcome, run_trial
 
 _ACTOR_STATE: dict[str, tuple] = {}  # per Ray worker process: the study's context, built once
+# A local Ray (2.60) turns token authentication on and, unless a token is given, writes one to
+# ~/.ray/auth_token, where it outlives the study and makes a later `ray start --head` demand it. The
+# local Ray gets this process's own token through its environment instead: one per process, since
+# Ray's loader caches the token it first read.
+_LOCAL_TOKEN = secrets.token_hex(32)
+_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 class BrokerSearcher(Searcher):
@@ -107,6 +114,8 @@ def run_with_ray(job) -> None:
     if started:
         kw = {"address": opts.ray_address} if opts.ray_address else {"num_cpus": os.cpu_count(),
                                                                        "include_dashboard": False}
+        if not opts.ray_address and not any(v in os.environ for v in _AUTH_VARIABLES):
+            os.environ["RAY_AUTH_TOKEN"] = _LOCAL_TOKEN  # the driver's and the local cluster's processes'
         ray.init(log_to_driver=False, logging_level=logging.WARNING, **kw)
     try:
         tuner = tune.Tuner(trainable,

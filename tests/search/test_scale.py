@@ -25,8 +25,16 @@ pytestmark = pytest.mark.slow
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def _run(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _untouched_home(home: Path) -> dict:
+    """An environment whose HOME is an empty folder, so a test sees every file a command leaves there."""
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "RAY_AUTH", "MPLCONFIGDIR",
+                                                                    "ORT_DISABLE_TELEMETRY"))}
+    return {**env, "HOME": str(home)}
 
 
 def _check_finished(study: optuna.Study, total: int) -> None:
@@ -84,9 +92,11 @@ def test_ray_backend_runs_the_study(tmp_path, fashion_mnist):
     # PRUNED trials (and keep them off the front).
     eager = merged(TINY_LENET, search={"eta": 100, "rung_min_trials": 1})
     config = write_config(tmp_path / "eager.yaml", eager)
-    out = tmp_path / "out"
+    out, home = tmp_path / "out", tmp_path / "home"
+    env = _untouched_home(home)  # a local Ray, the report's plots and onnxruntime write nothing there
     result = _run(["search.run"] + base_args(config, out) +
-                  ["--quiet", "--trials", "6", "--backend", "ray", "--cpus-per-trial", "1", "--max-concurrent", "2"])
+                  ["--quiet", "--trials", "6", "--backend", "ray", "--cpus-per-trial", "1", "--max-concurrent", "2"],
+                  env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     study = study_of(out)
     _check_finished(study, 6)
@@ -98,9 +108,11 @@ def test_ray_backend_runs_the_study(tmp_path, fashion_mnist):
     assert sorted(TrialRecord.read(t).reference_ratio for t in study.get_trials(states=FINISHED)
                   if TrialRecord.read(t).reference) == [0.2, 0.5, 0.8]
     assert (out / "ray").is_dir() and (out / "report.md").exists()
-    picked = _run(["search.pick"] + base_args(config, out) + ["--max-drop", "100", "--save", str(tmp_path / "p.pt")])
+    picked = _run(["search.pick"] + base_args(config, out) + ["--max-drop", "100", "--save", str(tmp_path / "p.pt"),
+                                                               "--export", "onnx"], env=env)
     assert picked.returncode == 0, picked.stderr[-2000:]
-    assert '"test_accuracy"' in picked.stdout
+    assert '"test_accuracy"' in picked.stdout and (tmp_path / "p.onnx").is_file()
+    assert sorted(str(f.relative_to(home)) for f in home.rglob("*")) == []
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------
