@@ -176,3 +176,38 @@ def test_a_budget_without_early_stop_fine_tunes_every_candidate(tmp_path, fashio
     study = study_of(out)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
     assert not any(TrialRecord.read(t).rungs for t in study.trials)
+
+
+def test_the_population_of_a_rung_reads_a_finished_trial_once_and_a_running_one_each_time(monkeypatch):
+    import optuna
+
+    from search.storage import Rung, record_value
+    from search.trial import rung_population
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def trial(rungs, *, reference=None, finish=True, measures=(1.0,)):
+        t = study.ask()
+        attrs = {"rungs": [Rung(rung=i, steps=10 * i, val_accuracy=a) for i, a in enumerate(rungs)],
+                 "objective_values": list(measures), "reference": reference}
+        for k, v in attrs.items():
+            t.set_user_attr(k, record_value(k, v))
+        if finish:
+            study.tell(t, [rungs[-1], 1.0])
+        return t
+
+    trial([0.5, 0.6], measures=(2.0,))
+    trial([0.7], reference="uniform")         # references never compete for a rung's slots
+    trial([0.4, 0.45], measures=())             # no measures recorded: not comparable
+    running = trial([0.3], finish=False, measures=(3.0,))
+    me = trial([0.9], finish=False)
+    reads = []
+    real = TrialRecord.read.__func__
+    monkeypatch.setattr(TrialRecord, "read", classmethod(lambda cls, t: reads.append(t.number) or real(cls, t)))
+
+    assert sorted(rung_population(me, 0)) == [(0.3, 3.0), (0.5, 2.0)]
+    assert rung_population(me, 1) == [(0.6, 2.0)]
+    assert reads.count(0) == 1 and reads.count(running.number) == 2  # the finished trial read once
+    running.set_user_attr("rungs", record_value("rungs", [Rung(0, 0, 0.3), Rung(1, 10, 0.35)]))
+    assert sorted(rung_population(me, 1)) == [(0.35, 3.0), (0.6, 2.0)]  # a running trial's new rung counts
+    assert me.number not in reads
