@@ -1,20 +1,28 @@
-"""The README's commands do not go stale: every command line in its code blocks is checked against
-the code it names. ``python -m search.<command> ...`` lines are parsed by that command's own
-argument parser (every flag and value valid) and their ``--model`` by the model-source parser;
-``make <target>`` lines name a target of the Makefile; ``optuna-dashboard`` lines name a journal
-and an artifact folder of one study folder. Running them all is the suite's job elsewhere (a
-densenet121 study is hours of CPU); this test catches a renamed flag, a removed command or a model
-the registry no longer has."""
+"""The README's commands do not go stale. Fast: every command line of its code blocks is checked
+against the code it names (``python -m search.<command>`` lines by that command's own argument
+parser and the model-source parser, ``make`` lines against the Makefile's targets, the dashboard
+line against one study folder). Slow: every line is run, as a user would type it, with only the
+rewrites named below that shrink a study to minutes; a README command no test runs fails."""
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
 import shlex
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import yaml
 
 from models import parse_source
-from tests.conftest import REPO
+from tests.conftest import PYTHON, REPO, write_image_folder
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 
@@ -67,3 +75,140 @@ def test_a_dashboard_command_of_the_readme_names_one_study_folder(line):
     journal = next(a for a in argv[1:] if a.endswith("journal.log"))
     artifacts = argv[argv.index("--artifact-dir") + 1]
     assert journal.rsplit("/", 1)[0] == artifacts.rstrip("/").rsplit("/", 1)[0], line
+
+
+# ---- The README's commands, run. A resnet50 study is hours of CPU and a resnet50 trained to more
+# than chance is minutes, so the own-model walk runs as the README shows it with these rewrites
+# only, each visible here: resnet50 -> resnet18 (same family, same trace), a config whose default
+# budget is the smoke one (so the default study folder, the one the dashboard line names, is the
+# folder used), 64x64 images, and pick's bar widened (a smoke front is not within 1 point).
+WALK_REWRITES = {"resnet50": "resnet18"}
+APPENDED = {
+    "search.run": ["--quiet"],
+    "search.pick": ["--max-drop", "100"],
+    "search.summary": [],
+}
+MAKE_ARGS = "--budget smoke --trials 4 --quiet"
+
+
+OWN_MODEL_WALK = [c for c in README_COMMANDS if "torchvision:" in c or "torchvision-" in c]
+THREE_OBJECTIVES = [c for c in README_COMMANDS if "--objectives" in c or c.startswith("python -m search.summary")]
+MAKE_SEARCH = [c for c in README_COMMANDS if c.startswith("make search")]
+
+
+def test_every_command_of_the_readme_is_run_by_a_test():
+    """A command added to the README without a test that runs it fails here; ``make test`` is the
+    command CI itself runs (.ci/run), so it is run by every CI run."""
+    covered = set(OWN_MODEL_WALK) | set(THREE_OBJECTIVES) | set(MAKE_SEARCH)
+    assert set(README_COMMANDS) - covered == {"make test"}
+    assert "make test" in (REPO / ".ci" / "run").read_text().splitlines()
+    assert [c.split()[0] if c.startswith("optuna") else c.split()[2] for c in OWN_MODEL_WALK] == \
+        ["search.run", "optuna-dashboard", "search.pick"]
+
+
+def _argv(line: str, *, rewrites=WALK_REWRITES, extra=()) -> list[str]:
+    for old, new in rewrites.items():
+        line = line.replace(old, new)
+    argv = shlex.split(line)
+    if argv[0] == "python":
+        argv = [PYTHON] + argv[1:] + APPENDED[argv[2]]
+    elif argv[0] == "optuna-dashboard":
+        argv = [str(Path(PYTHON).parent / "optuna-dashboard")] + argv[1:]
+    return argv + list(extra)
+
+
+def _shell(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, f"{shlex.join(argv)} failed ({done.returncode}): {done.stderr[-2000:]}"
+    return done
+
+
+def _smoke_default_config(path: Path) -> Path:
+    config = yaml.safe_load((REPO / "configs" / "any-model.yaml").read_text())
+    config["budgets"]["default"] = dict(config["budgets"]["smoke"])
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _served_study_names(argv: list[str], cwd: Path) -> set[str]:
+    """The dashboard line, started as a real server on a free port; the study names it serves."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(argv + ["--host", "127.0.0.1", "--port", str(port)], cwd=cwd,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while server.poll() is None:  # waits on the server, not on a guess of how long it takes
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as answer:
+                    return {s["study_name"] for s in json.loads(answer.read())["study_summaries"]}
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail(f"the README's dashboard command exited {server.returncode}: {server.stderr.read()[-2000:]}")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_the_readme_walk_with_your_own_model_runs(tmp_path, fashion_mnist):
+    """Prune your own model, as the README shows it: the study, the dashboard on its folder, the
+    pick saved as a checkpoint and a verified ONNX file."""
+    import onnxruntime as ort
+
+    from pruning import load_checkpoint
+    from tests.search.test_your_model import _trained_weights
+
+    write_image_folder(tmp_path / "my_images", fashion_mnist, per_class=80, size=64)
+    weights = _trained_weights(tmp_path / "my_images", "torchvision:resnet18", tmp_path / "my_resnet18.pt", steps=150)
+    config = ["--config", str(_smoke_default_config(tmp_path / "smoke-as-default.yaml"))]
+    run_line, dashboard_line, pick_line = OWN_MODEL_WALK
+    _shell(_argv(run_line, extra=config + ["--image-size", "64"]), tmp_path)
+    study = tmp_path / "studies" / "torchvision-resnet18-imagefolder"
+    base = load_checkpoint(study / "baseline.pt", expect_model="torchvision:resnet18")
+    given = torch.load(weights, weights_only=True)["model"]
+    assert all(torch.equal(base.model.state_dict()[k].cpu(), v) for k, v in given.items())  # never retrained
+    assert base.meta.provenance["trained_by"] == "user"
+    assert json.loads((study / "report.json").read_text())["front_points"] >= 1
+    assert "from my_images" in (study / "report.md").read_text()
+    assert _served_study_names(_argv(dashboard_line), tmp_path) == {"torchvision-resnet18-imagefolder"}
+    _shell(_argv(pick_line, extra=config), tmp_path)
+    picked = load_checkpoint(tmp_path / "small.pt", expect_model="torchvision:resnet18")
+    assert picked.meta.preprocessing.input_size == 64 and picked.meta.preprocessing.resize_size == 73
+    sidecar = json.loads((tmp_path / "small.json").read_text())
+    assert sidecar["input"]["shape"] == ["batch", 3, 64, 64] and "centre 64x64" in sidecar["preprocessing"]["formula"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = picked.model.eval()(x).numpy()
+    session = ort.InferenceSession(str(tmp_path / "small.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(got, expected, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_the_readme_three_objective_study_and_the_summary_run(tmp_path, fashion_mnist):
+    """The three-objective LeNet5 line (the smoke budget appended) and the summary over the studies
+    folder it writes."""
+    study_line, summary_line = THREE_OBJECTIVES
+    smoke = ["--budget", "smoke", "--trials", "4", "--data-dir", str(REPO / "data")]
+    _shell(_argv(study_line, extra=smoke), tmp_path)
+    study = tmp_path / "studies" / "lenet5-3-objectives"
+    assert "## The 3-objective front" in (study / "report.md").read_text()
+    _shell(_argv(summary_line), tmp_path)
+    table = (tmp_path / "studies" / "summary.md").read_text()
+    assert "| lenet5 | " in table and "`studies/lenet5-3-objectives`" in table and (tmp_path / "studies" / "summary.csv").exists()
+
+
+@pytest.mark.slow
+def test_the_readmes_make_search_runs(tmp_path, fashion_mnist):
+    """``make search MODEL=lenet5`` through the Makefile (ARGS shrinks it to the smoke budget and
+    sends the study to a temporary folder; the venv is the one `make test` set up)."""
+    (line,) = MAKE_SEARCH
+    stamp = REPO / ".venv" / ".installed"
+    if (Path(PYTHON).resolve() != (REPO / ".venv" / "bin" / "python").resolve() or not stamp.exists()
+            or stamp.stat().st_mtime < (REPO / "pyproject.toml").stat().st_mtime):
+        pytest.skip("make search would (re)install the project's .venv: run this suite through make test")
+    out = tmp_path / "lenet5"
+    _shell(shlex.split(line) + ["-C", str(REPO), f"ARGS={MAKE_ARGS} --out {out}"], tmp_path)
+    report = json.loads((out / "report.json").read_text())
+    assert report["front_points"] >= 1 and (out / "baseline.pt").exists()
