@@ -11,7 +11,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from pruning._apply import IMPORTANCES, PruningRecord, apply_plan, global_ranking_plans, prunable_safely
 from pruning._bn import recalibrate_bn
-from pruning._checkpoint import (Checkpoint, CheckpointMeta, Reference, checksum, library_versions, load_checkpoint,
+from pruning._checkpoint import (BaselineFigures, Checkpoint, CheckpointMeta, checksum, library_versions, load_checkpoint,
                                  load_pruned, read_meta, save_pruned, with_metrics)
 from pruning._data import (AUGMENTATIONS, DATASETS, Dataset, ImageSpec, Preprocessing, image_spec_of, load_dataset,
                            synthetic_splits, train_batches)
@@ -27,9 +27,9 @@ from pruning._units import (GRANULARITIES, Unit, channels_to_keep, expand_plan, 
 from pruning._typed import bounds, check_fields, from_plain, to_plain
 
 __all__ = [
-    "AUGMENTATIONS", "DATASETS", "GRANULARITIES", "IMPORTANCES", "INPUT", "OUTPUT", "Checkpoint",
+    "AUGMENTATIONS", "DATASETS", "GRANULARITIES", "IMPORTANCES", "INPUT", "OUTPUT", "BaselineFigures", "Checkpoint",
     "CheckpointError", "CheckpointMeta", "Dataset", "DatasetError", "ExportError", "ImageSpec", "Measurement",
-    "PlanError", "Preprocessing", "PruningError", "PruningRecord", "Reference", "SpeedUp", "TrainConfig",
+    "PlanError", "Preprocessing", "PruningError", "PruningRecord", "SpeedUp", "TrainConfig",
     "TrainHooks", "TrainResult", "TrainState", "TrainingDiverged", "Unit", "Verification", "apply_plan",
     "atomic_write", "atomic_write_text", "autocast", "bounds", "channels_to_keep", "check_fields", "checksum",
     "evaluate", "expand_plan", "export_onnx", "external_data_path", "find_classifier", "finetune", "from_plain",

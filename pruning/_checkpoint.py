@@ -29,7 +29,7 @@ MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a larger count in a checkpoint
 
 
 @dataclass(frozen=True)
-class Reference:
+class BaselineFigures:
     """Figures of the unpruned baseline that every candidate is compared with (sizes in MB of fp32
     weights, MACs per image, accuracies as fractions). It travels in every pruned checkpoint, so a
     study started ``--from`` one still measures against the original model."""
@@ -42,12 +42,12 @@ class Reference:
 
     def __post_init__(self) -> None:
         if min(self.params, self.macs) < 0 or not (math.isfinite(self.size_mb) and self.size_mb >= 0):
-            raise ValueError(f"reference sizes must be non-negative, got params={self.params}, macs={self.macs}, "
+            raise ValueError(f"baseline sizes must be non-negative, got params={self.params}, macs={self.macs}, "
                              f"size_mb={self.size_mb}")
         for name in ("val_accuracy", "test_accuracy"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"reference.{name} must be a fraction in [0, 1], got {value}")
+                raise ValueError(f"baseline.{name} must be a fraction in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class CheckpointMeta:
         model_kwargs: keyword arguments of the source's builder.
         dataset: the dataset it was trained on.
         preprocessing: what a deployment does to an image first.
-        reference: the unpruned baseline's figures (None in a baseline itself).
+        baseline: the unpruned baseline's figures (None in a baseline itself).
         metrics: measured figures (val/test accuracy as fractions, params, macs, size_mb, ...).
         provenance: where it came from (study, trial, recipe, seed, ...), plain values.
     """
@@ -70,7 +70,7 @@ class CheckpointMeta:
     in_channels: int
     dataset: str | None = None
     preprocessing: Preprocessing | None = None
-    reference: Reference | None = None
+    baseline: BaselineFigures | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -259,6 +259,8 @@ def read_meta(path: str | Path) -> tuple[CheckpointMeta, str]:
 
 def _meta(path: Path, plain: dict) -> CheckpointMeta:
     plain = {k: v for k, v in plain.items() if k != "versions"}
+    if "reference" in plain and "baseline" not in plain:  # the name of the field before 2026-12-03
+        plain["baseline"] = plain.pop("reference")
     return from_plain(CheckpointMeta, plain, where=f"{path.name} metadata", error=CheckpointError)
 
 

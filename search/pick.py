@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     check_targets((save,), "--save", force=force, pinned=(cfg.from_checkpoint,))
     if export:
         check_targets(export_paths(save.with_suffix(".onnx")), "--export", force=force, pinned=(cfg.from_checkpoint,))
-    data, ref, start = found.data, found.reference, found.start
-    results = collect(cfg, out, found.study, data, ref, start, latency=False)
+    data, baseline, start = found.data, found.baseline, found.start
+    results = collect(cfg, out, found.study, data, baseline, start, latency=False)
     if results.table.empty:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")
-    row = choose(results.table, baseline_val=ref.val_accuracy, **rule)
+    row = choose(results.table, baseline_val=baseline.val_accuracy, **rule)
     path = out / (row["recovered_checkpoint"] if isinstance(row["recovered_checkpoint"], str) else row["checkpoint"])
     # (both were checked to lie inside the study's artifact store when the table was made)
     ckpt = load_checkpoint(path, expect_model=cfg.model)
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         shipped = {"onnx": str(save.with_suffix(".onnx")), "onnx_latency_ms": sidecar["latency_ms"]["onnxruntime_cpu"]}
     print(json.dumps({"checkpoint": str(save), **shipped, "trial": int(row["trial"]),
                       "recovered": isinstance(row["recovered_checkpoint"], str), "size_mb": m.size_mb,
-                      "params": m.params, "macs": m.macs, "pruned_pct": 100 * (1 - m.size_mb / ref.size_mb),
+                      "params": m.params, "macs": m.macs, "pruned_pct": 100 * (1 - m.size_mb / baseline.size_mb),
                       "val_accuracy": val, "test_accuracy": test,
-                      "accuracy_drop": None if test is None or ref.test_accuracy is None
-                      else 100 * (ref.test_accuracy - test), "finetune_epochs": epochs}))
+                      "accuracy_drop": None if test is None or baseline.test_accuracy is None
+                      else 100 * (baseline.test_accuracy - test), "finetune_epochs": epochs}))
     return 0
 
 

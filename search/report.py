@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
     found = open_existing(*resolve(args))
-    for path in write_report(found.cfg, found.out, found.study, found.data, found.reference, found.start,
+    for path in write_report(found.cfg, found.out, found.study, found.data, found.baseline, found.start,
                              progress=found.opts.progress).paths.values():
         print(path)
     return 0

@@ -54,7 +54,7 @@ def ship(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx
         "preprocessing": {**to_plain(pre), "formula": _formula(pre)},
         "class_names": list(pre.class_names),
         "metrics": dict(meta.metrics),
-        "reference": to_plain(meta.reference) if meta.reference else None,
+        "baseline": to_plain(meta.baseline) if meta.baseline else None,
         "provenance": {"model": meta.model, "dataset": meta.dataset, **meta.provenance, "plan": plan},
         "verification": {**to_plain(check), "against": "PyTorch fp32 on the CPU, the first validation images"},
         "latency_ms": {"onnxruntime_cpu": {str(k): v for k, v in latency.items()}, "threads": ORT_THREADS},

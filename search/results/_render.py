@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from pruning import Reference
+from pruning import BaselineFigures
 from search.config import StudyConfig
 from search.storage import completed, fmt_accuracy
 
@@ -81,7 +81,7 @@ def _num(value, digits: int = 2) -> str:
     return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: Results, ref: Reference,
+def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: Results, baseline: BaselineFigures,
                     data=None) -> str:
     """report.md; ``data`` (the study's :class:`pruning.Dataset`) adds its input, augmentation and folder."""
     data_dir = data.root if data is not None else None
@@ -97,11 +97,11 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
               f"{n[TrialState.FAIL]} failed trials; objectives: {_objectives_text(cfg)}. "
               f"Granularity `{cfg.search.granularity}`, importance "
               f"`{cfg.search.importance}`, sampler `{cfg.search.sampler}`.", "",
-              f"Baseline: {ref.params:,} parameters, {ref.size_mb:.3f} MB, {ref.macs / 1e6:.1f} M MACs, "
-              f"val accuracy {ref.val_accuracy:.4f}, test accuracy {fmt_accuracy(ref.test_accuracy)}.", ""]
+              f"Baseline: {baseline.params:,} parameters, {baseline.size_mb:.3f} MB, {baseline.macs / 1e6:.1f} M MACs, "
+              f"val accuracy {baseline.val_accuracy:.4f}, test accuracy {fmt_accuracy(baseline.test_accuracy)}.", ""]
     if data is not None:
         lines += [_data_line(data), "", _spend_line(cfg, data), ""]
-    lines += _headline(cfg, results, ref)
+    lines += _headline(cfg, results, baseline)
     lines += _commands(cfg, out, results, data_dir)
     lines += _latency(results)
     lines += _front(results.table)
@@ -183,14 +183,14 @@ def _widths(results: Results) -> list[str]:
     return lines + ["", "</details>", ""]
 
 
-def _headline(cfg: StudyConfig, results: Results, ref: Reference) -> list[str]:
+def _headline(cfg: StudyConfig, results: Results, baseline: BaselineFigures) -> list[str]:
     best = results.headline
     lines = ["| Model | Original Size | Pruned Size | Pruned % | Accuracy Drop |", "|---|---|---|---|---|"]
     if best is None:
-        lines.append(f"| {cfg.model} | {ref.size_mb:.3f} MB | no front point within "
+        lines.append(f"| {cfg.model} | {baseline.size_mb:.3f} MB | no front point within "
                      f"{cfg.report.headline_max_drop} pts | | |")
         return lines + [""]
-    lines.append(f"| {cfg.model} | {ref.size_mb:.3f} MB | {best['size_mb']:.3f} MB | {best['pruned_pct']:.1f} % | "
+    lines.append(f"| {cfg.model} | {baseline.size_mb:.3f} MB | {best['size_mb']:.3f} MB | {best['pruned_pct']:.1f} % | "
                  f"{_fmt_drop(best['accuracy_drop'])} |")
     recovered = best["recovered_val_accuracy"] is not None and not pd.isna(best["recovered_val_accuracy"])
     lines += ["", f"Headline: trial {int(best['trial'])}, the smallest "
@@ -298,7 +298,7 @@ def _references(gaps: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, ref: Reference):
+def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, baseline: BaselineFigures):
     """The figure of pareto.png: all candidates, the references, the front (search-time and
     recovered), the baseline and the headline."""
     plt = pyplot()
@@ -315,7 +315,7 @@ def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, ref: Ref
     rec = table[table["recovered_val_accuracy"].notna()]
     if not rec.empty:
         ax.plot(rec["size_mb"], rec["recovered_val_accuracy"], "D", c="tab:green", label="recovered")
-    ax.scatter([ref.size_mb], [ref.val_accuracy], marker="*", s=160, c="k", zorder=5, label="baseline (unpruned)")
+    ax.scatter([baseline.size_mb], [baseline.val_accuracy], marker="*", s=160, c="k", zorder=5, label="baseline (unpruned)")
     if results.headline is not None:
         h = results.headline
         ax.scatter([h["size_mb"]], [selection_accuracy(h)], s=220, facecolors="none", edgecolors="tab:red",
@@ -325,12 +325,12 @@ def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, ref: Ref
     ax.set_title(f"{cfg.model} on {cfg.dataset}" + (" (smoke run)" if cfg.budget == "smoke" else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    _latency_panel(lat, results, ref)
+    _latency_panel(lat, results, baseline)
     fig.tight_layout()
     return fig
 
 
-def _latency_panel(ax, results: Results, ref: Reference) -> None:
+def _latency_panel(ax, results: Results, baseline: BaselineFigures) -> None:
     """Validation accuracy against measured latency (onnxruntime, batch 1) of the front."""
     table = results.table
     if results.baseline_latency is None or table.empty:
@@ -338,7 +338,7 @@ def _latency_panel(ax, results: Results, ref: Reference) -> None:
         return
     acc = [selection_accuracy(r) for _, r in table.iterrows()]
     ax.plot(table["ort_b1_ms"], acc, "o", c="tab:blue", label="front (recovered where recovered)")
-    ax.scatter([results.baseline_latency["ort"][1]], [ref.val_accuracy], marker="*", s=160, c="k", zorder=5,
+    ax.scatter([results.baseline_latency["ort"][1]], [baseline.val_accuracy], marker="*", s=160, c="k", zorder=5,
                label="pruned-from model")
     if results.headline is not None:
         h = results.headline

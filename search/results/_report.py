@@ -11,7 +11,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from pruning import Checkpoint, Dataset, Reference, atomic_write, atomic_write_text, evaluate, load_checkpoint
+from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, evaluate, load_checkpoint
 from search.config import StudyConfig
 from search.results._render import (PROJECTIONS, Results, pick_command, plot_front, plot_projections, pyplot,
                                     render_markdown, selection_accuracy, speedup_text)
@@ -53,7 +53,7 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset)
     return {key: cache[a] for key, a in items.items()}
 
 
-def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference, start: Checkpoint, *,
+def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, baseline: BaselineFigures, start: Checkpoint, *,
             latency: bool = True, progress: bool = False) -> Results:
     """Everything the report files show. ``start`` is the model the study prunes (the speed-up
     reference and the "before" of the channel widths); ``latency`` measures every front point."""
@@ -67,20 +67,20 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref
     tests = test_accuracies(out, cfg.model, items, data)
     timed = [t for t in front if cfg.report.latency == "all" or t.number in recovered]
     timing = _latencies(cfg, out, timed, data, start, progress) if latency and cfg.report.latency != "none" else {}
-    rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, ref, timing) for t in front]
+    rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, baseline, timing) for t in front]
     table = pd.DataFrame(rows, columns=CSV_COLUMNS)
-    best = headline(table, ref, cfg.report.headline_max_drop)
+    best = headline(table, baseline, cfg.report.headline_max_drop)
     widths = []
     if best is not None:
         table.loc[table["trial"] == best["trial"], "headline"] = True
         best = table[table["trial"] == best["trial"]].iloc[0]
         widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"]).model)
     return Results(table=table, headline=best, references=reference_gaps(study),
-                   warning=undertrained(study, recovered, ref, cfg.report.undertrained_margin),
+                   warning=undertrained(study, recovered, baseline, cfg.report.undertrained_margin),
                    baseline_latency=timing.get("start"), latency_setting=setting(data.device) if timing else None,
-                   widths=widths, verdict=verdict(completed(study), best, ref, cfg.report.headline_max_drop),
+                   widths=widths, verdict=verdict(completed(study), best, baseline, cfg.report.headline_max_drop),
                    device=str(data.device), wall_s=wall_seconds(study), gain=headline_gain(completed(study), best),
-                   size_gain=size_gain(completed(study), best, ref, cfg.report.headline_max_drop))
+                   size_gain=size_gain(completed(study), best, baseline, cfg.report.headline_max_drop))
 
 
 def wall_seconds(study: optuna.Study) -> float | None:
@@ -122,7 +122,7 @@ def _relative(out: Path, artifact: str) -> str:
 
 
 def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord | None, tests: dict,
-         ref: Reference, timing: dict) -> dict:
+         baseline: BaselineFigures, timing: dict) -> dict:
     test = tests[f"t{t.number}"]
     final_test = recovery.test_accuracy if recovery else test
     speed = {}
@@ -137,8 +137,8 @@ def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord |
             "params": rec.params, "macs": rec.macs, "pruned_pct": rec.pruned_pct, "val_accuracy": rec.val_accuracy,
             "test_accuracy": test, "recovered_val_accuracy": recovery.val_accuracy if recovery else None,
             "recovered_test_accuracy": recovery.test_accuracy if recovery else None,
-            "accuracy_drop": 100.0 * (ref.test_accuracy - final_test) if final_test is not None
-            and ref.test_accuracy is not None else None,
+            "accuracy_drop": 100.0 * (baseline.test_accuracy - final_test) if final_test is not None
+            and baseline.test_accuracy is not None else None,
             "checkpoint": _relative(out, rec.checkpoint),
             "recovered_checkpoint": _relative(out, recovery.checkpoint) if recovery else None,
             "plan": json.dumps(rec.plan)}
@@ -148,13 +148,13 @@ def _ref_label(rec: TrialRecord) -> str | None:
     return f"{rec.reference} {rec.reference_ratio:g}" if rec.reference else None
 
 
-def headline(table: pd.DataFrame, ref: Reference, max_drop: float) -> pd.Series | None:
+def headline(table: pd.DataFrame, baseline: BaselineFigures, max_drop: float) -> pd.Series | None:
     """The smallest front point whose *validation* accuracy (recovered, when any point was) is within
     ``max_drop`` points of the baseline's; the test split is never read here."""
     if table.empty:
         return None
     pool = table[table["recovered_val_accuracy"].notna()] if table["recovered_val_accuracy"].notna().any() else table
-    ok = pool[[100.0 * (ref.val_accuracy - selection_accuracy(r)) <= max_drop for _, r in pool.iterrows()]]
+    ok = pool[[100.0 * (baseline.val_accuracy - selection_accuracy(r)) <= max_drop for _, r in pool.iterrows()]]
     return None if ok.empty else ok.sort_values("size_mb").iloc[0]
 
 
@@ -176,7 +176,7 @@ def reference_gaps(study: optuna.Study) -> pd.DataFrame:
                                        "searched_size_mb", "searched_val_accuracy"])
 
 
-def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], ref: Reference,
+def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], baseline: BaselineFigures,
                  margin: float) -> str | None:
     """A warning when a pruned candidate beats the baseline's validation accuracy by more than
     ``margin`` points: then the baseline was not trained to convergence and "gains" are not gains."""
@@ -185,11 +185,11 @@ def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], ref:
     if not candidates:
         return None
     best, who = max(candidates)
-    gain = 100.0 * (best - ref.val_accuracy)
+    gain = 100.0 * (best - baseline.val_accuracy)
     if gain <= margin:
         return None
     return (f"the baseline looks under-trained: {who} reaches val accuracy {best:.4f}, {gain:.2f} points above the "
-            f"baseline's {ref.val_accuracy:.4f} (margin {margin} points); train the baseline longer "
+            f"baseline's {baseline.val_accuracy:.4f} (margin {margin} points); train the baseline longer "
             f"(baseline.epochs / min_steps) before trusting the accuracy drops")
 
 
@@ -201,18 +201,18 @@ class Written:
     answer: dict
 
 
-def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, ref: Reference,
+def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, baseline: BaselineFigures,
                  start: Checkpoint, *, progress: bool = False) -> Written:
     """Write pareto.csv, report.md, report.json and pareto.png into the study folder (``progress``:
     a bar while the front points' latencies are measured)."""
-    results = collect(cfg, out, study, data, ref, start, progress=progress)
+    results = collect(cfg, out, study, data, baseline, start, progress=progress)
     paths = {"csv": out / "pareto.csv", "md": out / "report.md", "png": out / "pareto.png"}
     atomic_write_text(paths["csv"], results.table.to_csv(index=False))
-    atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, ref, data))
+    atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, baseline, data))
     results_file = out / "report.json"  # what the console, the study note and the benchmarks read
-    answer = summary(cfg, out, results, ref, data.root)
+    answer = summary(cfg, out, results, baseline, data.root)
     atomic_write_text(results_file, json.dumps(answer, indent=1))
-    figures = {"png": plot_front(cfg, study, results, ref)}
+    figures = {"png": plot_front(cfg, study, results, baseline)}
     if len(cfg.search.objectives()) > 2:
         paths["projections"] = out / PROJECTIONS
         figures["projections"] = plot_projections(cfg, study)
@@ -226,7 +226,7 @@ def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset
     return Written({**paths, "json": results_file}, answer)
 
 
-def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference, data_dir: str | None = None) -> dict:
+def summary(cfg: StudyConfig, out: Path, results: Results, baseline: BaselineFigures, data_dir: str | None = None) -> dict:
     """The report's answer as plain values (report.json): headline, its command, the warning."""
     best = results.headline
     head = None
@@ -241,7 +241,7 @@ def summary(cfg: StudyConfig, out: Path, results: Results, ref: Reference, data_
         head["size_gain"] = results.size_gain
         head["pick_command"] = pick_command(cfg, out, int(best["trial"]), data_dir)
     return {"model": cfg.model, "dataset": cfg.dataset, "budget": cfg.budget, "baseline": {
-            "size_mb": ref.size_mb, "params": ref.params, "macs": ref.macs, "val_accuracy": ref.val_accuracy,
-            "test_accuracy": ref.test_accuracy}, "headline": head, "front_points": len(results.table),
+            "size_mb": baseline.size_mb, "params": baseline.params, "macs": baseline.macs, "val_accuracy": baseline.val_accuracy,
+            "test_accuracy": baseline.test_accuracy}, "headline": head, "front_points": len(results.table),
             "warning": results.warning, "verdict": results.verdict, "device": results.device,
             "wall_s": results.wall_s}

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pruning import Reference
+from pruning import BaselineFigures
 from search.storage import TrialRecord
 
 
-def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, ref: Reference,
+def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, baseline: BaselineFigures,
             max_drop: float) -> list[str]:
     """Plain sentences for report.md and the console. ``done``: (trial, record) of every fine-tuned
     trial; accuracies compared are validation accuracies after the same search fine-tune (points)."""
     searched = [(t.number, r) for t, r in done if r.reference is None]
-    bar = ref.val_accuracy - max_drop / 100
+    bar = baseline.val_accuracy - max_drop / 100
     never = (f"The sampler never ran: all {len(done)} fine-tuned trials are classic references; give the "
              f"study more trials (at most half are references).")
     if headline is None:
@@ -24,7 +24,7 @@ def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, 
     own = next(r for t, r in done if t.number == number)
     if not own.reference:
         return [f"The headline is a searched plan (trial {number}).", _gain(headline_gain(done, headline)),
-                _size_gain(size_gain(done, headline, ref, max_drop))]
+                _size_gain(size_gain(done, headline, baseline, max_drop))]
     lines = [f"The headline is the classic {own.reference} {own.reference_ratio:g} reference (trial {number}), "
              "not a searched plan: the search did not beat it at this size.", _gain(headline_gain(done, headline))]
     smaller = [(n, r) for n, r in searched if r.size_mb < size]
@@ -48,14 +48,14 @@ def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | 
             "gain_pts": 100 * (own.val_accuracy - best.val_accuracy)}
 
 
-def size_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, ref: Reference,
+def size_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, baseline: BaselineFigures,
               max_drop: float) -> dict | None:
     """The headline's size against the smallest reference that holds the same accuracy bar at search
     time (what the search bought in size): {"reference", "trial", "size_mb", "ratio"} (reference
     size over the headline's); None without a headline or without such a reference."""
     if headline is None:
         return None
-    number, size, bar = int(headline["trial"]), float(headline["size_mb"]), ref.val_accuracy - max_drop / 100
+    number, size, bar = int(headline["trial"]), float(headline["size_mb"]), baseline.val_accuracy - max_drop / 100
     holding = [(t.number, r) for t, r in done if r.reference and r.val_accuracy >= bar and t.number != number]
     if not holding:
         return None

@@ -12,13 +12,13 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from pruning import Reference
+from pruning import BaselineFigures
 from search.storage._records import REPORT_ARTIFACTS_KEY, TrialRecord, fmt_accuracy
 
 _MIMETYPES = {".md": "text/markdown", ".png": "image/png", ".csv": "text/csv", ".pt": "application/octet-stream"}
 
 
-def trial_note(rec: TrialRecord, state: TrialState, reason: str | None, ref: Reference) -> str:
+def trial_note(rec: TrialRecord, state: TrialState, reason: str | None, baseline: BaselineFigures) -> str:
     """Markdown for a trial: its size, its accuracy, and for a stopped or failed one, why."""
     lines = []
     if state == TrialState.PRUNED:
@@ -28,14 +28,14 @@ def trial_note(rec: TrialRecord, state: TrialState, reason: str | None, ref: Ref
     if rec.reference:
         lines.append(f"Reference plan: {rec.reference} ratio {rec.reference_ratio}")
     if rec.size_mb is not None:
-        lines.append(f"**{rec.size_mb:.4f} MB** ({rec.pruned_pct:.1f} % smaller than {ref.size_mb:.4f} MB), "
+        lines.append(f"**{rec.size_mb:.4f} MB** ({rec.pruned_pct:.1f} % smaller than {baseline.size_mb:.4f} MB), "
                      f"{(rec.macs or 0) / 1e6:.1f} M MACs, {rec.params or 0:,} parameters")
     if rec.val_accuracy is not None:
-        lines.append(f"val accuracy **{rec.val_accuracy:.4f}** (baseline {ref.val_accuracy:.4f}; "
+        lines.append(f"val accuracy **{rec.val_accuracy:.4f}** (baseline {baseline.val_accuracy:.4f}; "
                      f"proxy after BN recalibration {rec.proxy_accuracy:.4f})")
     elif rec.proxy_accuracy is not None:
         lines.append(f"proxy val accuracy after BN recalibration {rec.proxy_accuracy:.4f} "
-                     f"(baseline {ref.val_accuracy:.4f})")
+                     f"(baseline {baseline.val_accuracy:.4f})")
     if rec.skipped:
         lines.append(rec.skipped)
     if rec.rungs:

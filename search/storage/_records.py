@@ -2,7 +2,7 @@
 
 A trial's attributes are one :class:`TrialRecord`, written field by field as the trial goes
 (``TrialIO.write``) and read back whole (``TrialRecord.read``); the study's own attributes
-(its config, fingerprint, base model, reference figures, recoveries) are keyed by the constants here.
+(its config, fingerprint, base model, baseline figures, recoveries) are keyed by the constants here.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pruning import Reference, from_plain, to_plain
+from pruning import BaselineFigures, from_plain, to_plain
 from search.config import ConfigError
 
 # study user attributes
@@ -21,7 +21,7 @@ CONFIG_KEY = "config"              # the resolved StudyConfig, plain
 SETTINGS_KEY = "settings"          # its fingerprint (dotted keys)
 BASE_KEY = "base"                  # "baseline" or the --from path the study prunes
 DIGEST_KEY = "base_digest"         # checksum of the model the study prunes
-REFERENCE_KEY = "reference"        # the unpruned baseline's figures (pruning.Reference)
+BASELINE_FIGURES_KEY = "reference"        # the unpruned baseline's figures (pruning.BaselineFigures)
 RECOVERED_PREFIX = "recovered:"    # + trial number -> RecoveryRecord
 REPORT_ARTIFACTS_KEY = "report_artifacts"  # file name -> artifact id of the study-level artifacts
 
@@ -136,12 +136,12 @@ def save_recovery(study: optuna.Study, rec: RecoveryRecord) -> None:
     study.set_user_attr(f"{RECOVERED_PREFIX}{rec.trial}", to_plain(rec))
 
 
-def reference_of(study: optuna.Study) -> Reference:
+def baseline_of(study: optuna.Study) -> BaselineFigures:
     """The unpruned baseline's figures the study compares with."""
-    plain = study.user_attrs.get(REFERENCE_KEY)
+    plain = study.user_attrs.get(BASELINE_FIGURES_KEY)
     if plain is None:
-        raise ConfigError(f"study {study.study_name!r} has no reference figures; it was not made by search.run")
-    return from_plain(Reference, plain, where="the study's reference", error=ConfigError)
+        raise ConfigError(f"study {study.study_name!r} has no baseline figures; it was not made by search.run")
+    return from_plain(BaselineFigures, plain, where="the study's baseline figures", error=ConfigError)
 
 
 def completed(study: optuna.Study) -> list[tuple[FrozenTrial, TrialRecord]]:

@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from pruning import Reference
+from pruning import BaselineFigures
 from search.config import RunOptions, StudyConfig, UsageError, fault
 from search.storage import (TrialRecord, cleared_outputs, inputs_of, record_value, save_trial_note, study_lock,
                             trial_note)
@@ -59,10 +59,10 @@ class TrialBroker:
     callbacks run (the first is the run's :class:`Progress`)."""
 
     def __init__(self, study: optuna.Study, storage: BaseStorage, cfg: StudyConfig, opts: RunOptions, out: Path,
-                 keys: list[str], reference: Reference, *, seconds_per_trial: float | None = None,
+                 keys: list[str], baseline: BaselineFigures, *, seconds_per_trial: float | None = None,
                  after_trials_s: float = 0.0, callbacks: tuple[Callback, ...] = ()) -> None:
         self.study, self.storage, self.cfg, self.opts, self.out = study, storage, cfg, opts, out
-        self.keys, self.reference = keys, reference
+        self.keys, self.baseline = keys, baseline
         self.total = opts.total_trials(cfg)
         self.streak: list[str] = []
         self.progress = Progress(study, self.total, enabled=opts.progress, workers=opts.workers,
@@ -167,7 +167,7 @@ class TrialBroker:
             self.study.tell(t.number, state=TrialState.FAIL)
         except (ValueError, RuntimeError):  # another worker failed it first
             return False
-        save_trial_note(handle, trial_note(TrialRecord.read(handle), TrialState.FAIL, reason, self.reference))
+        save_trial_note(handle, trial_note(TrialRecord.read(handle), TrialState.FAIL, reason, self.baseline))
         self._retry(t)
         return True
 
@@ -204,7 +204,7 @@ class TrialBroker:
 
     def _finish(self, number: int, outcome: Outcome, *, counts: bool) -> None:
         handle = trial_handle(self.study, self.storage, number)
-        save_trial_note(handle, trial_note(TrialRecord.read(handle), outcome.state, outcome.reason, self.reference))
+        save_trial_note(handle, trial_note(TrialRecord.read(handle), outcome.state, outcome.reason, self.baseline))
         if outcome.state == TrialState.COMPLETE:
             self.study.tell(number, list(outcome.values))
         else:

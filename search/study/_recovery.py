@@ -15,7 +15,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
-from pruning import (Checkpoint, Dataset, PruningRecord, Reference, evaluate, load_checkpoint, resolve_precision,
+from pruning import (BaselineFigures, Checkpoint, Dataset, PruningRecord, evaluate, load_checkpoint, resolve_precision,
                      save_pruned, train, with_metrics)
 from search.config import StudyConfig, fault
 from search.results import front_trials
@@ -25,7 +25,7 @@ from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, file_lock
 REACH = 3.0  # recovery brings a point up by one to two points: those within 3x the drop are worth a try
 
 
-def targets(front: list[FrozenTrial], ref: Reference, count: int, max_drop: float) -> list[int]:
+def targets(front: list[FrozenTrial], baseline: BaselineFigures, count: int, max_drop: float) -> list[int]:
     """Which front points to recover (trial numbers, smallest first), ``count`` at most: the
     search-time headline (the smallest point within ``max_drop`` val points of the baseline); points
     smaller than it that recovery may bring within the drop (within ``REACH`` times the drop), spread
@@ -33,7 +33,7 @@ def targets(front: list[FrozenTrial], ref: Reference, count: int, max_drop: floa
     if count <= 0 or not front:
         return []
     recs = [TrialRecord.read(t) for t in front]  # front_trials: smallest first
-    drops = [100.0 * (ref.val_accuracy - r.val_accuracy) for r in recs]
+    drops = [100.0 * (baseline.val_accuracy - r.val_accuracy) for r in recs]
     ok = [i for i, d in enumerate(drops) if d <= max_drop]
     anchor = ok[0] if ok else len(recs) - 1
     reach = [i for i in range(anchor) if drops[i] <= REACH * max_drop]
@@ -58,13 +58,13 @@ def _spread(indices: list[int], recs: list[TrialRecord], k: int) -> list[int]:
     return out
 
 
-def recover(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, start: Checkpoint, ref: Reference,
+def recover(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, start: Checkpoint, baseline: BaselineFigures,
             *, progress: bool = True) -> list[RecoveryRecord]:
     """Recover the chosen front points not recovered yet; returns the new records."""
     store = FileSystemArtifactStore(str(artifact_dir(out)))
     done = []
     with file_lock(out / ".recover.lock"):  # one recovering process: a second waits, then skips what is done
-        chosen = targets(front_trials(study), ref, cfg.report.recover_points, cfg.report.headline_max_drop)
+        chosen = targets(front_trials(study), baseline, cfg.report.recover_points, cfg.report.headline_max_drop)
         have = recoveries(study)
         todo = [n for n in chosen if n not in have]
         for i, number in enumerate(todo, 1):

@@ -11,9 +11,9 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage
 
-from pruning import Checkpoint, Dataset, Reference, atomic_write_text, read_meta
+from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write_text, read_meta
 from search.config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig, UsageError
-from search.storage import BASELINE, JOURNAL, check_writable, dashboard_command, open_storage, reference_of, study_lock
+from search.storage import BASELINE, JOURNAL, baseline_of, check_writable, dashboard_command, open_storage, study_lock
 from search.study._backends import Job
 from search.study._estimate import Estimate, describe, duration, estimate, guard
 from search.study._references import reference_plans
@@ -79,7 +79,7 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
                 train_baseline(cfg, out, data, progress=opts.progress, then=after)
         ctx = build_context(cfg, opts, out, data=data, start=start)
         if study is None:
-            study = create_study(storage, cfg, digest=ctx.start.checksum, reference=ctx.reference)
+            study = create_study(storage, cfg, digest=ctx.start.checksum, baseline=ctx.baseline)
             atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
         plans = reference_plans(cfg, ctx.units, ctx.keys, ctx.start.model, ctx.example, opts.total_trials(cfg),
                                 keep=ctx.keep)
@@ -115,7 +115,7 @@ def _gpu_name() -> str:
 def start_broker(session: Session) -> Job:
     cfg, opts, study, ctx = session.cfg, session.opts, session.study, session.ctx
     est = session.estimate
-    broker = TrialBroker(study, session.storage, cfg, opts, session.out, ctx.keys, reference_of(study),
+    broker = TrialBroker(study, session.storage, cfg, opts, session.out, ctx.keys, baseline_of(study),
                          seconds_per_trial=est.per_trial_s if est else None,
                          after_trials_s=est.recovery_s + est.report_s if est else 0.0)
     with study_lock(session.out):
@@ -137,13 +137,13 @@ def finish_study(session: Session) -> None:
 
     cfg, opts, ctx = session.cfg, session.opts, session.ctx
     if opts.recover:
-        for rec in recover(cfg, session.out, session.study, ctx.data, ctx.start, ctx.reference,
+        for rec in recover(cfg, session.out, session.study, ctx.data, ctx.start, ctx.baseline,
                            progress=opts.progress):
             _say(opts, f"recovered trial {rec.trial}: val accuracy {rec.val_accuracy:.4f} "
                        f"({rec.epochs:g} epochs, {rec.seconds:.0f} s)")
     if not opts.write_report:
         return
-    written = write_report(cfg, session.out, session.study, ctx.data, ctx.reference, ctx.start,
+    written = write_report(cfg, session.out, session.study, ctx.data, ctx.baseline, ctx.start,
                            progress=opts.progress)
     paths, answer = written.paths, written.answer
     if answer["warning"]:
@@ -192,9 +192,9 @@ class Existing:
         return start_checkpoint(self.cfg, self.out, self.data)
 
     @cached_property
-    def reference(self) -> Reference:
+    def baseline(self) -> BaselineFigures:
         """The unpruned model's figures the study recorded."""
-        return reference_of(self.study)
+        return baseline_of(self.study)
 
 
 def open_existing(cfg: StudyConfig, opts: RunOptions) -> Existing:

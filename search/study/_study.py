@@ -10,10 +10,10 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from pruning import CheckpointError, Reference, read_meta, to_plain
+from pruning import BaselineFigures, CheckpointError, read_meta, to_plain
 from search.config import (RESOLVED_NAME, SAMPLERS, RunOptions, StudyConfig, UsageError, config_from_plain,
                            fingerprint, first_difference, quiet_libraries)
-from search.storage import (BASE_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, REFERENCE_KEY, SETTINGS_KEY, TrialRecord,
+from search.storage import (BASE_KEY, BASELINE_FIGURES_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, SETTINGS_KEY, TrialRecord,
                             baseline_path, open_storage)
 from search.trial import SearchContext, build_context
 
@@ -75,15 +75,15 @@ def check_resume(study: optuna.Study, cfg: StudyConfig, out: Path) -> None:
                              f"{current[:12]}... instead of {digest[:12]}...); restore it or use another --out")
 
 
-def create_study(storage: BaseStorage, cfg: StudyConfig, *, digest: str, reference: Reference) -> optuna.Study:
-    """A new study holding its config, fingerprint, base model's digest and reference figures."""
+def create_study(storage: BaseStorage, cfg: StudyConfig, *, digest: str, baseline: BaselineFigures) -> optuna.Study:
+    """A new study holding its config, fingerprint, base model's digest and baseline figures."""
     study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=sampler_for(cfg, 0),
                                 directions=[d for _, d in cfg.search.objectives()])
     study.set_user_attr(CONFIG_KEY, to_plain(cfg))
     study.set_user_attr(SETTINGS_KEY, fingerprint(cfg))
     study.set_user_attr(BASE_KEY, base_label(cfg))
     study.set_user_attr(DIGEST_KEY, digest)
-    study.set_user_attr(REFERENCE_KEY, to_plain(reference))
+    study.set_user_attr(BASELINE_FIGURES_KEY, to_plain(baseline))
     study.set_metric_names([name for name, _ in cfg.search.objectives()])
     return study
 

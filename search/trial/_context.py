@@ -13,7 +13,7 @@ from torch import nn
 
 from models import fit_weights, read_state_dict
 from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, ImageSpec, PlanError, PruningError,
-                     Reference, TrainHooks, TrainState, Unit, atomic_write, evaluate, load_checkpoint, load_dataset,
+                     BaselineFigures, TrainHooks, TrainState, Unit, atomic_write, evaluate, load_checkpoint, load_dataset,
                      measure, plan_keys, prepare, prunable_safely, save_pruned, to_plain, train, train_batches)
 from search.config import ConfigError, RunOptions, StudyConfig, UsageError, fault
 from search.storage import BASELINE_PARTIAL, artifact_dir, baseline_path
@@ -91,7 +91,11 @@ def check_input_size(model: nn.Module, channels: int, size: int, name: str) -> N
         return
     low, high = size, next((s for s in (2 ** k for k in range(3, 13)) if s > size and runs(s)), None)
     if high is None:
-        raise UsageError(f"{name} does not run on {size}x{size} inputs, nor on any size up to 4096")
+        below = [s for s in (2 ** k for k in range(3, 13)) if s < size and runs(s)]
+        if below:  # a fixed input size (a flatten before its first Linear): name the largest that runs
+            raise UsageError(f"{name} does not run on {size}x{size} inputs but does on {below[-1]}x{below[-1]}: "
+                             f"pass --image-size {below[-1]} (the registry's models are built for 32x32)")
+        raise UsageError(f"{name} does not run on {size}x{size} inputs, nor on any size from 8 to 4096")
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (low, mid) if runs(mid) else (mid, high)
@@ -205,17 +209,17 @@ def _resume_state(partial: Path, model: torch.nn.Module, recipe, progress: bool)
     return state
 
 
-def measured_reference(ckpt: Checkpoint, example: torch.Tensor) -> Reference:
+def measured_baseline(ckpt: Checkpoint, example: torch.Tensor) -> BaselineFigures:
     """Figures of the unpruned baseline that every candidate is compared with: a pruned checkpoint
     carries its study's (``--from``); a baseline is measured here."""
-    if ckpt.meta.reference is not None:
-        return ckpt.meta.reference
+    if ckpt.meta.baseline is not None:
+        return ckpt.meta.baseline
     m = measure(ckpt.model, example.to(next(ckpt.model.parameters()).device))
     metrics = ckpt.meta.metrics
     if "val_accuracy" not in metrics:
         raise CheckpointError("the starting model records no validation accuracy; train it with search.train")
     test = metrics.get("test_accuracy")
-    return Reference(params=m.params, macs=m.macs, size_mb=m.size_mb, val_accuracy=float(metrics["val_accuracy"]),
+    return BaselineFigures(params=m.params, macs=m.macs, size_mb=m.size_mb, val_accuracy=float(metrics["val_accuracy"]),
                      test_accuracy=float(test) if test is not None else None)
 
 
@@ -247,7 +251,7 @@ class SearchContext:
     out: Path
     data: Dataset
     start: Checkpoint          # the model whose copies are pruned (baseline, or --from); the KD teacher
-    reference: Reference       # unpruned baseline figures
+    baseline: BaselineFigures       # unpruned baseline figures
     units: list[Unit]
     keys: list[str]
     example: torch.Tensor
@@ -269,7 +273,7 @@ def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Datase
     calibration = list(itertools.islice(train_batches(data, batch, torch.Generator().manual_seed(cfg.seed)),
                                         cfg.spend.bn_batches))
     return SearchContext(cfg=cfg, opts=opts, out=out, data=data, start=start,
-                         reference=measured_reference(start, example),
+                         baseline=measured_baseline(start, example),
                          units=units, keys=plan_keys(units, cfg.search.granularity), example=example, keep=keep,
                          artifacts=FileSystemArtifactStore(str(artifact_dir(out))), calibration=calibration)
 

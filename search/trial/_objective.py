@@ -103,7 +103,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
         history=ctx.start.history, max_ratio=space.max_ratio, seed=cfg.seed + trial.number, keep=ctx.keep,
         calibration=ctx.calibration if space.importance == "taylor" else None)
     m, measures = _measures(ctx, pruned)
-    io.write(size_mb=m.size_mb, pruned_pct=100.0 * (1 - m.size_mb / ctx.reference.size_mb), macs=m.macs,
+    io.write(size_mb=m.size_mb, pruned_pct=100.0 * (1 - m.size_mb / ctx.baseline.size_mb), macs=m.macs,
              params=m.params, objective_value=measures[0], objective_values=measures,
              plan={k: round(v, 4) for k, v in surgery.plan.items()})
     if m.latency_ms:
@@ -222,7 +222,7 @@ def checkpoint_meta(ctx: SearchContext, **provenance) -> CheckpointMeta:
     meta = ctx.start.meta
     return CheckpointMeta(model=meta.model, model_kwargs=dict(meta.model_kwargs), num_classes=meta.num_classes,
                           in_channels=meta.in_channels,
-                          dataset=ctx.cfg.dataset, preprocessing=ctx.data.preprocessing, reference=ctx.reference,
+                          dataset=ctx.cfg.dataset, preprocessing=ctx.data.preprocessing, baseline=ctx.baseline,
                           provenance={"study": ctx.cfg.study_name, **provenance})
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from models import create_model
-from pruning import (CheckpointError, CheckpointMeta, Reference, apply_plan, load_checkpoint, load_pruned,
+from pruning import (BaselineFigures, CheckpointError, CheckpointMeta, apply_plan, load_checkpoint, load_pruned,
                      prunable_units, read_meta, save_pruned)
 from tests.conftest import REPO
 
 META = CheckpointMeta(model="resnet50", num_classes=10, in_channels=1, dataset="fashion-mnist",
-                      reference=Reference(params=1, macs=2, size_mb=3.0, val_accuracy=0.9, test_accuracy=0.89),
+                      baseline=BaselineFigures(params=1, macs=2, size_mb=3.0, val_accuracy=0.9, test_accuracy=0.89),
                       metrics={"val_accuracy": 0.5})
 
 
@@ -168,7 +168,7 @@ def test_no_file(tmp_path):
         load_pruned(tmp_path / "nothing.pt")
 
 
-@pytest.mark.parametrize("damage", ["no_metadata", "bad_history", "bad_classes", "bad_reference", "no_reference_field"])
+@pytest.mark.parametrize("damage", ["no_metadata", "bad_history", "bad_classes", "bad_baseline", "no_baseline_field"])
 def test_our_tag_with_a_malformed_body(pruned_resnet, tmp_path, damage):
     raw = torch.load(pruned_resnet[2], weights_only=True)
     if damage == "no_metadata":
@@ -177,14 +177,22 @@ def test_our_tag_with_a_malformed_body(pruned_resnet, tmp_path, damage):
         raw["history"] = [["layer1.0.conv1", True]]  # an entry without channel indices
     elif damage == "bad_classes":
         raw["metadata"]["num_classes"] = "many"
-    elif damage == "bad_reference":
-        raw["metadata"]["reference"] = {"params": "lots"}
+    elif damage == "bad_baseline":
+        raw["metadata"]["baseline"] = {"params": "lots"}
     else:
-        del raw["metadata"]["reference"]["size_mb"]
+        del raw["metadata"]["baseline"]["size_mb"]
     _resealed(raw, tmp_path / f"{damage}.pt")
     with pytest.raises(CheckpointError) as info:
         load_pruned(tmp_path / f"{damage}.pt")
     assert "\n" not in str(info.value)
+
+
+def test_a_checkpoint_that_names_its_baseline_figures_reference_still_loads(pruned_resnet, tmp_path):
+    """Checkpoints written before the field was renamed keep ``metadata.reference``."""
+    raw = torch.load(pruned_resnet[2], weights_only=True)
+    raw["metadata"]["reference"] = raw["metadata"].pop("baseline")
+    _resealed(raw, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").meta.baseline == load_checkpoint(pruned_resnet[2]).meta.baseline is not None
 
 
 def _one_line(path, match: str) -> None:

@@ -307,7 +307,7 @@ def test_forged_checkpoints(study, capsys, tmp_path_factory, edit):
     elif kind == "preprocessing":
         meta["preprocessing"] = {**PRE_OK, value[0]: value[1]}
     elif kind == "reference":
-        meta["reference"] = {"params": 1, "macs": 1, "size_mb": 0.2, "val_accuracy": 0.9, value[0]: value[1]}
+        meta["baseline"] = {"params": 1, "macs": 1, "size_mb": 0.2, "val_accuracy": 0.9, value[0]: value[1]}
     else:
         name = sorted(k for k in state if k.endswith("weight"))[0]
         t = state[name]

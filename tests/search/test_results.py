@@ -10,14 +10,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from pruning import Reference, load_checkpoint
+from pruning import BaselineFigures, load_checkpoint
 from search import run, train
 from search.config import ENV
 from search.storage import recoveries
 from search.results._report import headline
 from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, cli, merged, smoke_budget, study_of, write_config
 
-REF = Reference(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.90, test_accuracy=0.90)
+REF = BaselineFigures(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.90, test_accuracy=0.90)
 
 
 def _table(rows):

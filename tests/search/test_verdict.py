@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import create_model
-from pruning import Reference, plan_keys, prunable_units
+from pruning import BaselineFigures, plan_keys, prunable_units
 from search.config import ConfigError, build_config
 from search.storage import TrialRecord
 from search.study._references import _keep, reference_limit, reference_plans
@@ -17,7 +17,7 @@ from tests.conftest import TINY_LENET, merged, smoke_budget
 from search.results._render import format_speedup, speedup_text
 from search.results._verdict import headline_gain, verdict
 
-REF = Reference(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.90, test_accuracy=0.90)
+REF = BaselineFigures(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.90, test_accuracy=0.90)
 
 
 def _done(*points):

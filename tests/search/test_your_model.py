@@ -183,3 +183,13 @@ def test_bad_input_of_your_model_is_one_line_and_writes_nothing(folder, bad_file
     assert match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not out.exists() or not any(p.is_file() and p.stat().st_size for p in out.rglob("*")), \
         sorted(out.rglob("*"))
+
+
+def test_a_fixed_size_model_at_another_size_is_told_the_size_it_takes():
+    """A registry LeNet5 (a flatten before its first Linear) at 64x64: the line names 32x32."""
+    from models import create_model
+    from search.config import UsageError
+    from search.trial import check_input_size
+
+    with pytest.raises(UsageError, match=r"does not run on 64x64 inputs but does on 32x32: pass --image-size 32"):
+        check_input_size(create_model("lenet5", num_classes=10, in_channels=1), 1, 64, "lenet5")
