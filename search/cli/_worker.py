@@ -10,7 +10,7 @@ from pathlib import Path
 from search.cli._cli import run_cli
 from search.config import config_from_plain, options_from_plain
 from search.storage import baseline_of
-from search.study import TrialBroker, join_study, run_local
+from search.study import TrialBroker, join_study, run_local, signal_ready
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(message["out"])
     joined = join_study(cfg, opts, out)
     broker = TrialBroker(joined.study, joined.storage, cfg, opts, out, joined.ctx.keys, baseline_of(joined.study))
+    signal_ready()
     try:
         run_local(broker, joined.ctx)
     finally:

@@ -20,6 +20,20 @@ from search.study._broker import TrialBroker, heartbeat
 from search.trial import Outcome, SearchContext, run_trial
 
 
+READY_FD = "AUTOML_PRUNE_READY_FD"  # a --workers process's pipe to its parent, written once it has joined
+
+
+def signal_ready() -> None:
+    """In a ``--workers`` process: tell the parent that the study is joined (one byte on the pipe
+    it passed); a no-op in any other process."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd is not None:
+        try:
+            os.write(int(fd), b"1")
+        finally:
+            os.close(int(fd))
+
+
 @dataclass
 class Job:
     """One run of a study, as a backend receives it."""
@@ -62,16 +76,31 @@ class _Workers:
             torch.set_num_threads(threads)
         child = replace(job.opts, workers=1, progress=False, write_report=False, recover=False, yes=True)
         message = json.dumps({"config": to_plain(job.cfg), "options": to_plain(child), "out": str(job.out)})
-        self.procs = []
+        self.procs, self.ready = [], []
         for i in range(1, n + 1):
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             if gpus > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            read, write = os.pipe()
+            env[READY_FD] = str(write)
             proc = subprocess.Popen([sys.executable, "-m", "search.cli._worker"], env=env, stdin=subprocess.PIPE,
-                                    text=True)
+                                    text=True, pass_fds=(write,))
+            os.close(write)
             proc.stdin.write(message)
             proc.stdin.close()
             self.procs.append(proc)
+            self.ready.append(read)
+
+    def wait_ready(self) -> None:
+        """Until every worker has joined the study (it writes a byte) or exited (end of file): the
+        workers start their trials together, so a worker that starts slowly (imports, data) does
+        not find the study already done by this process."""
+        for fd in self.ready:
+            try:
+                os.read(fd, 1)
+            finally:
+                os.close(fd)
+        self.ready = []
 
     def reap(self) -> None:
         """Collect exited workers, so that a killed one is seen dead (not a zombie) and its trial freed."""
@@ -91,6 +120,7 @@ def run_optuna(job: Job) -> None:
     """This process, plus ``--workers - 1`` more processes on this machine."""
     workers = _Workers(job, job.opts.workers - 1)
     try:
+        workers.wait_ready()
         run_local(job.broker, job.ctx, reap=workers.reap)
     except BaseException:
         workers.stop()

@@ -11,7 +11,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from torch import nn
 
-from models import fit_weights, read_state_dict
+from models import fit_weights, list_models, read_state_dict
 from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, ImageSpec, PlanError, PruningError,
                      BaselineFigures, TrainHooks, TrainState, Unit, atomic_write, evaluate, load_checkpoint, load_dataset,
                      measure, plan_keys, prepare, prunable_safely, save_pruned, to_plain, train, train_batches)
@@ -78,6 +78,9 @@ def build_model(cfg: StudyConfig, data: Dataset) -> nn.Module:
     return model
 
 
+PROBE_SIDES = tuple(sorted({2 ** k for k in range(3, 13)} | {28, 224, 299}))  # powers of two and common sides
+
+
 def check_input_size(model: nn.Module, channels: int, size: int, name: str) -> None:
     """Refuse an input side the architecture cannot take, naming the smallest that works."""
     def runs(side: int) -> bool:
@@ -89,13 +92,15 @@ def check_input_size(model: nn.Module, channels: int, size: int, name: str) -> N
             return False
     if runs(size):
         return
-    low, high = size, next((s for s in (2 ** k for k in range(3, 13)) if s > size and runs(s)), None)
+    low, high = size, next((s for s in PROBE_SIDES if s > size and runs(s)), None)
     if high is None:
-        below = [s for s in (2 ** k for k in range(3, 13)) if s < size and runs(s)]
+        below = [s for s in PROBE_SIDES if s < size and runs(s)]
         if below:  # a fixed input size (a flatten before its first Linear): name the largest that runs
+            hint = " (the registry's models are built for 32x32)" if name in list_models() else ""
             raise UsageError(f"{name} does not run on {size}x{size} inputs but does on {below[-1]}x{below[-1]}: "
-                             f"pass --image-size {below[-1]} (the registry's models are built for 32x32)")
-        raise UsageError(f"{name} does not run on {size}x{size} inputs, nor on any size from 8 to 4096")
+                             f"pass --image-size {below[-1]}{hint}")
+        raise UsageError(f"{name} does not run on {size}x{size} inputs, nor on any of "
+                         f"{', '.join(map(str, PROBE_SIDES))} pixels square")
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (low, mid) if runs(mid) else (mid, high)

@@ -262,10 +262,10 @@ def _intact(path) -> bool:
 @st.composite
 def forged(draw):
     """An edit a forger makes to a valid checkpoint, resealed with a fresh checksum: metadata that
-    cannot describe the model (class and channel counts, preprocessing, reference figures) or a
+    cannot describe the model (class and channel counts, preprocessing, baseline figures) or a
     tensor that lies about its size (a stride-0 view of up to 2^40 elements, left unsealed: hashing
     it is the allocation to avoid)."""
-    kind = draw(st.sampled_from(["classes", "channels", "preprocessing", "reference", "stride", "shape"]))
+    kind = draw(st.sampled_from(["classes", "channels", "preprocessing", "baseline", "stride", "shape"]))
     if kind == "classes":
         return kind, draw(st.one_of(st.integers(-10, 0), st.integers(11, 10 ** 5), st.integers(10 ** 5, 10 ** 12)))
     if kind == "channels":
@@ -278,7 +278,7 @@ def forged(draw):
             ("resize", draw(st.text(max_size=20).filter(lambda t: t not in ("none", "bilinear", "bicubic")))),
             ("class_names", draw(st.lists(st.text(min_size=1, max_size=5), min_size=0, max_size=9).filter(len))),
             ("resize_size", draw(st.integers(-10, 31)))]))
-    if kind == "reference":
+    if kind == "baseline":
         return kind, draw(st.sampled_from([("val_accuracy", draw(st.floats(1.01, 1e300))),
                                            ("params", draw(st.integers(-10 ** 9, -1))),
                                            ("size_mb", -draw(st.floats(0.01, 1e9)))]))
@@ -306,7 +306,7 @@ def test_forged_checkpoints(study, capsys, tmp_path_factory, edit):
         meta["in_channels"] = value
     elif kind == "preprocessing":
         meta["preprocessing"] = {**PRE_OK, value[0]: value[1]}
-    elif kind == "reference":
+    elif kind == "baseline":
         meta["baseline"] = {"params": 1, "macs": 1, "size_mb": 0.2, "val_accuracy": 0.9, value[0]: value[1]}
     else:
         name = sorted(k for k in state if k.endswith("weight"))[0]
