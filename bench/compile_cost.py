@@ -20,10 +20,10 @@ import time
 import _common
 import torch
 import torch.nn.functional as F
-import yaml
 
 from models import create_model, list_models
 from pruning import autocast, resolve_precision
+from search.config import ConfigError, load_config
 
 BATCH = {"lenet5": 128}
 BIG_BATCH = 32
@@ -45,10 +45,13 @@ def _timed(model, opt, x, y, precision: str, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def trial_steps(name: str) -> int | None:
-    path = _common.REPO / "configs" / f"{name}.yaml"
-    budgets = yaml.safe_load(path.read_text()).get("budgets", {}) if path.exists() else {}
-    return (budgets.get("cpu") or budgets.get("default") or {}).get("finetune_steps")
+def trial_steps(name: str) -> int:
+    """A trial's fine-tune steps under the model's ``cpu`` budget (``default`` where it has none)."""
+    try:
+        cfg = load_config(name, overrides={"budget": "cpu"})
+    except ConfigError:
+        cfg = load_config(name)
+    return cfg.finetune_recipe(0).steps
 
 
 def bench_model(name: str, steps: int, repeats: int) -> dict:
@@ -98,7 +101,7 @@ def main() -> None:
             even = f"{r['compile_s'] / saved:,.0f}" if saved > 0 else "never"
             load = " ".join(f"{v:.2f}" for v in os.getloadavg())
             print(f"{name:<12} {r['precision']:>4} {r['batch']:>5} {r['compile_s']:>9.1f} {_common.spread(r['eager']):>24} "
-                  f"{_common.spread(r['compiled']):>24} {eager / comp:>7.2f}x {even:>10} {trial_steps(name) or '-':>5}  "
+                  f"{_common.spread(r['compiled']):>24} {eager / comp:>7.2f}x {even:>10} {trial_steps(name):>5}  "
                   f"{load}", flush=True)
             torch._dynamo.reset()
 

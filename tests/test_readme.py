@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import time
 import urllib.error
@@ -108,8 +107,8 @@ def test_every_command_of_the_readme_is_run_by_a_test():
         ["search.run", "optuna-dashboard", "search.pick"]
 
 
-def _argv(line: str, *, rewrites=WALK_REWRITES, extra=()) -> list[str]:
-    for old, new in rewrites.items():
+def _argv(line: str, *, extra=()) -> list[str]:
+    for old, new in WALK_REWRITES.items():
         line = line.replace(old, new)
     argv = shlex.split(line)
     if argv[0] == "python":
@@ -134,9 +133,9 @@ def _smoke_default_config(path: Path) -> Path:
 
 def _served_study_names(argv: list[str], cwd: Path) -> set[str]:
     """The dashboard line, started as a real server on a free port; the study names it serves."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.search.test_dashboard import _free_port
+
+    port = _free_port()
     server = subprocess.Popen(argv + ["--host", "127.0.0.1", "--port", str(port)], cwd=cwd,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, whatever http_proxy says
