@@ -5,7 +5,6 @@ speed-up over the baseline from interleaved repeats (baseline and point alternat
 its range. Cached in ``latency.json`` by checkpoint, so a report measures each model once."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -70,15 +69,21 @@ def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module
     start_key, start = key_models["start"]
     todo = [(ck, lazy) for ck, lazy in key_models.values()
             if f"{ck}@{device}" not in cache or (ck != start_key and f"{ck}/{start_key}@{device}" not in cache)]
-    for cache_key, lazy in tqdm(todo, desc="latency of front points", unit="model", leave=False,
-                                disable=not progress or not todo):
-        slot, pair = f"{cache_key}@{device}", f"{cache_key}/{start_key}@{device}"
-        if slot not in cache:
-            model = lazy().to(example.device)
-            on_device = device_ms(model, example)  # before the export, which moves the model to the CPU
-            cache[slot] = {"ort": ort_ms(model, example), "device": on_device}
-        if cache_key != start_key and pair not in cache:
-            cache[pair] = _speedups(start(), lazy(), example)
+    with tempfile.TemporaryDirectory() as tmp:  # each model is exported once, its file timed for both figures
+        base: tuple[nn.Module, Path] | None = None  # the model pruned from, exported once for every speed-up
+        for cache_key, lazy in tqdm(todo, desc="latency of front points", unit="model", leave=False,
+                                    disable=not progress or not todo):
+            slot, pair = f"{cache_key}@{device}", f"{cache_key}/{start_key}@{device}"
+            model = lazy().to(example.device).eval()
+            onnx = export_onnx(model, Path(tmp) / "point.onnx", example)
+            if slot not in cache:
+                on_device = device_ms(model, example)
+                cache[slot] = {"ort": onnx_latency(onnx, example, BATCHES, threads=ORT_THREADS), "device": on_device}
+            if cache_key != start_key and pair not in cache:
+                if base is None:
+                    start_model = start().to(example.device).eval()
+                    base = start_model, export_onnx(start_model, Path(tmp) / "start.onnx", example)
+                cache[pair] = _speedups(*base, model, onnx, example)
     if todo:
         atomic_write_text(path, json.dumps(cache, indent=1))
     return {key: {**{kind: {int(b): ms for b, ms in cache[f"{ck}@{device}"][kind].items()} for kind in ("ort", "device")},
@@ -86,18 +91,17 @@ def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module
             for key, (ck, _) in key_models.items()}
 
 
-def _speedups(base: nn.Module, model: nn.Module, example: torch.Tensor) -> dict:
-    """{kind: {batch: [median, low, high, repeats]}}: the point's speed-up over ``base``, interleaved."""
+def _speedups(base: nn.Module, base_onnx: Path, model: nn.Module, model_onnx: Path, example: torch.Tensor) -> dict:
+    """{kind: {batch: [median, low, high, repeats]}}: the point's speed-up over ``base``, interleaved
+    (on the study's device through PyTorch, and on onnxruntime from the two models' exported files)."""
     out: dict = {"device": {}, "ort": {}}
-    base, model = base.to(example.device).eval(), model.to(example.device).eval()
     for bs in BATCHES:
         up = interleaved_speedup(_torch_call(base, example, bs), _torch_call(model, example, bs), repeats=SPEEDUP_REPEATS)
         out["device"][bs] = [up.median, up.low, up.high, up.repeats]
-    with tempfile.TemporaryDirectory() as tmp:
-        calls = [_ort_call(m, Path(tmp) / f"{i}.onnx", example) for i, m in enumerate((base, model))]
-        for bs in BATCHES:
-            up = interleaved_speedup(calls[0](bs), calls[1](bs), repeats=SPEEDUP_REPEATS)
-            out["ort"][bs] = [up.median, up.low, up.high, up.repeats]
+    calls = [_ort_call(path, example) for path in (base_onnx, model_onnx)]
+    for bs in BATCHES:
+        up = interleaved_speedup(calls[0](bs), calls[1](bs), repeats=SPEEDUP_REPEATS)
+        out["ort"][bs] = [up.median, up.low, up.high, up.repeats]
     return out
 
 
@@ -124,12 +128,11 @@ def _torch_call(model: nn.Module, example: torch.Tensor, bs: int) -> Callable[[]
     return once
 
 
-def _ort_call(model: nn.Module, path: Path, example: torch.Tensor) -> Callable[[int], Callable[[], float]]:
-    """batch size -> one timed onnxruntime run (ms) of ``model`` exported to ``path`` (CPU, ORT_THREADS)."""
+def _ort_call(path: Path, example: torch.Tensor) -> Callable[[int], Callable[[], float]]:
+    """batch size -> one timed onnxruntime run (ms) of the ONNX file ``path`` (CPU, ORT_THREADS)."""
     import numpy as np
     import onnxruntime as ort
 
-    export_onnx(copy.deepcopy(model), path, example)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = ORT_THREADS, 1, 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
