@@ -4,6 +4,7 @@ timed training steps on the run's device; on a CPU a study estimated at over an 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -15,6 +16,7 @@ from search.trial import build_model
 LIMIT_S = 3600.0
 YES_ENV = "AUTOML_PRUNE_YES"
 PROBE_STEPS = 2
+REPROBE_PAUSE_S = 2.0  # before the second probe of an estimate over the limit
 # A candidate is smaller than the baseline (fewer MACs per step) and successive halving stops most
 # of them early; measured here on LeNet5 studies, a trial costs about this share of a full fine-tune.
 TRIAL_SHARE = 0.6
@@ -64,11 +66,17 @@ def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) 
 def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exists: bool,
              trials_left: int, precise: bool = True) -> Estimate:
     """The study's time. A quick upper bound (one small step, overheads included) first; it is
-    measured precisely (a few seconds) when it is shown (``precise``) or exceeds the CPU limit."""
+    measured precisely (a few seconds) when it is shown (``precise``) or exceeds the CPU limit, and
+    once more, the faster rate kept, when that measure exceeds the limit too."""
     rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, precise=False), baseline_exists, trials_left)
     if rough.total_s <= LIMIT_S and not precise:
         return replace(rough, upper_bound=True)
-    return _estimate(cfg, opts, data, seconds_per_image(cfg, data), baseline_exists, trials_left)
+    per_image = seconds_per_image(cfg, data)
+    measured = _estimate(cfg, opts, data, per_image, baseline_exists, trials_left)
+    if measured.total_s > LIMIT_S:  # about to be refused on a CPU: measured again after a pause, the faster
+        time.sleep(REPROBE_PAUSE_S)  # figure kept, so a slow moment (a neighbour's burst, a cold start) refuses nothing
+        measured = _estimate(cfg, opts, data, min(per_image, seconds_per_image(cfg, data)), baseline_exists, trials_left)
+    return measured
 
 
 def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float, baseline_exists: bool,
