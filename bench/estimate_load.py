@@ -40,16 +40,15 @@ def one_run(model: str, budget: str, trials: int, out: Path) -> tuple[float, flo
     estimated = began = None
     phase_est: dict[str, float] = {}
     starts: dict[str, float] = {}
-    for chunk in proc.stderr:  # search.run says what it does on stderr; progress bars end in \r
-        for line in chunk.split("\r"):
-            found = ESTIMATE.search(line)
-            if found and estimated is None:
-                estimated, began = float(found[1]) * UNIT_S[found[2]], time.perf_counter()
-                phase_est = {m[1]: float(m[2]) * UNIT_S[m[3]] for m in PHASE_ESTIMATE.finditer(line)}
-                starts["baseline"] = began
-            for phase, pattern in STARTS:
-                if began is not None and phase not in starts and pattern.search(line.strip()):
-                    starts[phase] = time.perf_counter()
+    for line in proc.stderr:  # search.run says what it does on stderr (text mode splits progress bars at \r)
+        found = ESTIMATE.search(line)
+        if found and estimated is None:
+            estimated, began = float(found[1]) * UNIT_S[found[2]], time.perf_counter()
+            phase_est = {m[1]: float(m[2]) * UNIT_S[m[3]] for m in PHASE_ESTIMATE.finditer(line)}
+            starts["baseline"] = began
+        for phase, pattern in STARTS:
+            if began is not None and phase not in starts and pattern.search(line.strip()):
+                starts[phase] = time.perf_counter()
     end = time.perf_counter()
     if proc.wait() != 0 or estimated is None:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}) or printed no estimate")
@@ -69,7 +68,7 @@ def main() -> None:
     print("the estimate's resolution is its printed one (seconds under 90 s, then minutes)")
     for case in args.cases:
         model, budget, trials = case.split(":")
-        runs: dict[int, list[tuple[float, float, float]]] = {b: [] for b in args.burns}
+        runs: dict[int, list[tuple[float, float, float, dict, dict]]] = {b: [] for b in args.burns}
         for _ in range(args.repeats):
             for busy in args.burns:
                 burners = [mp.Process(target=burn, daemon=True) for _ in range(busy)]

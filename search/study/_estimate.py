@@ -73,8 +73,8 @@ def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exis
         return replace(rough, upper_bound=True)
     per_image = seconds_per_image(cfg, data)
     measured = _estimate(cfg, opts, data, per_image, baseline_exists, trials_left)
-    if measured.total_s > LIMIT_S:  # about to be refused on a CPU: measured again after a pause, the faster
-        time.sleep(REPROBE_PAUSE_S)  # figure kept, so a slow moment (a neighbour's burst, a cold start) refuses nothing
+    if measured.total_s > LIMIT_S and refusable(cfg, opts, data.device):  # measured again after a pause, the
+        time.sleep(REPROBE_PAUSE_S)  # faster kept, so a slow moment (a neighbour's burst, a cold start) refuses nothing
         measured = _estimate(cfg, opts, data, min(per_image, seconds_per_image(cfg, data)), baseline_exists, trials_left)
     return measured
 
@@ -134,10 +134,15 @@ def describe(est: Estimate, device: torch.device) -> str:
             f"trials {duration(est.trials_s)}, recovery {duration(est.recovery_s)}, report {duration(est.report_s)})")
 
 
+def refusable(cfg: StudyConfig, opts: RunOptions, device: torch.device) -> bool:
+    """Whether the guard may refuse this study: a CPU run, a budget other than ``smoke``, no ``--yes``."""
+    return device.type == "cpu" and cfg.budget != "smoke" and not opts.yes and not env_flag(YES_ENV)
+
+
 def guard(cfg: StudyConfig, opts: RunOptions, est: Estimate, device: torch.device) -> None:
     """Refuse, with one line naming the alternatives, a CPU study estimated at over an hour. The
     ``smoke`` budget is never refused: it exists to prove the pipeline on any machine."""
-    if device.type != "cpu" or cfg.budget == "smoke" or est.total_s <= LIMIT_S or opts.yes or env_flag(YES_ENV):
+    if est.total_s <= LIMIT_S or not refusable(cfg, opts, device):
         return
     smoke = "" if cfg.budget == "smoke" else "try --budget smoke (minutes, proves the pipeline), "
     raise UsageError(f"{cfg.model} at budget {cfg.budget!r} is estimated at {duration(est.total_s)} on this CPU as "

@@ -75,7 +75,9 @@ def latencies(out: Path, key_models: dict[str, tuple[str, Callable[[], nn.Module
                                     disable=not progress or not todo):
             slot, pair = f"{cache_key}@{device}", f"{cache_key}/{start_key}@{device}"
             model = lazy().to(example.device).eval()
-            onnx = export_onnx(model, Path(tmp) / "point.onnx", example)
+            onnx = export_onnx(model, Path(tmp) / ("start.onnx" if cache_key == start_key else "point.onnx"), example)
+            if cache_key == start_key:
+                base = model, onnx
             if slot not in cache:
                 on_device = device_ms(model, example)
                 cache[slot] = {"ort": onnx_latency(onnx, example, BATCHES, threads=ORT_THREADS), "device": on_device}

@@ -126,18 +126,25 @@ def test_the_estimate_is_measured_when_shown_or_over_the_limit(rough_s, shown, m
     assert (est.total_s < 60) is measured  # 1 µs per image: seconds; 100 µs: minutes; 1 s: days
 
 
-@pytest.mark.parametrize("rates, refused", [((1.0, 1.0, 1e-6), False), ((1.0, 1.0, 1.0), True)])
-def test_an_estimate_over_the_limit_is_measured_again_before_a_refusal(rates, refused, monkeypatch, fashion_mnist):
+@pytest.mark.parametrize("rates, kept", [((1.0, 1.0, 1e-6), 1e-6), ((1.0, 1.0, 1.0), 1.0), ((1.0, 1.0, 2.0), 1.0)])
+def test_an_estimate_over_the_limit_is_measured_again_before_a_refusal(rates, kept, monkeypatch, fashion_mnist):
     """A slow moment during the probe (seen once on a quiet machine: LeNet5 default estimated at 34 min,
     done in 3.6) must not refuse a study: over the limit, the rate is measured again, the faster kept."""
     import search.study._estimate as est_mod
-    probes = iter(rates)  # the rough probe, the precise one, the second precise one
-    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: next(probes))
     monkeypatch.setattr(est_mod, "REPROBE_PAUSE_S", 0.0)
     cfg = load_config("lenet5")
-    est = estimate(cfg, RunOptions(), fashion_mnist, baseline_exists=False, trials_left=60)
-    assert next(probes, None) is None  # all three probes ran
-    assert (est.total_s > 3600) is refused
+
+    def run(rates, opts=RunOptions(device="cpu")):
+        probes = iter(rates)  # the rough probe, the precise one, the second precise one
+        monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: next(probes))
+        est = estimate(cfg, opts, fashion_mnist, baseline_exists=False, trials_left=60)
+        return est, next(probes, None)
+    est, left = run(rates)
+    assert left is None  # all three probes ran
+    assert est.total_s == pytest.approx(run((kept,) * 3)[0].total_s)  # the faster rate's estimate
+    assert (est.total_s > 3600) is (kept == 1.0)
+    _, left = run(rates, RunOptions(device="cpu", yes=True))  # nothing to refuse: no second probe
+    assert left == rates[2]
 
 
 @pytest.mark.parametrize("command", ["run", "train", "pick", "report", "recover", "export"])
