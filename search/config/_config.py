@@ -18,7 +18,7 @@ import yaml
 from models import SourceError, model_spec, parse_source
 from pruning import (AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig, bounds, check_fields, from_plain,
                      to_plain)
-from search.config._tables import LATENCY_BACKENDS, OBJECTIVES, REFERENCES, SAMPLERS
+from search.config._tables import LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES, SAMPLERS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
@@ -56,6 +56,9 @@ class Budget:
     # false: this budget fine-tunes every candidate to the end (a short study, whose few searched
     # candidates successive halving would stop at rungs the references pass unjudged); None: search.early_stop
     early_stop: bool | None = None
+    # which front points the report times (all, recovered, none) under this budget: a short CPU study
+    # spends minutes timing every front point on onnxruntime; None: report.latency
+    latency: str | None = field(default=None, metadata=bounds(choices=LATENCY_CHOICES))
 
     def __post_init__(self) -> None:
         check_fields(self, "budget")
@@ -113,7 +116,7 @@ class ReportConfig:
     headline_max_drop: float = field(default=1.0, metadata=bounds(low=0, high=100))  # points of val accuracy
     recover_points: int = field(default=5, metadata=bounds(low=0, high=1000))  # front points recovered
     undertrained_margin: float = field(default=0.5, metadata=bounds(low=0, high=100))  # points
-    latency: str = field(default="all", metadata=bounds(choices=("all", "recovered", "none")))  # which front points are timed
+    latency: str = field(default="all", metadata=bounds(choices=LATENCY_CHOICES))  # which front points are timed
 
     def __post_init__(self) -> None:
         check_fields(self, "report")
@@ -170,6 +173,11 @@ class StudyConfig:
         """The reference plans' target ratios: the budget's where it names them, else the search's."""
         own = self.spend.reference_ratios
         return own if own is not None else self.search.reference_ratios
+
+    @property
+    def latency(self) -> str:
+        """Which front points the report times: the budget's choice where it makes one, else the report's."""
+        return self.spend.latency or self.report.latency
 
     @property
     def early_stop(self) -> bool:

@@ -20,3 +20,6 @@ LATENCY_BACKENDS = ("torch", "onnxruntime")
 # the classic allocations enqueued as reference trials: the same ratio in every unit, and
 # Torch-Pruning's global ranking (one L1 ranking across all units) at the same target ratio
 REFERENCES = ("uniform", "global")
+
+# which front points the report times on the CPU (report.latency, or a budget's own choice)
+LATENCY_CHOICES = ("all", "recovered", "none")

@@ -65,8 +65,8 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
     items = {f"t{t.number}": TrialRecord.read(t).checkpoint for t in front}
     items.update({f"r{n}": r.checkpoint for n, r in recovered.items()})
     tests = test_accuracies(out, cfg.model, items, data)
-    timed = [t for t in front if cfg.report.latency == "all" or t.number in recovered]
-    timing = _latencies(cfg, out, timed, data, start, progress) if latency and cfg.report.latency != "none" else {}
+    timed = [t for t in front if cfg.latency == "all" or t.number in recovered]
+    timing = _latencies(cfg, out, timed, data, start, progress) if latency and cfg.latency != "none" else {}
     rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, baseline, timing) for t in front]
     table = pd.DataFrame(rows, columns=CSV_COLUMNS)
     best = headline(table, baseline, cfg.report.headline_max_drop)

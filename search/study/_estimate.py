@@ -100,10 +100,10 @@ FRONT_PER_RECOVERED = 2
 
 
 def report_seconds(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float) -> float:
-    """The report's own cost: each front point's test accuracy and, unless ``report.latency`` is
-    ``none``, its latency on two runtimes at batch 1 and 64 and its interleaved speed-ups over the
-    baseline (SPEEDUP_REPEATS pairs of timed blocks of up to 50 runs, at least 3, about a second).
-    A forward pass is a third of a training step; the baseline's cost bounds a pruned point's."""
+    """The report's own cost: each front point's test accuracy and, unless the study's latency
+    setting (the budget's, else ``report.latency``) is ``none``, its latency on two runtimes at batch
+    1 and 64 and its interleaved speed-ups over the baseline (SPEEDUP_REPEATS pairs of timed blocks
+    of up to 50 runs, at least 3, about a second). A forward pass is a third of a training step; the baseline's cost bounds a pruned point's."""
     from search.trial import BATCHES, SPEEDUP_REPEATS
 
     if not opts.write_report:
@@ -111,9 +111,9 @@ def report_seconds(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image:
     forward = per_image / 3
     points = FRONT_PER_RECOVERED * cfg.report.recover_points
     tests = points * int(data.test_x.shape[0]) * forward
-    if cfg.report.latency == "none":
+    if cfg.latency == "none":
         return tests
-    timed = points if cfg.report.latency == "all" else cfg.report.recover_points
+    timed = points if cfg.latency == "all" else cfg.report.recover_points
     calls = [b * forward for b in BATCHES]
     blocks = sum(min(50 * t, max(1.0, 3 * t)) for t in calls)  # one timed block per batch size
     per_point = 2 * SPEEDUP_REPEATS * 2 * blocks + (60 + 25) * sum(calls)  # 2 runtimes; ORT 10+50, torch 5+20 runs

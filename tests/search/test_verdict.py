@@ -98,3 +98,23 @@ def test_a_budget_can_name_its_own_reference_ratios():
     with pytest.raises(ConfigError, match="budgets.smoke.reference_ratios has 0.95"):
         build_config(merged(plain, budgets=smoke_budget(reference_ratios=[0.95])), where="t",
                      overrides={"budget": "smoke"})
+
+
+def test_a_budget_can_choose_which_front_points_are_timed():
+    """A short CPU budget times only the recovered points (VGG16's ``cpu`` spent 11 of its report's
+    14 min timing 15 front points): the budget's choice wins over report.latency for that budget only,
+    the estimate counts it, and a value outside all/recovered/none is refused naming the choices."""
+    from search.study._estimate import report_seconds
+
+    plain = merged({**TINY_LENET, "model": "lenet5"}, report={"latency": "all", "recover_points": 2},
+                   budgets={**smoke_budget(latency="recovered"), "default": TINY_LENET["budgets"]["smoke"]})
+    short, default = (build_config(plain, where="t", overrides={"budget": b}) for b in ("smoke", "default"))
+    assert (short.latency, default.latency) == ("recovered", "all")
+    data = SimpleNamespace(test_x=torch.zeros(100, 1, 32, 32))
+    opts = SimpleNamespace(write_report=True)
+    tests_only = report_seconds(build_config(merged(plain, report={"latency": "none"}), where="t",
+                                             overrides={"budget": "default"}), opts, data, 1e-3)
+    timed_all, timed_recovered = (report_seconds(c, opts, data, 1e-3) for c in (default, short))
+    assert tests_only < timed_recovered < timed_all
+    with pytest.raises(ConfigError, match="budget.latency must be one of: all, recovered, none"):
+        build_config(merged(plain, budgets=smoke_budget(latency="some")), where="t", overrides={"budget": "smoke"})
