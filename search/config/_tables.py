@@ -7,9 +7,13 @@ import optuna
 
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+    # the same TPE, every other trial's level spread over the reference ratios (search.trial.LevelSpread)
+    "tpe-spread": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
     "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
+
+SPREAD_SAMPLERS = frozenset({"tpe-spread"})
 
 # --objective -> the field of the trial record that the study minimizes (and the dashboard's axis name)
 OBJECTIVES: dict[str, str] = {"size": "size_mb", "params": "params", "macs": "macs", "latency": "latency_ms"}

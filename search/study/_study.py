@@ -11,11 +11,11 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from pruning import BaselineFigures, CheckpointError, read_meta, to_plain
-from search.config import (RESOLVED_NAME, SAMPLERS, RunOptions, StudyConfig, UsageError, config_from_plain,
-                           fingerprint, first_difference, quiet_libraries)
+from search.config import (RESOLVED_NAME, SAMPLERS, SPREAD_SAMPLERS, RunOptions, StudyConfig, UsageError,
+                           config_from_plain, fingerprint, first_difference, quiet_libraries)
 from search.storage import (BASE_KEY, BASELINE_FIGURES_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, SETTINGS_KEY, TrialRecord,
                             baseline_path, open_storage)
-from search.trial import SearchContext, build_context
+from search.trial import LevelSpread, SearchContext, build_context
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -25,7 +25,10 @@ def sampler_for(cfg: StudyConfig, salt: int) -> optuna.samplers.BaseSampler:
     ``seed``; every other process (a worker, a resume, an extension) mixes in its own salt, so two
     processes never draw the same candidates."""
     seed = cfg.seed if salt == 0 else zlib.crc32(f"{cfg.seed}:{salt}".encode()) & 0x7FFFFFFF
-    return SAMPLERS[cfg.search.sampler](seed)
+    sampler = SAMPLERS[cfg.search.sampler](seed)
+    if cfg.search.sampler in SPREAD_SAMPLERS:  # the levels spread over the reference ratios' span
+        return LevelSpread(sampler, min(cfg.reference_ratios), max(cfg.reference_ratios))
+    return sampler
 
 
 def find_study(storage: BaseStorage, name: str) -> bool:

@@ -45,3 +45,53 @@ def params_for(ratios: dict[str, float], level: float, granularity: str) -> dict
             return -SHAPE_RANGE
         return max(-SHAPE_RANGE, min(SHAPE_RANGE, math.log2(r / level)))
     return {LEVEL: level, **{k: shape(r) for k, r in ratios.items()}}
+
+
+class LevelSpread(optuna.samplers.BaseSampler):
+    """The inner sampler's proposals, except that every odd-numbered trial takes its level from an even
+    spread over ``[low, high]`` (van der Corput order: the middle, then the quarters, the eighths, ...),
+    while the inner sampler still picks that trial's shape (``--sampler tpe-spread``).
+
+    Why: a multi-objective TPE learns its good shapes at the front's extremes. On VGG16's ``cpu``
+    budget (50 trials) its searched plans below 8 MB beat the uniform line, but no searched plan
+    between 8 and 61 MB came close to the uniform 0.3 / 0.5 references: the shape it learned was
+    never tried at those levels. A level depends only on the trial number, so every process of a
+    study (workers, Ray, a resume) spreads alike; an enqueued plan (a reference, a retry) keeps its
+    own parameters, as Optuna gives fixed parameters precedence over any sampler."""
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, low: float, high: float) -> None:
+        self.inner, self.low, self.high = inner, low, high
+
+    def level(self, number: int) -> float | None:
+        """The level a trial is given, or None (even numbers: the inner sampler's own)."""
+        if number % 2 == 0:
+            return None
+        x, digit, i = 0.0, 1.0, number // 2 + 1
+        while i:
+            digit /= 2
+            x += digit * (i & 1)
+            i >>= 1
+        return self.low + (self.high - self.low) * x
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        params = self.inner.sample_relative(study, trial, search_space)
+        level = self.level(trial.number)
+        return params if level is None or LEVEL not in params else {**params, LEVEL: level}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        level = self.level(trial.number) if param_name == LEVEL else None
+        if level is not None:
+            return level
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.inner.after_trial(study, trial, state, values)
