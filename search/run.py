@@ -28,7 +28,8 @@ def get_args_parser():
                         help="where --objective latency is measured (default: torch, on the study's device)")
     parser.add_argument("--granularity", dest="search.granularity", choices=GRANULARITIES,
                         help="one ratio per unit, per stage and role, or one everywhere (default: the config's)")
-    parser.add_argument("--sampler", dest="search.sampler", choices=tuple(SAMPLERS), help="default: the config's (tpe)")
+    parser.add_argument("--sampler", dest="search.sampler", choices=tuple(SAMPLERS),
+                        help="default: the config's (tpe; tpe-spread for VGG16, MobileNetV2, ResNet50, DenseNet121)")
     parser.add_argument("--importance", dest="search.importance", choices=tuple(IMPORTANCES),
                         help="channel criterion (default: the config's, l1)")
     parser.add_argument("--max-size-mb", dest="constraints.max_size_mb", type=number(float, above=0, high=1e6),

@@ -118,3 +118,34 @@ def test_a_budget_can_choose_which_front_points_are_timed():
     assert tests_only < timed_recovered < timed_all
     with pytest.raises(ConfigError, match="budget.latency must be one of: all, recovered, none"):
         build_config(merged(plain, budgets=smoke_budget(latency="some")), where="t", overrides={"budget": "smoke"})
+
+
+def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
+    """``tpe-spread``: odd trials take their level from an even spread over the reference ratios
+    (0.5, then 0.4 and 0.6, then the eighths), also once TPE models the study; even trials keep TPE's
+    own level; an enqueued plan keeps its parameters; another process spreads the same levels."""
+    import optuna
+
+    from search.study._study import sampler_for
+    from search.trial import LevelSpread, sample
+
+    plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": "tpe-spread"},
+                   budgets=smoke_budget(reference_ratios=[0.3, 0.5, 0.7]))
+    cfg = build_config(plain, where="t", overrides={"budget": "smoke"})
+    sampler = sampler_for(cfg, 0)
+    assert isinstance(sampler, LevelSpread) and (sampler.low, sampler.high) == (0.3, 0.7)
+    plain_tpe = build_config(merged(plain, search={"sampler": "tpe"}), where="t", overrides={"budget": "smoke"})
+    assert not isinstance(sampler_for(plain_tpe, 0), LevelSpread)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.enqueue_trial({"level": 0.9, "a": 0.0, "b": 0.0})
+
+    def objective(trial):
+        ratios = sample(trial, ["a", "b"], "stage", 0.9)
+        return -ratios["a"] ** 2 - ratios["b"], sum(ratios.values())
+
+    study.optimize(objective, n_trials=16)  # TPE's own model from trial 10 on
+    levels = [t.params["level"] for t in study.trials]
+    assert levels[0] == 0.9
+    assert [round(levels[n], 3) for n in (1, 3, 5, 7, 9, 11, 13, 15)] == [0.5, 0.4, 0.6, 0.35, 0.55, 0.45, 0.65, 0.325]
+    assert len({round(levels[n], 6) for n in range(2, 16, 2)}) == 7  # TPE's own, not spread
+    assert [sampler_for(cfg, 7).level(n) for n in (1, 3)] == [sampler.level(1), sampler.level(3)]
