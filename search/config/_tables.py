@@ -7,7 +7,7 @@ import optuna
 
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
-    # the same TPE, every other trial's level spread over the reference ratios (search.trial.LevelSpread)
+    # the same TPE, every other trial's level spread from 0 to the largest reference ratio (search.trial.LevelSpread)
     "tpe-spread": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
     "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),

@@ -26,8 +26,8 @@ def sampler_for(cfg: StudyConfig, salt: int) -> optuna.samplers.BaseSampler:
     processes never draw the same candidates."""
     seed = cfg.seed if salt == 0 else zlib.crc32(f"{cfg.seed}:{salt}".encode()) & 0x7FFFFFFF
     sampler = SAMPLERS[cfg.search.sampler](seed)
-    if cfg.search.sampler in SPREAD_SAMPLERS:  # the levels spread over the reference ratios' span
-        return LevelSpread(sampler, min(cfg.reference_ratios), max(cfg.reference_ratios))
+    if cfg.search.sampler in SPREAD_SAMPLERS:  # the levels spread from 0 to the largest reference ratio
+        return LevelSpread(sampler, 0.0, max(cfg.reference_ratios))
     return sampler
 
 

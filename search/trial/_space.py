@@ -57,7 +57,12 @@ class LevelSpread(optuna.samplers.BaseSampler):
     between 8 and 61 MB came close to the uniform 0.3 / 0.5 references: the shape it learned was
     never tried at those levels. A level depends only on the trial number, so every process of a
     study (workers, Ray, a resume) spreads alike; an enqueued plan (a reference, a retry) keeps its
-    own parameters, as Optuna gives fixed parameters precedence over any sampler."""
+    own parameters, as Optuna gives fixed parameters precedence over any sampler.
+
+    The spread starts at 0, not at the smallest reference ratio: a global reference removes far fewer
+    parameters than the uniform plan of its ratio (MobileNetV2 global 0.3 keeps 8.36 of 9.08 MB,
+    uniform 0.3 4.58), and with levels from 0.3 up no searched plan on MobileNetV2's ``cpu`` budget
+    came above 2.3 MB, so the global references kept every size above it."""
 
     def __init__(self, inner: optuna.samplers.BaseSampler, low: float, high: float) -> None:
         self.inner, self.low, self.high = inner, low, high

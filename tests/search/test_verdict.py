@@ -121,8 +121,8 @@ def test_a_budget_can_choose_which_front_points_are_timed():
 
 
 def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
-    """``tpe-spread``: odd trials take their level from an even spread over the reference ratios
-    (0.5, then 0.4 and 0.6, then the eighths), also once TPE models the study; even trials keep TPE's
+    """``tpe-spread``: odd trials take their level from an even spread from 0 to the largest reference
+    ratio (0.35, then 0.175 and 0.525, then the eighths), also once TPE models the study; even trials keep TPE's
     own level; an enqueued plan keeps its parameters; another process spreads the same levels."""
     import optuna
 
@@ -133,7 +133,7 @@ def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
                    budgets=smoke_budget(reference_ratios=[0.3, 0.5, 0.7]))
     cfg = build_config(plain, where="t", overrides={"budget": "smoke"})
     sampler = sampler_for(cfg, 0)
-    assert isinstance(sampler, LevelSpread) and (sampler.low, sampler.high) == (0.3, 0.7)
+    assert isinstance(sampler, LevelSpread) and (sampler.low, sampler.high) == (0.0, 0.7)
     plain_tpe = build_config(merged(plain, search={"sampler": "tpe"}), where="t", overrides={"budget": "smoke"})
     assert not isinstance(sampler_for(plain_tpe, 0), LevelSpread)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
@@ -146,6 +146,7 @@ def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
     study.optimize(objective, n_trials=16)  # TPE's own model from trial 10 on
     levels = [t.params["level"] for t in study.trials]
     assert levels[0] == 0.9
-    assert [round(levels[n], 3) for n in (1, 3, 5, 7, 9, 11, 13, 15)] == [0.5, 0.4, 0.6, 0.35, 0.55, 0.45, 0.65, 0.325]
+    assert [levels[n] for n in (1, 3, 5, 7, 9, 11, 13, 15)] == pytest.approx(
+        [0.35, 0.175, 0.525, 0.0875, 0.4375, 0.2625, 0.6125, 0.04375])
     assert len({round(levels[n], 6) for n in range(2, 16, 2)}) == 7  # TPE's own, not spread
     assert [sampler_for(cfg, 7).level(n) for n in (1, 3)] == [sampler.level(1), sampler.level(3)]
