@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models import create_model, list_models
-from pruning import IMPORTANCES, apply_plan, measure, prunable_units
+from pruning import IMPORTANCES, apply_plan, export_onnx, measure, prunable_units, verify_standalone
 
 
 def _setup(name: str):
@@ -27,7 +27,8 @@ def _conv_widths(model: nn.Module) -> list[int]:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_random_plans_prune_and_shrink(name):
+def test_random_plans_prune_and_shrink(name, tmp_path):
+    """... and the pruned model exports to an ONNX file that runs alone and gives the same logits."""
     model, x, units = _setup(name)
     sizes = []
     for ratio in (0.0, 0.4, 0.9):
@@ -38,6 +39,8 @@ def test_random_plans_prune_and_shrink(name):
         m = measure(pruned, x)
         sizes.append((m.params, m.macs))
         assert all(record.channels_after[u.name] >= 1 for u in units)
+        if ratio == 0.4:
+            assert verify_standalone(export_onnx(pruned, tmp_path / "m.onnx", x), pruned, x).max_abs_diff <= 1e-3
     assert sizes[0][0] > sizes[1][0] > sizes[2][0] and sizes[0][1] > sizes[1][1] > sizes[2][1]
     assert sum(p.numel() for p in model.parameters()) == sizes[0][0]  # the original is untouched
 

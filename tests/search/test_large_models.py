@@ -19,7 +19,7 @@ def tiny_large(model: str) -> dict:
         "recovery": {"epochs": 0.05, "kd_weight": 0.5},
         "search": {"granularity": "stage" if model_spec(model).stage_of else "unit", "round_to": 8,
                    "references": ["uniform"], "reference_ratios": [0.5]},
-        "report": {"recover_points": 1},
+        "report": {"recover_points": 1, "latency": "none"},  # timing is model-agnostic: LeNet5 tests it
         "budgets": {"smoke": {"trials": 2, "finetune_steps": 1, "bn_batches": 1, "baseline_epochs": 1,
                               "batch_size": 16, "train_subset": 64, "val_subset": 32, "test_subset": 32}},
     }

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from models import parse_source
 from pruning import ImageSpec, TrainConfig, load_checkpoint, load_dataset, train
-from tests.conftest import PYTHON, REPO, write_image_folder
+from tests.conftest import PYTHON, REPO, write_config, write_image_folder
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 USER_CODE = '''
@@ -65,9 +66,19 @@ def _run(args: list[str]) -> None:
     assert main(args) == 0
 
 
+def _smoke_config(folder: Path) -> Path:
+    """configs/any-model.yaml whose smoke budget times no front point: these tests are about the model
+    and data seams, the timing is model-agnostic and LeNet5's tests cover it (it is minutes of a
+    DenseNet121's smoke run)."""
+    config = yaml.safe_load((REPO / "configs" / "any-model.yaml").read_text())
+    config["budgets"]["smoke"]["latency"] = "none"
+    return write_config(folder / "any-model-smoke.yaml", config)
+
+
 def _study(folder: Path, out: Path, source: str, weights: Path, *extra: str) -> dict:
     _run(["--model", source, "--weights", str(weights), "--dataset", "imagefolder", "--data-dir", str(folder),
-          "--image-size", "64", "--budget", "smoke", "--out", str(out), "--quiet", *extra])
+          "--config", str(_smoke_config(out.parent)), "--image-size", "64", "--budget", "smoke", "--out", str(out),
+          "--quiet", *extra])
     return json.loads((out / "report.json").read_text())
 
 
@@ -133,8 +144,8 @@ def test_a_resume_with_other_weights_or_size_is_refused_and_changes_nothing(fold
     for flags, match in ((["--weights", str(other)], "weights_sha256"),
                          (["--weights", str(weights), "--image-size", "96"], "image_size")):
         proc = subprocess.run([PYTHON, "-m", "search.run", "--model", source, "--dataset", "imagefolder",
-                               "--data-dir", str(folder), "--budget", "smoke", "--out", str(tmp_path / "s"),
-                               "--quiet", *flags], cwd=REPO, capture_output=True, text=True)
+                               "--data-dir", str(folder), "--config", str(tmp_path / "any-model-smoke.yaml"),
+                               "--budget", "smoke", "--out", str(tmp_path / "s"), "--quiet", *flags], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 2 and match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()} == before
 
