@@ -144,7 +144,7 @@ def test_a_resume_with_other_weights_or_size_is_refused_and_changes_nothing(fold
     for flags, match in ((["--weights", str(other)], "weights_sha256"),
                          (["--weights", str(weights), "--image-size", "96"], "image_size")):
         proc = subprocess.run([PYTHON, "-m", "search.run", "--model", source, "--dataset", "imagefolder",
-                               "--data-dir", str(folder), "--config", str(tmp_path / "any-model-smoke.yaml"),
+                               "--data-dir", str(folder), "--config", str(_smoke_config(tmp_path)),
                                "--budget", "smoke", "--out", str(tmp_path / "s"), "--quiet", *flags], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 2 and match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()} == before
