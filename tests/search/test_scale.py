@@ -18,7 +18,8 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from search.storage import TrialRecord
-from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, merged, smoke_budget, study_of, write_config
+from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, merged, one_thread_each, smoke_budget, study_of,
+                            write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +67,8 @@ def test_workers_flag_shares_one_journal(tmp_path, fashion_mnist):
 def test_independent_commands_cooperate(tmp_path, tiny_config, fashion_mnist):
     out = tmp_path / "out"
     cmd = [PYTHON, "-m", "search.run"] + base_args(tiny_config, out) + ["--quiet", "--trials", "6"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=one_thread_each()) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
@@ -182,8 +183,9 @@ def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, f
     assert trained.returncode == 0, trained.stderr[-2000:]
     cmd = [PYTHON, "-m", "search.run"] + base_args(config, out) + [
         "--quiet", "--trials", "6", "--storage", postgres_url, "--heartbeat-s", "1", "--no-early-stop"]
-    victim = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    survivor = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread_each())
+    survivor = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=one_thread_each())
     storage = optuna.storages.RDBStorage(postgres_url)
     try:
         deadline, killed = time.time() + 300, None
