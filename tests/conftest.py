@@ -26,7 +26,7 @@ TINY_LENET = {
     "recovery": {"epochs": 0.1, "lr": 0.01, "kd_weight": 0.5},
     "search": {"granularity": "unit", "references": ["uniform"], "reference_ratios": [0.2, 0.5, 0.8],
                "rung_min_trials": 4},
-    "report": {"recover_points": 2, "latency": "recovered"},  # every point timed: the lenet5.yaml runs
+    "report": {"recover_points": 2, "latency": "recovered"},  # configs/lenet5.yaml's runs time every point
     "budgets": {"smoke": {"trials": 8, "finetune_steps": 15, "bn_batches": 2, "baseline_epochs": 2,
                           "train_subset": 4096, "val_subset": 600, "test_subset": 1000}},
 }
@@ -55,12 +55,12 @@ def trained_lenet(fashion_mnist):
     return model.eval()
 
 
-def one_thread_each(env: dict | None = None) -> dict:
+def one_thread_each() -> dict:
     """The environment for a command that runs beside another heavy one: one OpenMP thread per
     process, as docs/usage.md advises on a busy machine. Two processes of two threads each on two
     cores spin against each other (bench/busy_threads.py): two tiny LeNet5 studies on one journal
     took 133 s side by side and 17 s with one thread each, most of it in the report's latency."""
-    return {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def write_config(path: Path, config: dict) -> Path:
