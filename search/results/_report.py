@@ -11,13 +11,15 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, evaluate, load_checkpoint
+from pruning import (BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, evaluate, load_checkpoint,
+                     resolve_precision)
 from search.config import StudyConfig
-from search.results._render import (PROJECTIONS, Results, pick_command, plot_front, plot_projections, pyplot,
-                                    render_markdown, selection_accuracy, speedup_text)
+from search.results._render import (PROJECTIONS, SENSITIVITY_PNG, Results, pick_command, plot_front, plot_projections,
+                                    plot_sensitivity, pyplot, render_markdown, selection_accuracy, speedup_text)
+from search.results._noise import Paired, trial_hits
 from search.results._verdict import headline_gain, size_gain, verdict
 from search.storage import TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, completed, recoveries, trial_artifact
-from search.trial import latencies, setting
+from search.trial import MAP_KEY, SECONDS_KEY, SensitivityMap, latencies, setting
 
 LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
 CSV_COLUMNS = ["trial", "headline", "reference", "size_mb", "params", "macs", "pruned_pct", "val_accuracy",
@@ -54,9 +56,10 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset)
 
 
 def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, baseline: BaselineFigures, start: Checkpoint, *,
-            latency: bool = True, progress: bool = False) -> Results:
+            latency: bool = True, noise: bool = True, progress: bool = False) -> Results:
     """Everything the report files show. ``start`` is the model the study prunes (the speed-up
-    reference and the "before" of the channel widths); ``latency`` measures every front point."""
+    reference and the "before" of the channel widths); ``latency`` measures every front point;
+    ``noise`` gives every gain its paired interval (each compared checkpoint scored image by image)."""
     front = front_trials(study)
     recovered = recoveries(study)
     for t in front:  # every front artifact is the file its trial wrote, before any figure is read from it
@@ -74,13 +77,28 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
     if best is not None:
         table.loc[table["trial"] == best["trial"], "headline"] = True
         best = table[table["trial"] == best["trial"]].iloc[0]
-        widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"]).model)
-    return Results(table=table, headline=best, references=reference_gaps(study),
+        widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"], expect_model=cfg.model).model)
+    paired = study_pairs(cfg, out, study, data, start) if noise else None
+    return Results(table=table, headline=best, references=reference_gaps(study, paired),
                    warning=undertrained(study, recovered, baseline, cfg.report.undertrained_margin),
                    baseline_latency=timing.get("start"), latency_setting=setting(data.device) if timing else None,
-                   widths=widths, verdict=verdict(completed(study), best, baseline, cfg.report.headline_max_drop),
-                   device=str(data.device), wall_s=wall_seconds(study), gain=headline_gain(completed(study), best),
+                   widths=widths, verdict=verdict(completed(study), best, baseline, cfg.report.headline_max_drop, paired),
+                   device=str(data.device), wall_s=wall_seconds(study),
+                   gain=headline_gain(completed(study), best, paired), sensitivity=study_map(study),
                    size_gain=size_gain(completed(study), best, baseline, cfg.report.headline_max_drop))
+
+
+def study_pairs(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, start: Checkpoint) -> Paired:
+    """Per-image validation hits of the study's fine-tuned trials, loaded on demand, in the one
+    precision the trials were scored in (resolved on the model the study prunes)."""
+    precision = resolve_precision(cfg.finetune.precision, start.model, data.device)
+    checkpoints = {t.number: (r.checkpoint, r.checkpoint_sha256) for t, r in completed(study) if r.checkpoint}
+    return Paired(trial_hits(out, cfg.model, checkpoints, data, precision))
+
+
+def study_map(study: optuna.Study) -> SensitivityMap | None:
+    plain = study.user_attrs.get(MAP_KEY)
+    return None if plain is None else SensitivityMap.from_plain(plain)
 
 
 def wall_seconds(study: optuna.Study) -> float | None:
@@ -158,22 +176,29 @@ def headline(table: pd.DataFrame, baseline: BaselineFigures, max_drop: float) ->
     return None if ok.empty else ok.sort_values("size_mb").iloc[0]
 
 
-def reference_gaps(study: optuna.Study) -> pd.DataFrame:
-    """Each reference point (uniform, global ranking) beside the best searched candidate of no larger
-    size, on validation accuracy after the same fine-tune: what the search bought."""
+GAP_COLUMNS = ["reference", "ratio", "trial", "size_mb", "reference_val_accuracy", "searched_trial", "searched_size_mb",
+               "searched_val_accuracy", "gain_pts", "gain_low", "gain_high"]
+
+
+def reference_gaps(study: optuna.Study, paired: Paired | None = None) -> pd.DataFrame:
+    """Each reference point (uniform, global ranking, sensitivity) beside the best searched candidate
+    of no larger size, on validation accuracy after the same fine-tune: what the search bought, with
+    the paired bootstrap interval of the gain when ``paired`` can load the two checkpoints."""
     done = completed(study)
     searched = [(t, r) for t, r in done if r.reference is None]
     rows = []
-    for r in sorted((r for _, r in done if r.reference), key=lambda r: (r.reference, r.reference_ratio)):
+    for t, r in sorted(((t, r) for t, r in done if r.reference), key=lambda p: (p[1].reference, p[1].reference_ratio)):
         rivals = [(s, sr) for s, sr in searched if sr.size_mb <= r.size_mb]
         best = max(rivals, key=lambda p: p[1].val_accuracy, default=None)
-        rows.append({"reference": r.reference, "ratio": r.reference_ratio, "size_mb": r.size_mb,
+        gain = paired.gain(best[0].number, t.number) if best and paired else None
+        rows.append({"reference": r.reference, "ratio": r.reference_ratio, "trial": t.number, "size_mb": r.size_mb,
                      "reference_val_accuracy": r.val_accuracy,
                      "searched_trial": best[0].number if best else None,
                      "searched_size_mb": best[1].size_mb if best else None,
-                     "searched_val_accuracy": best[1].val_accuracy if best else None})
-    return pd.DataFrame(rows, columns=["reference", "ratio", "size_mb", "reference_val_accuracy", "searched_trial",
-                                       "searched_size_mb", "searched_val_accuracy"])
+                     "searched_val_accuracy": best[1].val_accuracy if best else None,
+                     "gain_pts": 100 * (best[1].val_accuracy - r.val_accuracy) if best else None,
+                     "gain_low": gain.low if gain else None, "gain_high": gain.high if gain else None})
+    return pd.DataFrame(rows, columns=GAP_COLUMNS)
 
 
 def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], baseline: BaselineFigures,
@@ -210,12 +235,15 @@ def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset
     atomic_write_text(paths["csv"], results.table.to_csv(index=False))
     atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, baseline, data))
     results_file = out / "report.json"  # what the console, the study note and the benchmarks read
-    answer = summary(cfg, out, results, baseline, data.root)
+    answer = summary(cfg, out, results, baseline, data.root, study.user_attrs.get(SECONDS_KEY))
     atomic_write_text(results_file, json.dumps(answer, indent=1))
     figures = {"png": plot_front(cfg, study, results, baseline)}
     if len(cfg.search.objectives()) > 2:
         paths["projections"] = out / PROJECTIONS
         figures["projections"] = plot_projections(cfg, study)
+    if results.sensitivity is not None:
+        paths["sensitivity"] = out / SENSITIVITY_PNG
+        figures["sensitivity"] = plot_sensitivity(results)
     try:
         for key, figure in figures.items():
             atomic_write(paths[key], lambda tmp, figure=figure: figure.savefig(tmp, dpi=110, format="png"))
@@ -226,7 +254,8 @@ def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset
     return Written({**paths, "json": results_file}, answer)
 
 
-def summary(cfg: StudyConfig, out: Path, results: Results, baseline: BaselineFigures, data_dir: str | None = None) -> dict:
+def summary(cfg: StudyConfig, out: Path, results: Results, baseline: BaselineFigures, data_dir: str | None = None,
+            seconds: float | None = None) -> dict:
     """The report's answer as plain values (report.json): headline, its command, the warning."""
     best = results.headline
     head = None
@@ -244,4 +273,13 @@ def summary(cfg: StudyConfig, out: Path, results: Results, baseline: BaselineFig
             "size_mb": baseline.size_mb, "params": baseline.params, "macs": baseline.macs, "val_accuracy": baseline.val_accuracy,
             "test_accuracy": baseline.test_accuracy}, "headline": head, "front_points": len(results.table),
             "warning": results.warning, "verdict": results.verdict, "device": results.device,
-            "wall_s": results.wall_s}
+            "wall_s": results.wall_s, "sensitivity": _map_summary(results, seconds)}
+
+
+def _map_summary(results: Results, seconds: float | None) -> dict | None:
+    smap = results.sensitivity
+    if smap is None:
+        return None
+    worst = max(smap.accuracy, key=lambda k: sum(smap.drops(k)))
+    return {"keys": len(smap.accuracy), "ratios": len(smap.ratios), "seconds": seconds or 0.0,
+            "most_sensitive": worst}

@@ -66,19 +66,24 @@ def _run(args: list[str]) -> None:
     assert main(args) == 0
 
 
-def _smoke_config(folder: Path) -> Path:
+def _smoke_config(folder: Path, *, headline_max_drop: float | None = None) -> Path:
     """configs/any-model.yaml whose smoke budget times no front point: these tests are about the model
     and data seams, the timing is model-agnostic and LeNet5's tests cover it (it is minutes of a
-    DenseNet121's smoke run)."""
+    DenseNet121's smoke run). ``headline_max_drop``: a bar every point clears, so the report has a
+    headline to load (a study without one never opens a front checkpoint)."""
     config = yaml.safe_load((REPO / "configs" / "any-model.yaml").read_text())
     config["budgets"]["smoke"]["latency"] = "none"
-    return write_config(folder / "any-model-smoke.yaml", config)
+    name = "any-model-smoke.yaml"
+    if headline_max_drop is not None:
+        config["report"]["headline_max_drop"] = headline_max_drop
+        name = "any-model-smoke-headline.yaml"
+    return write_config(folder / name, config)
 
 
-def _study(folder: Path, out: Path, source: str, weights: Path, *extra: str) -> dict:
+def _study(folder: Path, out: Path, source: str, weights: Path, *extra: str, config: Path | None = None) -> dict:
     _run(["--model", source, "--weights", str(weights), "--dataset", "imagefolder", "--data-dir", str(folder),
-          "--config", str(_smoke_config(out.parent)), "--image-size", "64", "--budget", "smoke", "--out", str(out),
-          "--quiet", *extra])
+          "--config", str(config or _smoke_config(out.parent)), "--image-size", "64", "--budget", "smoke",
+          "--out", str(out), "--quiet", *extra])
     return json.loads((out / "report.json").read_text())
 
 
@@ -129,6 +134,29 @@ def test_a_timm_model_and_a_users_own_code_go_the_same_way(folder, tmp_path):
         _pick_and_export(folder, tmp_path / name, source, tmp_path / name)
     with pytest.raises(Exception, match="loading it imports that code"):
         load_checkpoint(tmp_path / "code" / "baseline.pt")  # a file alone never imports user code
+
+
+@pytest.mark.slow
+def test_your_own_code_goes_run_report_dashboard_pick_onnx_with_a_headline(folder, tmp_path):
+    """The README's own-model walk with a model of the user's own code and a study that has a headline:
+    the report loads the headline's checkpoint (its channel widths) with the entry point the study was
+    run with, so run, report, pick and export all take the same --model flag."""
+    from search.report import main as report
+    from tests.test_readme import _served_study_names
+
+    (tmp_path / "nets.py").write_text(USER_CODE)
+    source = f"{tmp_path / 'nets.py'}:build"
+    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=250)
+    out = tmp_path / "study"
+    answer = _study(folder, out, source, weights, config=_smoke_config(tmp_path, headline_max_drop=100.0))
+    assert answer["headline"] is not None, answer
+    assert "Channel widths of the headline" in (out / "report.md").read_text()
+    assert report(["--model", source, "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out),
+                   "--budget", "smoke", "--quiet"]) == 0
+    dashboard = [str(Path(PYTHON).parent / "optuna-dashboard"), str(out / "journal.log"),
+                 "--artifact-dir", str(out / "artifacts")]
+    assert len(_served_study_names(dashboard, tmp_path)) == 1
+    _pick_and_export(folder, out, source, tmp_path)
 
 
 @pytest.mark.slow
