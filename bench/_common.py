@@ -18,6 +18,17 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its bf16/VNNI flags, from /proc/cpuinfo (every figure names its CPU)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+    flags = [f for f in ("amx_bf16", "avx512_bf16", "avx512_vnni") if f" {f}" in text]
+    return f"{name} ({', '.join(flags) or 'no bf16/VNNI flags'})"
+
+
 def spread(values: list[float]) -> str:
     """'median (min-max, n=N)'."""
     med = statistics.median(values)

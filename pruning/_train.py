@@ -291,19 +291,27 @@ def finetune(model: nn.Module, data: Dataset, *, steps: int | None = None, epoch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
-             precision: str = "auto") -> float:
-    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on a split, in eval mode, under
+def correct(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+            precision: str = "auto") -> torch.Tensor:
+    """Whether ``model`` classifies each image of a split right (a bool tensor on the CPU, in the
+    split's fixed order, so two models' vectors pair image by image), in eval mode, under
     ``precision`` (see :func:`resolve_precision`)."""
     device = data.device
     mode = resolve_precision(precision, model, device)
     model = prepare(model, device, mode)
     was_training = model.training
     model.eval()
-    correct, total = 0, 0
+    hits = []
     for x, y in eval_batches(data, split, batch_size):
         with autocast(device, mode):
-            correct += (model(x).argmax(1) == y).sum()
-        total += y.shape[0]
+            hits.append((model(x).argmax(1) == y).cpu())
     model.train(was_training)
-    return float(correct) / max(1, total)
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+             precision: str = "auto") -> float:
+    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on a split, in eval mode, under
+    ``precision`` (see :func:`resolve_precision`)."""
+    hits = correct(model, data, split, batch_size=batch_size, precision=precision)
+    return float(hits.sum()) / max(1, hits.numel())

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if export:
         check_targets(export_paths(save.with_suffix(".onnx")), "--export", force=force, pinned=(cfg.from_checkpoint,))
     data, baseline, start = found.data, found.baseline, found.start
-    results = collect(cfg, out, found.study, data, baseline, start, latency=False)
+    results = collect(cfg, out, found.study, data, baseline, start, latency=False, noise=False)
     if results.table.empty:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")
     row = choose(results.table, baseline_val=baseline.val_accuracy, **rule)

@@ -18,7 +18,7 @@ import yaml
 from models import SourceError, model_spec, parse_source
 from pruning import (AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig, bounds, check_fields, from_plain,
                      to_plain)
-from search.config._tables import LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES, SAMPLERS
+from search.config._tables import CENTERS, LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES, SAMPLERS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
@@ -72,7 +72,13 @@ class SearchSpace:
     max_ratio: float = field(default=0.9, metadata=bounds(above=0, below=1))
     importance: str = field(default="l1", metadata=bounds(choices=tuple(IMPORTANCES)))
     round_to: int | None = field(default=None, metadata=bounds(low=1, high=1024))
-    references: tuple[str, ...] = field(default=REFERENCES, metadata=bounds(choices=REFERENCES))
+    references: tuple[str, ...] = field(default=("uniform", "global"), metadata=bounds(choices=REFERENCES))
+    # shape 0 of the space: the uniform plan, or the sensitivity map's cost-aware allocation (uniform by
+    # default so a study made before the map resumes as it was; the configs choose sensitivity)
+    center: str = field(default="uniform", metadata=bounds(choices=CENTERS))
+    # the sensitivity map's grid: every key pruned alone at each of these ratios (at most max_ratio)
+    sensitivity_ratios: tuple[float, ...] = field(default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                                                  metadata=bounds(above=0, below=1))
     reference_ratios: tuple[float, ...] = field(default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                                                 metadata=_ratio())
     objective: str = field(default="size", metadata=bounds(choices=tuple(OBJECTIVES)))
@@ -400,6 +406,8 @@ def _check(cfg: StudyConfig) -> None:
         for r in ratios:
             if r > s.max_ratio:
                 raise ConfigError(f"{key} has {r}, above search.max_ratio {s.max_ratio}")
+    if list(s.sensitivity_ratios) != sorted(set(s.sensitivity_ratios)) or not s.sensitivity_ratios:
+        raise ConfigError(f"search.sensitivity_ratios must be increasing ratios, got {list(s.sensitivity_ratios)}")
     if list(s.rungs) != sorted(set(s.rungs)):
         raise ConfigError(f"search.rungs must be increasing fractions of the fine-tune, got {list(s.rungs)}")
     if s.granularity == "stage" and cfg.source.kind == "registry" and model_spec(cfg.model).stage_of is None:

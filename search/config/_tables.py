@@ -21,9 +21,14 @@ OBJECTIVES: dict[str, str] = {"size": "size_mb", "params": "params", "macs": "ma
 # where --objective latency is measured: the study's device through PyTorch, or onnxruntime on the CPU
 LATENCY_BACKENDS = ("torch", "onnxruntime")
 
-# the classic allocations enqueued as reference trials: the same ratio in every unit, and
-# Torch-Pruning's global ranking (one L1 ranking across all units) at the same target ratio
-REFERENCES = ("uniform", "global")
+# the classic allocations enqueued as reference trials: the same ratio in every unit,
+# Torch-Pruning's global ranking (one L1 ranking across all units) at the same target ratio, and the
+# sensitivity map's threshold allocation (Model Optimizer's FastNAS, AIMET) at the uniform plan's size
+REFERENCES = ("uniform", "global", "sensitivity")
+
+# what shape 0 of the search space is at a level: the uniform plan, or the sensitivity map's
+# cost-aware allocation of the same size (search.trial._space)
+CENTERS = ("uniform", "sensitivity")
 
 # which front points the report times on the CPU (report.latency, or a budget's own choice)
 LATENCY_CHOICES = ("all", "recovered", "none")

@@ -17,9 +17,11 @@ from optuna.trial import TrialState
 from pruning import BaselineFigures
 from search.config import StudyConfig
 from search.storage import completed, fmt_accuracy
+from search.trial import SECONDS_KEY
 
 
 PROJECTIONS = "pareto-projections.png"  # the front's 2-D projections, in a study of 3+ objectives
+SENSITIVITY_PNG = "sensitivity.png"     # the sensitivity map as a heat map, in a study that has one
 
 @dataclass
 class Results:
@@ -38,6 +40,7 @@ class Results:
     wall_s: float | None = None            # first trial's start to last trial's end, seconds
     gain: dict | None = None               # the headline against the best reference no larger (search.results._verdict)
     size_gain: dict | None = None          # the smallest reference within the bar against the headline (search.results._verdict)
+    sensitivity: object | None = None      # the study's sensitivity map (search.trial.SensitivityMap), when it has one
 
 
 def selection_accuracy(row: pd.Series) -> float:
@@ -108,6 +111,7 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
     lines += _projections(cfg, study)
     lines += _widths(results)
     lines += _references(results.references)
+    lines += _sensitivity(results, study.user_attrs.get(SECONDS_KEY))
     return "\n".join(lines) + "\n"
 
 
@@ -281,21 +285,63 @@ def plot_projections(cfg: StudyConfig, study: optuna.Study):
 
 def _references(gaps: pd.DataFrame) -> list[str]:
     lines = ["## Search vs. the classic allocations", "",
-             "Each reference plan — the same ratio in every unit (uniform) and Torch-Pruning's global L1 ranking "
-             "at the same target ratio (global) — measured under the same fine-tune budget, beside the best "
-             "searched candidate of no larger size, on validation accuracy.", "",
+             "Each reference plan — the same ratio in every unit (uniform), Torch-Pruning's global L1 ranking "
+             "at the same target ratio (global), and the sensitivity map's threshold allocation at the uniform "
+             "plan's size (sensitivity: NVIDIA Model Optimizer's FastNAS, AIMET) — measured under the same "
+             "fine-tune budget, beside the best searched candidate of no larger size, on validation accuracy. "
+             "The gain's interval is a paired bootstrap over the same validation images (95 %); one that "
+             "holds 0 is inside the noise.", "",
              "| reference | ratio | size MB | reference val acc | searched trial | searched size MB | "
-             "searched val acc | gain (pts) |", "|---|---|---|---|---|---|---|---|"]
+             "searched val acc | gain (pts) | 95 % interval |", "|---|---|---|---|---|---|---|---|---|"]
     for _, r in gaps.iterrows():
         if pd.isna(r["searched_trial"]):
             lines.append(f"| {r['reference']} | {r['ratio']:g} | {r['size_mb']:.4f} | "
-                         f"{r['reference_val_accuracy']:.4f} | - | - | - | - |")
+                         f"{r['reference_val_accuracy']:.4f} | - | - | - | - | - |")
             continue
-        gain = 100 * (r["searched_val_accuracy"] - r["reference_val_accuracy"])
+        interval = "-"
+        if not pd.isna(r["gain_low"]):
+            interval = f"{r['gain_low']:+.2f} to {r['gain_high']:+.2f}" + (
+                " (inside the noise)" if r["gain_low"] <= 0 <= r["gain_high"] else "")
         lines.append(f"| {r['reference']} | {r['ratio']:g} | {r['size_mb']:.4f} | {r['reference_val_accuracy']:.4f} | "
                      f"{int(r['searched_trial'])} | {r['searched_size_mb']:.4f} | {r['searched_val_accuracy']:.4f} | "
-                     f"{gain:+.2f} |")
+                     f"{r['gain_pts']:+.2f} | {interval} |")
     return lines + [""]
+
+
+def _sensitivity(results: Results, seconds: float | None) -> list[str]:
+    """The map as a table of drops (points of validation accuracy on the map's images, after adaptive
+    BN, each key pruned alone): the heat map of sensitivity.png in numbers."""
+    smap = results.sensitivity
+    if smap is None:
+        return []
+    cost = f" It took {seconds:.0f} s." if seconds is not None else ""
+    lines = ["## Sensitivity map", "",
+             f"Each plan key pruned alone at each ratio, BatchNorm recalibrated, scored on the map's validation "
+             f"images (unpruned: {smap.base_accuracy:.4f}); the drop in points (negative: better than unpruned, "
+             f"noise). The `sensitivity` reference and the centre of the search space come from it "
+             f"(docs/design.md, \"The sensitivity map\").{cost} Picture: `{SENSITIVITY_PNG}`.", "",
+             "| key | " + " | ".join(f"{r:g}" for r in smap.ratios) + " |",
+             "|---|" + "---|" * len(smap.ratios)]
+    for key, accs in smap.accuracy.items():
+        lines.append(f"| {key} | " + " | ".join(f"{100 * (smap.base_accuracy - a):.1f}" for a in accs) + " |")
+    return lines + [""]
+
+
+def plot_sensitivity(results: Results):
+    """sensitivity.png: keys x ratios, the drop in points as colour."""
+    plt = pyplot()
+    smap = results.sensitivity
+    keys = list(smap.accuracy)
+    drops = [[100 * (smap.base_accuracy - a) for a in smap.accuracy[k]] for k in keys]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(smap.ratios), 1.0 + 0.28 * len(keys)))
+    image = ax.imshow(drops, aspect="auto", cmap="magma_r", vmin=0)
+    ax.set_xticks(range(len(smap.ratios)), [f"{r:g}" for r in smap.ratios])
+    ax.set_yticks(range(len(keys)), keys, fontsize=7 if len(keys) > 20 else 9)
+    ax.set_xlabel("ratio of the key's channels removed (alone)")
+    fig.colorbar(image, ax=ax, label="val accuracy drop (pts)")
+    ax.set_title("sensitivity map")
+    fig.tight_layout()
+    return fig
 
 
 def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, baseline: BaselineFigures):
@@ -306,7 +352,7 @@ def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, baseline
     done = completed(study)
     fig, (ax, lat) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     ax.scatter([r.size_mb for _, r in done], [r.val_accuracy for _, r in done], s=14, c="0.75", label="all candidates")
-    for kind, style in (("uniform", "s--"), ("global", "^--")):
+    for kind, style in (("uniform", "s--"), ("global", "^--"), ("sensitivity", "v--")):
         pts = sorted((r.reference_ratio, r.size_mb, r.val_accuracy) for _, r in done if r.reference == kind)
         if pts:
             ax.plot([p[1] for p in pts], [p[2] for p in pts], style, ms=5, label=f"{kind} (classic)")

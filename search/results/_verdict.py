@@ -11,9 +11,10 @@ from search.storage import TrialRecord
 
 
 def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, baseline: BaselineFigures,
-            max_drop: float) -> list[str]:
+            max_drop: float, paired=None) -> list[str]:
     """Plain sentences for report.md and the console. ``done``: (trial, record) of every fine-tuned
-    trial; accuracies compared are validation accuracies after the same search fine-tune (points)."""
+    trial; accuracies compared are validation accuracies after the same search fine-tune (points);
+    ``paired`` (:class:`search.results._noise.Paired`) gives each gain its paired interval."""
     searched = [(t.number, r) for t, r in done if r.reference is None]
     bar = baseline.val_accuracy - max_drop / 100
     never = (f"The sampler never ran: all {len(done)} fine-tuned trials are classic references; give the "
@@ -23,19 +24,20 @@ def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, 
     number, size = int(headline["trial"]), float(headline["size_mb"])
     own = next(r for t, r in done if t.number == number)
     if not own.reference:
-        return [f"The headline is a searched plan (trial {number}).", _gain(headline_gain(done, headline)),
+        return [f"The headline is a searched plan (trial {number}).", _gain(headline_gain(done, headline, paired)),
                 _size_gain(size_gain(done, headline, baseline, max_drop))]
     lines = [f"The headline is the classic {own.reference} {own.reference_ratio:g} reference (trial {number}), "
-             "not a searched plan: the search did not beat it at this size.", _gain(headline_gain(done, headline))]
+             "not a searched plan: the search did not beat it at this size.", _gain(headline_gain(done, headline, paired))]
     smaller = [(n, r) for n, r in searched if r.size_mb < size]
     if not searched:
         return lines + [never]
     return lines + [_nearest(smaller, bar) if smaller else "No searched trial is smaller than the headline."]
 
 
-def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None) -> dict | None:
+def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, paired=None) -> dict | None:
     """The headline against the most accurate other reference of no larger size, after the same
-    search fine-tune: {"reference", "trial", "size_mb", "gain_pts"}; None when there is no such one."""
+    search fine-tune: {"reference", "trial", "size_mb", "gain_pts"}, with "low", "high" (the paired
+    95 % interval) and "inside_noise" when ``paired`` is given; None when there is no such one."""
     if headline is None:
         return None
     number, size = int(headline["trial"]), float(headline["size_mb"])
@@ -44,8 +46,12 @@ def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | 
     if own is None or not rivals:
         return None
     n, best = max(rivals, key=lambda p: p[1].val_accuracy)
-    return {"reference": f"{best.reference} {best.reference_ratio:g}", "trial": n, "size_mb": best.size_mb,
+    gain = {"reference": f"{best.reference} {best.reference_ratio:g}", "trial": n, "size_mb": best.size_mb,
             "gain_pts": 100 * (own.val_accuracy - best.val_accuracy)}
+    if paired is not None:
+        g = paired.gain(number, n)
+        gain.update(low=g.low, high=g.high, inside_noise=g.inside_noise)
+    return gain
 
 
 def size_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, baseline: BaselineFigures,
@@ -77,8 +83,13 @@ def _size_gain(gain: dict | None) -> str:
 def _gain(gain: dict | None) -> str:
     if gain is None:
         return "No other reference is as small as the headline: no gain to state at its size."
+    noise = ""
+    if "low" in gain:
+        noise = (f" (paired 95 % interval {gain['low']:+.2f} to {gain['high']:+.2f}"
+                 + (": inside the noise)" if gain["inside_noise"] else ")"))
     return (f"Gain over the best reference no larger ({gain['reference']}, trial {gain['trial']}, "
-            f"{gain['size_mb']:.4f} MB): {gain['gain_pts']:+.2f} pts validation accuracy after the same fine-tune.")
+            f"{gain['size_mb']:.4f} MB): {gain['gain_pts']:+.2f} pts validation accuracy after the same "
+            f"fine-tune{noise}.")
 
 
 def _nearest(candidates: list[tuple[int, TrialRecord]], bar: float) -> str:

@@ -64,6 +64,11 @@ def study_note(answer: dict) -> str:
         lines.append("No front point is within the headline's accuracy drop yet.")
     if answer["warning"]:
         lines.append(f"**Warning:** {answer['warning']}")
+    smap = answer.get("sensitivity")
+    if smap:
+        lines.append(f"Sensitivity map: {smap['keys']} keys x {smap['ratios']} ratios, each key pruned alone "
+                     f"({smap['seconds']:.0f} s); the most sensitive key: `{smap['most_sensitive']}`. "
+                     f"Heat map: the artifact `sensitivity.png`.")
     lines.append("The full report, the plot, the front as CSV and the baseline are this study's artifacts.")
     return "\n\n".join(lines)
 

@@ -1,12 +1,15 @@
 """The classic reference plans every study measures under its own budget: the same ratio in every
-unit (uniform), and Torch-Pruning's global ranking at the same target ratios. They are enqueued
-first, always run to the end, and give the sampler good starting points."""
+unit (uniform), Torch-Pruning's global ranking at the same target ratios, and the sensitivity map's
+threshold allocation (FastNAS, AIMET) at the uniform plans' sizes. They are enqueued first, always
+run to the end, and give the sampler good starting points."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
-from pruning import Unit, global_ranking_plans
+from pruning import Unit, expand_plan, global_ranking_plans
 from search.config import StudyConfig
 from search.trial import params_for
 
@@ -22,27 +25,44 @@ def thin(ratios: tuple[float, ...], limit: int) -> list[float]:
 
 
 def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model: nn.Module,
-                    example: torch.Tensor, total_trials: int,
-                    keep: tuple[str, ...] = ()) -> dict[tuple[str, float], tuple[dict, dict]]:
-    """(kind, ratio) -> (the sampler's parameters, the exact per-unit plan or {} when the parameters
-    say it all). At most half of the study's trials are references (see :func:`reference_limit`), so
-    the sampler keeps the rest: with 2 trials or more, at least one is searched."""
+                    example: torch.Tensor, total_trials: int, keep: tuple[str, ...] = (), *,
+                    center: list | None = None,
+                    sensitivity: Callable[[list[float]], dict[float, dict[str, float]]] | None = None
+                    ) -> dict[tuple[str, float], tuple[dict, dict]]:
+    """(kind, ratio) -> (the sampler's parameters, the exact per-unit plan the trial prunes). At most
+    half of the study's trials are references (see :func:`reference_limit`), so the sampler keeps the
+    rest: with 2 trials or more, at least one is searched. ``center``: the space's centre (the
+    parameters are placed around it); ``sensitivity``: ratios -> the map's threshold plan (per plan
+    key) at each uniform plan's size, for the ``sensitivity`` kind."""
     kinds = cfg.search.references
     if not kinds:
         return {}
     limit = reference_limit(total_trials)
-    ratios = thin(cfg.reference_ratios, max(1, limit // len(kinds)))
+    ratios = _kept_ratios(cfg, kinds, limit)
     plans: dict[tuple[str, float], tuple[dict, dict]] = {}
     g = cfg.search.granularity
     if "uniform" in kinds:
         for r in ratios:
-            plans[("uniform", r)] = (params_for({k: r for k in keys}, r, g), {})
+            per_key = {k: r for k in keys}
+            plans[("uniform", r)] = (params_for(per_key, r, g, center), expand_plan(units, g, per_key))
     if "global" in kinds:
         allocated = global_ranking_plans(model, ratios, example_input=example, max_ratio=cfg.search.max_ratio,
                                          round_to=cfg.search.round_to, keep=keep)
         for r, plan in allocated.items():
-            plans[("global", r)] = (params_for(_per_key(plan, units, keys, g), r, g), plan)
+            plans[("global", r)] = (params_for(_per_key(plan, units, keys, g), r, g, center), plan)
+    if "sensitivity" in kinds and sensitivity is not None:
+        seen: list[dict] = []
+        for r, per_key in sensitivity(ratios).items():
+            plan = expand_plan(units, g, per_key)
+            if plan not in seen:  # two targets the map cannot tell apart give one plan: measure it once
+                seen.append(plan)
+                plans[("sensitivity", r)] = (params_for(per_key, r, g, center), plan)
     return _keep(plans, limit)
+
+
+def _kept_ratios(cfg: StudyConfig, kinds: tuple[str, ...], limit: int) -> list[float]:
+    """The reference ratios a study of ``limit`` references measures for each kind."""
+    return thin(cfg.reference_ratios, max(1, limit // len(kinds)))
 
 
 def reference_limit(total_trials: int) -> int:
@@ -54,7 +74,8 @@ def reference_limit(total_trials: int) -> int:
 def _keep(plans: dict, limit: int) -> dict:
     """The first ``limit`` plans, taking the kinds in turn (uniform 0.2, global 0.2, uniform 0.5, ...)
     so a small study still measures each kind."""
-    order = sorted(plans, key=lambda key: (sorted({r for _, r in plans}).index(key[1]), key[0] != "uniform"))
+    kinds = ("uniform", "global", "sensitivity")
+    order = sorted(plans, key=lambda key: (sorted({r for _, r in plans}).index(key[1]), kinds.index(key[0])))
     return {key: plans[key] for key in order[:limit]}
 
 

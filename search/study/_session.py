@@ -19,8 +19,8 @@ from search.study._estimate import Estimate, describe, duration, estimate, guard
 from search.study._references import reference_plans
 from search.study._broker import TrialBroker
 from search.study._study import check_resume, create_study, find_study, finished, load_existing, seed_references
-from search.trial import (SearchContext, adopt_weights, build_context, load_data, preflight, start_checkpoint,
-                          train_baseline)
+from search.trial import (SearchContext, adopt_weights, build_context, load_data, preflight, prepare_map,
+                          sensitivity_plans, start_checkpoint, train_baseline)
 
 
 @dataclass
@@ -81,8 +81,10 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
         if study is None:
             study = create_study(storage, cfg, digest=ctx.start.checksum, baseline=ctx.baseline)
             atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
+        smap = prepare_map(ctx, study, progress=opts.progress)
         plans = reference_plans(cfg, ctx.units, ctx.keys, ctx.start.model, ctx.example, opts.total_trials(cfg),
-                                keep=ctx.keep)
+                                keep=ctx.keep, center=ctx.center,
+                                sensitivity=None if smap is None else (lambda ratios: sensitivity_plans(ctx, study, smap, ratios)))
         seed_references(study, ctx.keys, plans)
         session = Session(cfg=cfg, opts=opts, out=out, storage=storage, study=study, ctx=ctx, estimate=est)
     atomic_write_text(out / OPTIONS_NAME, opts.to_yaml())
@@ -163,12 +165,13 @@ def publish_study(study: optuna.Study, storage: BaseStorage, out: Path, answer: 
     """The dashboard's view of the results: a study note, and the report files as study artifacts."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    from search.results import PROJECTIONS
+    from search.results import PROJECTIONS, SENSITIVITY_PNG
     from search.storage import artifact_dir, publish, save_study_note, study_note
 
     save_study_note(study, study_note(answer))
     publish(study, storage, FileSystemArtifactStore(str(artifact_dir(out))),
-            [out / "report.md", out / "pareto.png", out / PROJECTIONS, out / "pareto.csv", out / BASELINE])
+            [out / "report.md", out / "pareto.png", out / PROJECTIONS, out / SENSITIVITY_PNG, out / "pareto.csv",
+             out / BASELINE])
 
 
 @dataclass

@@ -15,7 +15,7 @@ from search.config import (RESOLVED_NAME, SAMPLERS, SPREAD_SAMPLERS, RunOptions,
                            config_from_plain, fingerprint, first_difference, quiet_libraries)
 from search.storage import (BASE_KEY, BASELINE_FIGURES_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, SETTINGS_KEY, TrialRecord,
                             baseline_path, open_storage)
-from search.trial import LevelSpread, SearchContext, build_context
+from search.trial import LevelSpread, SearchContext, build_context, stored_center
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -152,4 +152,6 @@ def join_study(cfg: StudyConfig, opts: RunOptions, out: Path) -> Joined:
     quiet_libraries()
     storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
     study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
-    return Joined(storage, study, build_context(cfg, opts, out))
+    ctx = build_context(cfg, opts, out)
+    ctx.center = stored_center(study)  # the centre the first process stored under the lock
+    return Joined(storage, study, ctx)

@@ -263,6 +263,7 @@ class SearchContext:
     keep: tuple[str, ...]      # layers whose outputs are kept: the config's, plus units found unsafe to prune
     artifacts: FileSystemArtifactStore
     calibration: list          # fixed training batches: BN recalibration and Taylor importance
+    center: list | None = None  # the sensitivity map's cost-aware plan per level, when the space is centred on it
 
 
 def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Dataset | None = None,

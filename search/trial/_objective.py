@@ -88,10 +88,11 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial) -> Outcome:
 
 
 def _plan(ctx: SearchContext, trial: optuna.Trial, rec: TrialRecord) -> dict[str, float]:
-    if rec.reference and rec.plan:  # a global-ranking reference: its exact per-unit plan
+    if rec.reference and rec.plan:  # a reference: its exact per-unit plan
         return dict(rec.plan)
     space = ctx.cfg.search
-    return expand_plan(ctx.units, space.granularity, ratios(trial.params, ctx.keys, space.granularity, space.max_ratio))
+    return expand_plan(ctx.units, space.granularity,
+                       ratios(trial.params, ctx.keys, space.granularity, space.max_ratio, ctx.center))
 
 
 def _run(ctx: SearchContext, io: TrialIO) -> Outcome:

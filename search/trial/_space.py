@@ -6,6 +6,12 @@ Uniform pruning is the plan with every shape 0, so the sampler reaches light pla
 heavy ones and refines around the classic allocation (sampling each ratio on its own made plans
 with every ratio small rare: the searched front trailed the uniform line at ratios 0.1-0.2).
 At ``global`` granularity the level is the plan.
+
+With a sensitivity map (``search.center: sensitivity``) the centre moves: shape 0 at a level is the
+map's cost-aware allocation of that level's size (:func:`search.trial._sensitivity.center_table`),
+and a shape moves its key's ratio *additively*, by up to ``OFFSET`` either way (a key the map spares
+has ratio 0 at the centre, which no factor would move). The sampler starts from the best allocation
+known without a fine-tune and refines around it.
 """
 from __future__ import annotations
 
@@ -15,35 +21,57 @@ import optuna
 
 LEVEL = "level"
 SHAPE_RANGE = 2.0  # a key's ratio is the level times 2**shape: from a quarter to four times the level
+OFFSET = 0.25      # around a map's centre, the most a shape moves a key's ratio either way
+
+Center = list  # [(level, {key: ratio}), ...] at increasing levels: the cost-aware plan of each level
 
 
-def sample(trial: optuna.Trial, keys: list[str], granularity: str, max_ratio: float) -> dict[str, float]:
-    """Ask the trial for its parameters (a queued trial's fixed ones come back as they are) and
-    return the ratio of every plan key. The broker samples each trial once, here."""
+def sample(trial: optuna.Trial, keys: list[str], granularity: str, max_ratio: float) -> None:
+    """Ask the trial for its parameters (a queued trial's fixed ones come back as they are). The
+    broker samples each trial once, here; the objective reads the plan with :func:`ratios`."""
     trial.suggest_float(LEVEL, 0.0, max_ratio)
     if granularity != "global":
         for k in keys:
             trial.suggest_float(k, -SHAPE_RANGE, SHAPE_RANGE)
-    return ratios(trial.params, keys, granularity, max_ratio)
 
 
-def ratios(params: dict[str, float], keys: list[str], granularity: str, max_ratio: float) -> dict[str, float]:
+def center_at(center: Center, level: float) -> dict[str, float]:
+    """The centre's plan at ``level``, interpolated between its two nearest levels."""
+    for (l0, p0), (l1, p1) in zip(center, center[1:]):
+        if level <= l1:
+            w = 0.0 if l1 <= l0 else min(1.0, max(0.0, (level - l0) / (l1 - l0)))
+            return {k: p0[k] + w * (p1[k] - p0[k]) for k in p0}
+    return dict(center[-1][1])
+
+
+def ratios(params: dict[str, float], keys: list[str], granularity: str, max_ratio: float,
+           center: Center | None = None) -> dict[str, float]:
     """The ratio of every plan key from a sampled trial's parameters (what the objective reads)."""
     level = params[LEVEL]
     if granularity == "global":
         return {k: level for k in keys}
+    if center is not None:
+        base = center_at(center, level)
+        return {k: min(max_ratio, max(0.0, base[k] + OFFSET * params[k] / SHAPE_RANGE)) for k in keys}
     return {k: min(max_ratio, level * 2.0 ** params[k]) for k in keys}
 
 
-def params_for(ratios: dict[str, float], level: float, granularity: str) -> dict[str, float]:
+def params_for(ratios: dict[str, float], level: float, granularity: str,
+               center: Center | None = None) -> dict[str, float]:
     """The sampler's parameters of given per-key ratios around ``level`` (the reference plans);
-    shapes outside [-2, 2] are clipped, so the parameters approximate such a plan."""
+    shapes outside [-2, 2] are clipped, so the parameters approximate such a plan (the trial itself
+    prunes the exact plan its record holds)."""
     if granularity == "global":
         return {LEVEL: level}
+    clip = lambda v: max(-SHAPE_RANGE, min(SHAPE_RANGE, v))  # noqa: E731
+    if center is not None:
+        base = center_at(center, level)
+        return {LEVEL: level, **{k: clip((r - base[k]) * SHAPE_RANGE / OFFSET) for k, r in ratios.items()}}
+
     def shape(r: float) -> float:
         if level <= 0 or r <= 0:
             return -SHAPE_RANGE
-        return max(-SHAPE_RANGE, min(SHAPE_RANGE, math.log2(r / level)))
+        return clip(math.log2(r / level))
     return {LEVEL: level, **{k: shape(r) for k, r in ratios.items()}}
 
 

@@ -1,0 +1,148 @@
+"""The study's sensitivity map: every plan key pruned alone at each ratio of a grid, adaptive
+BatchNorm, accuracy on the rung images, and the measure it saves. Computed once per study, before
+its trials, under the study lock; each key's row is stored in the study as it finishes, so a killed
+run resumes the map where it stopped and a resumed or extended study never computes it again.
+
+From the map come the ``sensitivity`` reference (the peers' threshold allocation, at the size of
+each uniform reference) and the *centre* of the search space: the cost-aware allocation at every
+level, around which the sampler proposes (:mod:`search.trial._space`).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import optuna
+from tqdm.auto import tqdm
+
+from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn, resolve_precision
+from search.config import fault
+from search.trial._allocation import SensitivityMap, additive_saving, bisect, costaware_plan, threshold_plan
+from search.trial._context import SearchContext
+
+MAP_KEY = "sensitivity_map"          # study attribute: the whole map, plain (SensitivityMap.to_plain)
+ROW_PREFIX = "sensitivity_row:"      # + plan key -> that key's row, written as each key finishes
+BASE_ROW_KEY = "sensitivity_base"    # the unpruned model's accuracy and measure on the map's images
+CENTER_KEY = "sensitivity_center"    # the cost-aware plan per level: [[level, {key: ratio}], ...]
+PLANS_KEY = "sensitivity_plans"      # the sensitivity reference's plan per uniform ratio ("0.4" -> {key: ratio})
+SECONDS_KEY = "sensitivity_seconds"  # what computing the map cost (summed over the runs that did)
+CENTER_STEP = 0.05                   # levels of the centre table; ratios between them are interpolated
+
+# the measure a plan is matched on: the study's size measure, MACs for latency (a timed latency is too
+# noisy to bisect on, and MACs is what a channel costs on the device before its memory traffic)
+MATCHED = {"size": "size_mb", "params": "params", "macs": "macs", "latency": "macs"}
+
+
+def uses_map(ctx: SearchContext) -> bool:
+    space = ctx.cfg.search
+    return space.center == "sensitivity" or "sensitivity" in space.references
+
+
+def _measure_of(ctx: SearchContext, plan: dict[str, float]) -> float:
+    """The matched measure of a per-key plan, from the real surgery (exact, never estimated)."""
+    space = ctx.cfg.search
+    pruned, _ = apply_plan(ctx.start.model, expand_plan(ctx.units, space.granularity, plan), example_input=ctx.example,
+                           importance="l1",  # which channels go does not change the measure
+                           round_to=space.round_to, history=ctx.start.history, max_ratio=space.max_ratio,
+                           seed=ctx.cfg.seed, keep=ctx.keep)
+    return float(getattr(measure(pruned, ctx.example), MATCHED[space.objective]))
+
+
+def _cell(ctx: SearchContext, plan: dict[str, float], images, precision: str) -> tuple[float, float]:
+    """(accuracy after adaptive BN on ``images``, matched measure) of one plan."""
+    space = ctx.cfg.search
+    pruned, _ = apply_plan(ctx.start.model, expand_plan(ctx.units, space.granularity, plan), example_input=ctx.example,
+                           importance=space.importance, round_to=space.round_to, history=ctx.start.history,
+                           max_ratio=space.max_ratio, seed=ctx.cfg.seed, keep=ctx.keep,
+                           calibration=ctx.calibration if space.importance == "taylor" else None)
+    recalibrate_bn(pruned, ctx.calibration, precision=precision)
+    size = float(getattr(measure(pruned, ctx.example), MATCHED[space.objective]))
+    return evaluate(pruned, images, "val", precision=precision), size
+
+
+def ensure_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = False) -> SensitivityMap:
+    """The study's map: read back when stored, else computed (resuming the rows a killed run left)
+    and stored. Call under the study lock."""
+    stored = study.user_attrs.get(MAP_KEY)
+    if stored is not None:
+        return SensitivityMap.from_plain(stored)
+    space = ctx.cfg.search
+    ratios = tuple(r for r in space.sensitivity_ratios if r <= space.max_ratio)
+    precision = resolve_precision(ctx.cfg.finetune.precision, ctx.start.model, ctx.data.device)
+    images = ctx.data.subset(val=space.rung_val_images)
+    started = time.perf_counter()
+    base = study.user_attrs.get(BASE_ROW_KEY)
+    if base is None:
+        model = copy.deepcopy(ctx.start.model)
+        recalibrate_bn(model, ctx.calibration, precision=precision)
+        base = {"accuracy": evaluate(model, images, "val", precision=precision),
+                "measure": float(getattr(measure(ctx.start.model, ctx.example), MATCHED[space.objective]))}
+        study.set_user_attr(BASE_ROW_KEY, base)
+    rows = {k: study.user_attrs.get(ROW_PREFIX + k) for k in ctx.keys}
+    todo = [k for k in ctx.keys if rows[k] is None]
+    bar = tqdm(total=len(ctx.keys) * len(ratios), initial=(len(ctx.keys) - len(todo)) * len(ratios),
+               desc="sensitivity map", unit="plan", disable=not progress, dynamic_ncols=True, leave=False)
+    for k in todo:
+        cells = []
+        for r in ratios:
+            cells.append(_cell(ctx, {key: (r if key == k else 0.0) for key in ctx.keys}, images, precision))
+            bar.update(1)
+        rows[k] = {"accuracy": [a for a, _ in cells], "saved": [base["measure"] - s for _, s in cells]}
+        study.set_user_attr(ROW_PREFIX + k, rows[k])
+        fault("after_sensitivity_row")
+    bar.close()
+    smap = SensitivityMap(ratios=ratios, base_accuracy=base["accuracy"], measure=MATCHED[space.objective],
+                          base_measure=base["measure"], accuracy={k: tuple(rows[k]["accuracy"]) for k in ctx.keys},
+                          saved={k: tuple(rows[k]["saved"]) for k in ctx.keys})
+    study.set_user_attr(SECONDS_KEY, float(study.user_attrs.get(SECONDS_KEY, 0.0)) + time.perf_counter() - started)
+    study.set_user_attr(MAP_KEY, smap.to_plain())
+    return smap
+
+
+def center_table(ctx: SearchContext, study: optuna.Study, smap: SensitivityMap) -> list[tuple[float, dict[str, float]]]:
+    """The cost-aware plan at every level: the plan saving what the uniform plan of that level saves,
+    both counted as if the keys' savings added up (a level is a size, not an exact one: the sampler
+    chooses it). Stored in the study, read back by every process."""
+    stored = study.user_attrs.get(CENTER_KEY)
+    if stored is None:
+        top = ctx.cfg.search.max_ratio
+        levels = [round(i * CENTER_STEP, 6) for i in range(int(top / CENTER_STEP + 1e-9) + 1)]
+        if levels[-1] < top:
+            levels.append(top)
+        stored = []
+        for level in levels:
+            budget = additive_saving(smap, {k: min(level, smap.ratios[-1]) for k in ctx.keys})
+            stored.append([level, costaware_plan(smap, budget)])
+        study.set_user_attr(CENTER_KEY, stored)
+    return [(float(level), {k: float(r) for k, r in plan.items()}) for level, plan in stored]
+
+
+def stored_center(study: optuna.Study) -> list[tuple[float, dict[str, float]]] | None:
+    """The centre a study stored (a worker, a Ray actor or a later command reads it), or None."""
+    stored = study.user_attrs.get(CENTER_KEY)
+    return None if stored is None else [(float(lv), {k: float(r) for k, r in p.items()}) for lv, p in stored]
+
+
+def sensitivity_plans(ctx: SearchContext, study: optuna.Study, smap: SensitivityMap,
+                      ratios: list[float]) -> dict[float, dict[str, float]]:
+    """The threshold allocation at the exact matched measure of each uniform plan of ``ratios`` (per
+    plan key), stored in the study so a resume does not bisect again."""
+    stored = dict(study.user_attrs.get(PLANS_KEY, {}))
+    top = max(max(smap.drops(k)) for k in ctx.keys) + 1.0
+    for r in ratios:
+        if f"{r:g}" not in stored:
+            target = _measure_of(ctx, {k: r for k in ctx.keys})
+            stored[f"{r:g}"] = bisect(lambda t: threshold_plan(smap, t), lambda p: _measure_of(ctx, p),
+                                      target * (1 + 1e-9), 0.0, top)
+            study.set_user_attr(PLANS_KEY, stored)
+    return {r: {k: float(v) for k, v in stored[f"{r:g}"].items()} for r in ratios}
+
+
+def prepare_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = False) -> SensitivityMap | None:
+    """The map and the centre of a study that uses them (None otherwise), ``ctx.center`` set."""
+    if not uses_map(ctx):
+        return None
+    smap = ensure_map(ctx, study, progress=progress)
+    if ctx.cfg.search.center == "sensitivity":
+        ctx.center = center_table(ctx, study, smap)
+    return smap

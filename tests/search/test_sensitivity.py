@@ -1,0 +1,154 @@
+"""The sensitivity map: its allocations on toy maps whose right answer is known, the reference and
+the centre it gives a study, and a map that survives a kill and is never computed twice."""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+
+import pytest
+import torch
+
+from search.config import ENV
+from search.trial._allocation import (SensitivityMap, additive_saving, bisect, costaware_plan, isotonic,
+                                      threshold_plan)
+from search.trial._space import center_at, params_for, ratios
+from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, merged, study_of, write_config
+
+GRID = (0.25, 0.5, 0.75)
+
+
+def _toy(accuracy: dict, saved: dict) -> SensitivityMap:
+    return SensitivityMap(ratios=GRID, base_accuracy=0.9, accuracy=accuracy, saved=saved, measure="params",
+                          base_measure=1000.0)
+
+
+def test_the_monotone_fit_pools_what_noise_made_non_monotone():
+    assert isotonic([0, 2, 1, 3]) == [0, 1.5, 1.5, 3]
+    assert isotonic([3, 2, 1]) == [2, 2, 2]
+    fitted = _toy({"a": (0.91, 0.88, 0.89)}, {"a": (1, 2, 3)}).drops("a")
+    assert fitted == sorted(fitted) and fitted[0] == 0.0 and min(fitted) >= 0.0  # a gain is no negative drop
+
+
+def test_the_threshold_allocation_prunes_the_key_that_loses_nothing():
+    """Key ``free`` loses nothing until 0.75; key ``vital`` loses 5 points at 0.25: every threshold
+    below 5 points leaves ``vital`` unpruned and prunes ``free``."""
+    smap = _toy({"free": (0.9, 0.9, 0.9), "vital": (0.85, 0.6, 0.3)}, {"free": (1, 2, 3), "vital": (1, 2, 3)})
+    plan = threshold_plan(smap, 1.0)
+    assert plan["free"] == pytest.approx(0.75) and plan["vital"] < 0.25 * 1.0 / 5 + 1e-9
+    assert threshold_plan(smap, 0.0)["free"] == 0.0  # the tie slope: no threshold jumps every flat key at once
+
+
+def test_the_costaware_allocation_spends_the_drop_where_it_saves_most():
+    """Equal drops, ``big`` saves ten times what ``small`` does: a budget ``big`` alone can meet goes
+    to ``big``; the threshold allocation (blind to cost) prunes both alike."""
+    drops = (0.89, 0.88, 0.87)
+    smap = _toy({"big": drops, "small": drops}, {"big": (100, 200, 300), "small": (10, 20, 30)})
+    plan = costaware_plan(smap, 200.0)
+    assert plan["big"] == pytest.approx(0.5) and plan["small"] == 0.0
+    assert additive_saving(smap, plan) == pytest.approx(200.0)
+    even = threshold_plan(smap, 1.0)
+    assert even["big"] == pytest.approx(even["small"])
+
+
+def test_bisection_meets_a_target_measure_from_below():
+    smap = _toy({"a": (0.9, 0.89, 0.8), "b": (0.88, 0.8, 0.7)}, {"a": (5, 10, 15), "b": (5, 10, 15)})
+    size = lambda plan: 1000 - additive_saving(smap, plan)  # noqa: E731
+    plan = bisect(lambda t: threshold_plan(smap, t), size, 985.0, 0.0, 50.0)
+    assert 984.5 <= size(plan) <= 985.0
+
+
+def test_the_centred_space_puts_shape_zero_on_the_map_plan():
+    center = [(0.0, {"a": 0.0, "b": 0.0}), (0.5, {"a": 0.1, "b": 0.8})]
+    assert center_at(center, 0.25) == pytest.approx({"a": 0.05, "b": 0.4})
+    at_center = ratios({"level": 0.5, "a": 0.0, "b": 0.0}, ["a", "b"], "unit", 0.9, center)
+    assert at_center == pytest.approx({"a": 0.1, "b": 0.8})
+    moved = ratios({"level": 0.5, "a": -2.0, "b": 2.0}, ["a", "b"], "unit", 0.9, center)
+    assert moved == pytest.approx({"a": 0.0, "b": 0.9})  # clipped to [0, max_ratio]
+    back = params_for({"a": 0.2, "b": 0.7}, 0.5, "unit", center)
+    assert ratios(back, ["a", "b"], "unit", 0.9, center) == pytest.approx({"a": 0.2, "b": 0.7})
+
+
+MAP_CONFIG = merged(TINY_LENET, search={"references": ["uniform", "sensitivity"], "center": "sensitivity",
+                                        "sensitivity_ratios": [0.3, 0.6], "reference_ratios": [0.2, 0.5]})
+
+
+@pytest.mark.slow
+def test_the_map_survives_a_kill_and_is_never_computed_twice(tmp_path, fashion_mnist, monkeypatch):
+    """A run killed after the map's first key resumes the map at the second; the finished study holds
+    the map, the centre and one sensitivity reference per target, and a further run computes nothing."""
+    from search import run
+    from search.trial import _sensitivity
+
+    config, out = write_config(tmp_path / "map.yaml", MAP_CONFIG), tmp_path / "study"
+    args = base_args(config, out) + ["--quiet", "--trials", "6"]
+    killed = subprocess.run([PYTHON, "-m", "search.run", *args], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, ENV: "after_sensitivity_row"})
+    assert killed.returncode == -9, killed.stderr
+    first = study_of(out).user_attrs
+    assert "sensitivity_row:conv1" in first and "sensitivity_map" not in first
+
+    cells = []
+    real = _sensitivity._cell
+    monkeypatch.setattr(_sensitivity, "_cell", lambda *a, **k: cells.append(1) or real(*a, **k))
+    assert run.main(args) == 0
+    assert len(cells) == 3 * 2  # the three keys the kill left, two ratios each
+    attrs = study_of(out).user_attrs
+    smap = SensitivityMap.from_plain(attrs["sensitivity_map"])
+    assert list(smap.accuracy) == ["conv1", "conv2", "fc1", "fc2"] and smap.ratios == (0.3, 0.6)
+    assert smap.accuracy["conv1"] == tuple(first["sensitivity_row:conv1"]["accuracy"])
+    assert len(attrs["sensitivity_center"]) > 2
+    refs = [t.user_attrs for t in study_of(out).trials if t.user_attrs.get("reference") == "sensitivity"]
+    assert refs and all(r["plan"] and r["val_accuracy"] is not None for r in refs)
+    assert "## Sensitivity map" in (out / "report.md").read_text() and (out / "sensitivity.png").exists()
+
+    cells.clear()
+    assert run.main(args[:-1] + ["8"]) == 0  # extended: the map is read back, not computed
+    assert cells == []
+
+
+@pytest.mark.slow
+def test_a_sensitivity_reference_is_no_larger_than_its_uniform_twin(tmp_path, fashion_mnist):
+    """Bisected on the exact measure of the real surgery: each sensitivity reference's size is at most
+    that of the uniform reference of its ratio, and within a few percent of it."""
+    from search import run
+
+    config, out = write_config(tmp_path / "map.yaml", MAP_CONFIG), tmp_path / "study"
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "5", "--no-recover"]) == 0
+    done = {(t.user_attrs["reference"], t.user_attrs["reference_ratio"]): t.user_attrs["size_mb"]
+            for t in study_of(out).trials if t.user_attrs.get("reference")}
+    for (kind, r), size in done.items():
+        if kind == "sensitivity":
+            assert size <= done[("uniform", r)] * (1 + 1e-9)
+            assert size >= 0.9 * done[("uniform", r)]
+
+
+def test_a_map_of_a_real_model_has_a_row_per_key(trained_lenet, fashion_mnist):
+    """The map's cells on a trained LeNet5: accuracy falls as a key loses more channels (fitted), and
+    the saved size grows."""
+    from search.config import RunOptions, build_config
+    from search.trial import SearchContext, safe_units
+    from pruning import Checkpoint, plan_keys, train_batches
+    from search.trial._sensitivity import ensure_map
+
+    class Attrs:  # the two calls ensure_map makes on a study
+        def __init__(self):
+            self.user_attrs = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs[key] = value
+
+    cfg = build_config({**MAP_CONFIG, "model": "lenet5"}, where="t", overrides={"budget": "smoke"})
+    data = fashion_mnist.subset(train=512, val=400, test=10)
+    example = data.example_input(1)
+    start = Checkpoint(model=trained_lenet, history=[], plan={}, meta=None, checksum="")
+    units, keep = safe_units(trained_lenet, example, cfg, progress=False)
+    calibration = list(itertools.islice(train_batches(data, 64, torch.Generator().manual_seed(0)), 2))
+    ctx = SearchContext(cfg=cfg, opts=RunOptions(), out=None, data=data, start=start, baseline=None, units=units,
+                        keys=plan_keys(units, "unit"), example=example, keep=keep, artifacts=None,
+                        calibration=calibration)
+    smap = ensure_map(ctx, Attrs())
+    for k in ctx.keys:
+        assert smap.drops(k) == sorted(smap.drops(k)) and smap.savings(k)[-1] > 0
+    assert max(smap.drops(k)[-1] for k in ctx.keys) > 1.0  # 60 % of some key's channels costs accuracy
+    assert torch.isfinite(torch.tensor(smap.base_measure))
