@@ -27,7 +27,7 @@ import _common
 
 from search.cli import resolve, study_parser
 from search.config import quiet_libraries
-from search.results._report import reference_gaps, study_pairs
+from search.results import reference_gaps, study_pairs
 from search.storage import TrialRecord, completed
 from search.study import open_existing
 from search.trial import SECONDS_KEY
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="studies/bench-search-value")
     parser.add_argument("--existing", nargs="+", help="finished study folders to analyse (no run)")
+    parser.add_argument("--baseline", help="a trained baseline.pt to copy into every seed's folder (default: the "
+                                            "first seed's study trains one and the others copy it)")
     args = parser.parse_args()
     quiet_libraries()
     import torch
@@ -127,7 +129,7 @@ def main() -> None:
             results.append(r)
             _print(folder, r)
     else:
-        root, baseline = Path(args.out), None
+        root, baseline = Path(args.out), Path(args.baseline) if args.baseline else None
         for seed in args.seeds:
             out, wall = run_seed(root, args.model, args.budget, seed, baseline)
             baseline = baseline or out / "baseline.pt"

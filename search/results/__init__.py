@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from search.results._deploy import VERIFY_BATCH, export_paths, ship, sidecar_path
 from search.results._render import PROJECTIONS, SENSITIVITY_PNG, pyplot, selection_accuracy
-from search.results._report import collect, front_trials, write_report
+from search.results._report import collect, front_trials, reference_gaps, study_pairs, write_report
 
-__all__ = ["PROJECTIONS", "SENSITIVITY_PNG", "VERIFY_BATCH", "collect", "export_paths", "front_trials", "pyplot", "selection_accuracy", "ship",
-           "sidecar_path", "write_report"]
+__all__ = ["PROJECTIONS", "SENSITIVITY_PNG", "VERIFY_BATCH", "collect", "export_paths", "front_trials", "pyplot", "reference_gaps", "selection_accuracy", "ship",
+           "sidecar_path", "study_pairs", "write_report"]

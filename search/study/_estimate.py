@@ -30,10 +30,11 @@ class Estimate:
     per_trial_s: float
     upper_bound: bool = False  # from one small-batch step (overheads included): the study is no longer
     report_s: float = 0.0  # the report: test accuracy and latency of the front points
+    map_s: float = 0.0  # the sensitivity map, before the trials (a new study that uses one)
 
     @property
     def total_s(self) -> float:
-        return self.baseline_s + self.trials_s + self.recovery_s + self.report_s
+        return self.baseline_s + self.map_s + self.trials_s + self.recovery_s + self.report_s
 
 
 def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) -> float:
@@ -64,23 +65,40 @@ def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) 
 
 
 def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exists: bool,
-             trials_left: int, precise: bool = True) -> Estimate:
+             trials_left: int, precise: bool = True, map_pending: bool = False) -> Estimate:
     """The study's time. A quick upper bound (one small step, overheads included) first; it is
     measured precisely (a few seconds) when it is shown (``precise``) or exceeds the CPU limit, and
-    once more, the faster rate kept, when that measure exceeds the limit too."""
-    rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, precise=False), baseline_exists, trials_left)
+    once more, the faster rate kept, when that measure exceeds the limit too. ``map_pending``: the
+    study still has its sensitivity map to compute."""
+    parts = dict(baseline_exists=baseline_exists, trials_left=trials_left, map_pending=map_pending)
+    rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, precise=False), **parts)
     if rough.total_s <= LIMIT_S and not precise:
         return replace(rough, upper_bound=True)
     per_image = seconds_per_image(cfg, data)
-    measured = _estimate(cfg, opts, data, per_image, baseline_exists, trials_left)
+    measured = _estimate(cfg, opts, data, per_image, **parts)
     if measured.total_s > LIMIT_S and refusable(cfg, opts, data.device):  # measured again after a pause, the
         time.sleep(REPROBE_PAUSE_S)  # faster kept, so a slow moment (a neighbour's burst, a cold start) refuses nothing
-        measured = _estimate(cfg, opts, data, min(per_image, seconds_per_image(cfg, data)), baseline_exists, trials_left)
+        measured = _estimate(cfg, opts, data, min(per_image, seconds_per_image(cfg, data)), **parts)
     return measured
 
 
-def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float, baseline_exists: bool,
-              trials_left: int) -> Estimate:
+def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float) -> float:
+    """The sensitivity map's cost: per key and grid ratio, adaptive BN on the calibration batches and a
+    forward pass over the map's validation images (a forward pass is about a third of a step). The
+    keys are counted as the model's conv and linear layers (unit granularity; fewer at stage)."""
+    space = cfg.search
+    if space.center != "sensitivity" and "sensitivity" not in space.references:
+        return 0.0
+    model = build_model(cfg, data)
+    keys = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules()) - 1  # not the classifier
+    images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + min(
+        data.val_x.shape[0], space.rung_val_images or data.val_x.shape[0])
+    ratios = sum(r <= space.max_ratio for r in space.sensitivity_ratios)
+    return max(1, keys) * ratios * images * per_image / 3
+
+
+def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float, *, baseline_exists: bool,
+              trials_left: int, map_pending: bool) -> Estimate:
     n_train, n_val = data.train_x.shape[0], data.val_x.shape[0]
     base = cfg.baseline_recipe()
     baseline = 0.0 if baseline_exists else base.total_steps(n_train) * base.batch_size * per_image
@@ -91,7 +109,8 @@ def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: floa
     recovery = cfg.report.recover_points * rec.total_steps(n_train) * rec.batch_size * per_image * TRIAL_SHARE \
         if opts.recover else 0.0
     return Estimate(baseline_s=baseline, trials_s=trials_left * per_trial / max(1, opts.workers),
-                    recovery_s=recovery, per_trial_s=per_trial, report_s=report_seconds(cfg, opts, data, per_image))
+                    recovery_s=recovery, per_trial_s=per_trial, report_s=report_seconds(cfg, opts, data, per_image),
+                    map_s=map_seconds(cfg, data, per_image) if map_pending else 0.0)
 
 
 # The front a study ends with, in points per recovered point (LeNet5 and ResNet18 studies: 6-10 points
@@ -130,8 +149,10 @@ def duration(seconds: float) -> str:
 
 def describe(est: Estimate, device: torch.device) -> str:
     at_most = "at most " if est.upper_bound else ""
+    sensitivity = f"sensitivity map {duration(est.map_s)}, " if est.map_s else ""
     return (f"estimated study time on {device.type}: {at_most}{duration(est.total_s)} (baseline {duration(est.baseline_s)}, "
-            f"trials {duration(est.trials_s)}, recovery {duration(est.recovery_s)}, report {duration(est.report_s)})")
+            f"{sensitivity}trials {duration(est.trials_s)}, recovery {duration(est.recovery_s)}, "
+            f"report {duration(est.report_s)})")
 
 
 def refusable(cfg: StudyConfig, opts: RunOptions, device: torch.device) -> bool:

@@ -52,7 +52,9 @@ def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model:
             plans[("global", r)] = (params_for(_per_key(plan, units, keys, g), r, g, center), plan)
     if "sensitivity" in kinds and sensitivity is not None:
         seen: list[dict] = []
-        for r, per_key in sensitivity(ratios).items():
+        wanted = [r for r in ratios if ("sensitivity", r) in _keep({**plans, **{("sensitivity", q): None for q in ratios}},
+                                                                     limit)]
+        for r, per_key in sensitivity(wanted).items():  # bisected only where the study keeps the reference
             plan = expand_plan(units, g, per_key)
             if plan not in seen:  # two targets the map cannot tell apart give one plan: measure it once
                 seen.append(plan)

@@ -75,7 +75,7 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
                            f" (evaluated, not retrained)")
             else:
                 _say(opts, f"no baseline in {out}; training one")
-                after = f" (then trials, recovery, report ~{duration(est.trials_s + est.recovery_s + est.report_s)})" if est else ""
+                after = f" (then map, trials, recovery, report ~{duration(est.map_s + est.trials_s + est.recovery_s + est.report_s)})" if est else ""
                 train_baseline(cfg, out, data, progress=opts.progress, then=after)
         ctx = build_context(cfg, opts, out, data=data, start=start)
         if study is None:
@@ -98,7 +98,8 @@ def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, done: int | N
     if left <= 0 and done is not None:
         return None
     baseline = bool(cfg.from_checkpoint or cfg.weights) or (out / BASELINE).exists()
-    est = estimate(cfg, opts, data, baseline_exists=baseline, trials_left=max(0, left), precise=opts.progress)
+    est = estimate(cfg, opts, data, baseline_exists=baseline, trials_left=max(0, left), precise=opts.progress,
+                   map_pending=done is None)
     _say(opts, describe(est, data.device))
     guard(cfg, opts, est, data.device)
     return est

@@ -26,13 +26,16 @@ OFFSET = 0.25      # around a map's centre, the most a shape moves a key's ratio
 Center = list  # [(level, {key: ratio}), ...] at increasing levels: the cost-aware plan of each level
 
 
-def sample(trial: optuna.Trial, keys: list[str], granularity: str, max_ratio: float) -> None:
-    """Ask the trial for its parameters (a queued trial's fixed ones come back as they are). The
-    broker samples each trial once, here; the objective reads the plan with :func:`ratios`."""
+def sample(trial: optuna.Trial, keys: list[str], granularity: str, max_ratio: float,
+           center: Center | None = None) -> dict[str, float]:
+    """Ask the trial for its parameters (a queued trial's fixed ones come back as they are) and
+    return the ratio of every plan key. The broker samples each trial once, here; the objective
+    reads the plan back with :func:`ratios`."""
     trial.suggest_float(LEVEL, 0.0, max_ratio)
     if granularity != "global":
         for k in keys:
             trial.suggest_float(k, -SHAPE_RANGE, SHAPE_RANGE)
+    return ratios(trial.params, keys, granularity, max_ratio, center)
 
 
 def center_at(center: Center, level: float) -> dict[str, float]:
