@@ -103,7 +103,7 @@ def int8_table(block: dict) -> str:
     def pct(v):
         return "—" if v is None else f"{100 * v:.2f} %"
     lat, sp = block["latency_ms"], block["speedup"]
-    rows = [("", "FP32", "INT8", "INT8 vs FP32"),
+    rows = [("", "FP32", "INT8", "INT8 against FP32"),
             ("val top-1", pct(block["fp32_val_accuracy"]), pct(block["val_accuracy"]), f"{-block['val_drop_pt']:+.2f} pt"),
             ("test top-1", pct(block["fp32_test_accuracy"]), pct(block["test_accuracy"]),
              "—" if block["test_drop_pt"] is None else f"{-block['test_drop_pt']:+.2f} pt"),
@@ -111,8 +111,9 @@ def int8_table(block: dict) -> str:
              f"{block['fp32_size_mb'] / block['size_mb']:.2f}x smaller")]
     for b in lat["fp32"]:
         s = sp[b]
-        ratio = "≈ 1x" if s["low"] <= 1 <= s["high"] else f"{s['median']:.2f}x ({s['low']:.2f}-{s['high']:.2f})"
-        rows.append((f"ms batch {b}", f"{lat['fp32'][b]:.3f}", f"{lat['int8'][b]:.3f}", f"{ratio} faster"))
+        ratio = "≈ as fast" if s["low"] <= 1 <= s["high"] else \
+            f"{s['median']:.2f}x ({s['low']:.2f}-{s['high']:.2f}) " + ("faster" if s["median"] > 1 else "the speed: slower")
+        rows.append((f"ms batch {b}", f"{lat['fp32'][b]:.3f}", f"{lat['int8'][b]:.3f}", ratio))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     kept = ", ".join(block["kept_fp32"]) or "none"
