@@ -112,7 +112,7 @@ def int8_table(block: dict) -> str:
     for b in lat["fp32"]:
         s = sp[b]
         ratio = "≈ as fast" if s["low"] <= 1 <= s["high"] else \
-            f"{s['median']:.2f}x ({s['low']:.2f}-{s['high']:.2f}) " + ("faster" if s["median"] > 1 else "the speed: slower")
+            f"{s['median']:.2f}x ({s['low']:.2f}-{s['high']:.2f}) " + ("faster" if s["median"] > 1 else "as fast: slower")
         rows.append((f"ms batch {b}", f"{lat['fp32'][b]:.3f}", f"{lat['int8'][b]:.3f}", ratio))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
