@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,10 @@ INPUT, OUTPUT = "images", "logits"
 # onnxruntime against PyTorch on the same fp32 inputs: both run fp32 kernels that sum in different
 # orders, so logits agree to about 1e-5 of their scale; these bounds leave room for deep nets.
 ATOL, RTOL = 1e-3, 1e-3
+# onnxruntime may be this many times further than PyTorch fp32 from the float64 answer: another valid
+# fp32 summation order (fused Conv+BN, blocked layouts) is a few times noisier at most, measured 0.6x
+# on an ill-conditioned pruned EfficientNet-B0; a wrong operator is off by the logits' own scale.
+NOISE_FACTOR = 4.0
 LATENCY_WARMUP, LATENCY_REPEATS = 10, 50
 
 
@@ -44,6 +48,10 @@ class Verification:
     atol: float
     rtol: float
     top1_agreement: float
+    # measured only when the logits differ beyond atol/rtol: each runtime's largest difference from
+    # PyTorch in float64, so a model whose fp32 answer is itself that uncertain is told from a bad export
+    ort_float64_error: float | None = None
+    torch_float64_error: float | None = None
 
 
 # protobuf's hard limit on one message is 2 GiB; weights stay embedded with room for the graph below it.
@@ -148,22 +156,48 @@ def _session(path: Path, threads: int | None = None):
 def verify_onnx(path: str | Path, model: nn.Module, batch: torch.Tensor, *, atol: float = ATOL,
                 rtol: float = RTOL) -> Verification:
     """Run ``batch`` through onnxruntime and PyTorch (fp32, CPU); raise :class:`ExportError` with the
-    figures when the logits differ beyond ``atol + rtol * |logit|``."""
+    figures when onnxruntime is wrong.
+
+    Wrong means: a non-finite logit where PyTorch has none, or logits beyond ``atol + rtol * |logit|``
+    of PyTorch's that are also further from the exact answer (PyTorch in float64) than
+    :data:`NOISE_FACTOR` times PyTorch fp32's own error. A model with near-constant channels under
+    BatchNorm (tiny running variance, large mean: common after pruning and recalibration) turns fp32
+    rounding into logit differences of 1e-2 and more; there any fp32 runtime, PyTorch included, is
+    that far off, and holding onnxruntime to 1e-3 of PyTorch refused faithful exports (issue 39)."""
     x = batch.float().cpu().contiguous()
     with torch.no_grad():
         expected = model.float().cpu().eval()(x).numpy()
+    got = _run_onnx(Path(path), x)
+    diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    agree = float((got.argmax(1) == expected.argmax(1)).mean()) if got.shape == expected.shape else 0.0
+    result = Verification(batch=int(x.shape[0]), max_abs_diff=diff, atol=atol, rtol=rtol, top1_agreement=agree)
+    figures = f"on a batch of {x.shape[0]} (tolerance {atol} + {rtol} x |logit|; top-1 agreement {agree:.1%})"
+    if not np.isfinite(got).all() and np.isfinite(expected).all():
+        raise ExportError(f"onnxruntime's logits are not finite where PyTorch's are {figures}")
+    if got.shape == expected.shape and np.allclose(got, expected, atol=atol, rtol=rtol):
+        return result
+    exact = _float64_logits(model, x)
+    ort_error, torch_error = (float(np.abs(y - exact).max()) for y in (got, expected))
+    result = replace(result, ort_float64_error=ort_error, torch_float64_error=torch_error)
+    if ort_error <= NOISE_FACTOR * max(torch_error, atol):
+        return result
+    raise ExportError(f"onnxruntime's logits differ from PyTorch's by up to {diff:.3g} {figures}; against "
+                      f"float64 onnxruntime is off by {ort_error:.3g}, PyTorch fp32 by {torch_error:.3g}")
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
     try:
-        got = _session(Path(path)).run([OUTPUT], {INPUT: x.numpy()})[0]
+        return _session(path).run([OUTPUT], {INPUT: x.numpy()})[0]
     except Exception as exc:  # onnxruntime raises its own types for a file it cannot load or run
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ExportError(f"onnxruntime cannot run {Path(path).name}: {detail}") from None
-    diff = float(np.abs(got - expected).max())
-    agree = float((got.argmax(1) == expected.argmax(1)).mean())
-    result = Verification(batch=int(x.shape[0]), max_abs_diff=diff, atol=atol, rtol=rtol, top1_agreement=agree)
-    if not np.allclose(got, expected, atol=atol, rtol=rtol):
-        raise ExportError(f"onnxruntime's logits differ from PyTorch's by up to {diff:.3g} on a batch of "
-                          f"{x.shape[0]} (tolerance {atol} + {rtol} x |logit|; top-1 agreement {agree:.1%})")
-    return result
+        raise ExportError(f"onnxruntime cannot run {path.name}: {detail}") from None
+
+
+def _float64_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The exact answer, to the precision that matters next to fp32: a float64 copy of the model."""
+    exact = copy.deepcopy(model).cpu().eval().double()
+    with torch.no_grad():
+        return exact(x.double()).numpy()
 
 
 def onnx_latency(path: str | Path, example_input: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64), *,

@@ -5,15 +5,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from pruning import PruningRecord, evaluate, load_checkpoint, measure, save_pruned, train, with_metrics
-from search.cli import number, resolve, run_cli, study_parser
+from search.cli import add_int8_flags, int8_settings, number, resolve, run_cli, study_parser
 from search.config import UsageError, quiet_libraries
-from search.results import collect, export_paths, selection_accuracy, ship
+from search.results import check_calibration_count, collect, export_paths, int8_table, selection_accuracy, ship
 from search.storage import check_targets, refuse_own_file
 from search.study import open_existing
 from search.trial import test_accuracy
@@ -38,6 +39,7 @@ def get_args_parser():
     parser.add_argument("--export", choices=("onnx",),
                         help="also write <save>.onnx and a <save>.json sidecar, verified against onnxruntime "
                              "(default: the checkpoint only)")
+    add_int8_flags(parser)
     return parser
 
 
@@ -70,10 +72,20 @@ def choose(table: pd.DataFrame, *, max_size_mb=None, min_accuracy=None, max_drop
     return ok.sort_values(["size_mb", "selection"], ascending=[True, False]).iloc[0]
 
 
+def _int8_line(block: dict, folder: Path) -> dict:
+    """The INT8 figures for the JSON line (the sidecar has the rest)."""
+    keys = ("val_accuracy", "test_accuracy", "fp32_val_accuracy", "fp32_test_accuracy", "val_drop_pt", "test_drop_pt",
+            "top1_agreement", "size_mb", "fp32_size_mb", "latency_ms", "speedup", "kept_fp32")
+    return {"onnx": str(folder / block["onnx"]), **{k: block[k] for k in keys}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     quiet_libraries()
+    int8 = int8_settings(args)
+    if int8 is not None and not args.export:
+        raise UsageError("--int8 quantizes the ONNX export; add --export onnx")
     rule = {k: getattr(args, k) for k in ("max_size_mb", "min_accuracy", "max_drop", "trial")}
     epochs, save, export, force = args.finetune_epochs, Path(args.save), args.export, args.force
     for k in (*rule, "finetune_epochs", "save", "export", "force"):
@@ -83,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     refuse_own_file(out, save, "--save")
     check_targets((save,), "--save", force=force, pinned=(cfg.from_checkpoint,))
     if export:
-        check_targets(export_paths(save.with_suffix(".onnx")), "--export", force=force, pinned=(cfg.from_checkpoint,))
+        check_targets(export_paths(save.with_suffix(".onnx"), int8=int8 is not None), "--export", force=force,
+                      pinned=(cfg.from_checkpoint,))
     data, baseline, start = found.data, found.baseline, found.start
+    if int8 is not None:
+        check_calibration_count(int8, data)
     results = collect(cfg, out, found.study, data, baseline, start, latency=False, noise=False)
     if results.table.empty:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")
@@ -103,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
                                                        "trial": int(row["trial"]), "finetune_epochs": epochs}),
                         val_accuracy=val, params=m.params, macs=m.macs, size_mb=m.size_mb,
                         **({} if test is None else {"test_accuracy": test}))
-    save_pruned(save, model, PruningRecord(history=ckpt.history, plan=ckpt.plan), meta)
     shipped = {}
-    if export:
-        sidecar = ship(model, meta, ckpt.plan, data, save.with_suffix(".onnx"))
+    if export:  # before the checkpoint: a failed export or INT8 bar leaves nothing written
+        sidecar = ship(model, meta, ckpt.plan, data, save.with_suffix(".onnx"), int8=int8, progress=found.opts.progress)
         shipped = {"onnx": str(save.with_suffix(".onnx")), "onnx_latency_ms": sidecar["latency_ms"]["onnxruntime_cpu"]}
+        if int8 is not None:
+            print(int8_table(sidecar["int8"]), file=sys.stderr)
+            shipped["int8"] = _int8_line(sidecar["int8"], save.with_suffix(".onnx").parent)
+    save_pruned(save, model, PruningRecord(history=ckpt.history, plan=ckpt.plan), meta)
     print(json.dumps({"checkpoint": str(save), **shipped, "trial": int(row["trial"]),
                       "recovered": isinstance(row["recovered_checkpoint"], str), "size_mb": m.size_mb,
                       "params": m.params, "macs": m.macs, "pruned_pct": 100 * (1 - m.size_mb / baseline.size_mb),

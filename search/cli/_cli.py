@@ -218,3 +218,31 @@ def _one_line(exc: BaseException) -> str:
         text = f"{text[:MESSAGE_HEAD]} …[{len(text) - MESSAGE_HEAD - MESSAGE_TAIL:,} characters cut]… " \
                f"{text[-MESSAGE_TAIL:]}"
     return text if text else type(exc).__name__
+
+
+def add_int8_flags(parser: argparse.ArgumentParser) -> None:
+    """The INT8 flags of search.pick and search.export."""
+    from pruning._quantize import CALIBRATION_METHODS, Int8Settings
+
+    d = Int8Settings()
+    parser.add_argument("--int8", action="store_true",
+                        help="also write <name>.int8.onnx: static INT8 (onnxruntime's quant_pre_process + "
+                             "quantize_static, per-channel weights), measured and named in the sidecar (default: FP32 only)")
+    parser.add_argument("--calibration-images", type=number(int, low=1), default=d.calibration_images,
+                        help="training images (a stratified draw) the INT8 activation ranges are calibrated on")
+    parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=d.calibration_method,
+                        help="how the ranges are read from them")
+    parser.add_argument("--max-int8-drop", type=number(float, low=0, high=100), default=d.max_drop,
+                        help="the most val top-1 points INT8 may lose against FP32; over it the most sensitive "
+                             "layers stay FP32 until it holds, or nothing is written")
+
+
+def int8_settings(args: argparse.Namespace):
+    """The INT8 settings the flags ask for (None without --int8); removes the flags from ``args``."""
+    from pruning._quantize import Int8Settings
+
+    names = ("int8", "calibration_images", "calibration_method", "max_int8_drop")
+    wanted, n, method, drop = (getattr(args, k) for k in names)
+    for k in names:
+        delattr(args, k)
+    return Int8Settings(calibration_images=n, calibration_method=method, max_drop=drop) if wanted else None

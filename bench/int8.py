@@ -1,0 +1,119 @@
+"""INT8 after pruning, measured: FP32 and INT8 accuracy (val, test), agreement, file sizes, latency at
+batch 1 and 64 with the speed-up's spread from interleaved repeats; QDQ against QOperator; and
+round_to 4 / 8 / 16 at equal ratio on FP32 and INT8 latency.
+
+    python bench/int8.py [--models lenet5 vgg16] [--vgg-steps 150] [--round-to]
+
+LeNet5 is trained 3 epochs on Fashion-MNIST, pruned 50 % uniform (L1) and fine-tuned 1 epoch; VGG16-BN
+is trained --vgg-steps steps (a CPU cannot afford its study here: its accuracy figures show what INT8
+keeps, not what VGG16 reaches), pruned 50 % uniform and BatchNorm-recalibrated. One onnxruntime
+intra-op thread, as the report's figures.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (puts the repository on the path)
+import torch
+
+import pruning._quantize as quant
+from pruning._quantize import Int8Settings
+from models import create_model
+from pruning import (TrainConfig, apply_plan, export_onnx, interleaved_speedup, load_dataset,
+                     onnx_latency, prunable_units, recalibrate_bn, train)
+from pruning._export import _session
+from search.results._int8 import _timer, int8_figures, int8_table
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def prepared(name: str, data, steps: int, round_to: int | None = 8):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1)
+    recipe = TrainConfig(epochs=3, lr=0.05) if name == "lenet5" else TrainConfig(steps=steps, batch_size=64, lr=0.05)
+    train(model, data, recipe, progress=False)
+    x = data.example_input(1).cpu()
+    pruned, _ = apply_plan(model, {u.name: 0.5 for u in prunable_units(model, x)}, example_input=x, round_to=round_to)
+    if name == "lenet5":
+        train(pruned, data, TrainConfig(epochs=1, lr=0.01), progress=False)
+    else:
+        recalibrate_bn(pruned, [data.normalize(data.train_x[i * 64:(i + 1) * 64]) for i in range(20)])
+    return model.eval(), pruned.eval()
+
+
+def shipped(name: str, data, tmp: Path, steps: int, fmt: str) -> dict:
+    base, pruned = prepared(name, data, steps)
+    x = data.normalize(data.val_x[:64]).cpu()
+    full, small = export_onnx(base, tmp / f"{name}-full.onnx", x), export_onnx(pruned, tmp / f"{name}.onnx", x)
+    quant.QUANT_FORMAT = fmt
+    start = time.perf_counter()
+    block = int8_figures(small, tmp / f"{name}.{fmt}.onnx", data, Int8Settings())
+    block["seconds"] = time.perf_counter() - start
+    runs = [_timer(_session(p, 1), x[:b].numpy()) for b in (1, 64) for p in (full, tmp / block["onnx"])]
+    block["vs_unpruned_fp32"] = {b: interleaved_speedup(runs[2 * i], runs[2 * i + 1], repeats=5)
+                                 for i, b in enumerate((1, 64))}
+    block["unpruned_ms"] = onnx_latency(full, x, (1, 64), threads=1)
+    block["unpruned_size_mb"] = full.stat().st_size / 1e6
+    return block
+
+
+def round_to_effect(data, tmp: Path) -> None:
+    print("\n## round_to on VGG16-BN, uniform 0.5 (random weights: latency only)")
+    x = data.normalize(data.val_x[:64]).cpu()
+    torch.manual_seed(0)
+    model = create_model("vgg16", num_classes=10, in_channels=1).eval()
+    units = prunable_units(model, x[:1])
+    files = {}
+    for r in (None, 4, 8, 16):
+        pruned, _ = apply_plan(model, {u.name: 0.5 for u in units}, example_input=x[:1], round_to=r)
+        recalibrate_bn(pruned, [x])
+        f = export_onnx(pruned.eval(), tmp / f"r{r}.onnx", x)
+        q = quant.quantize(quant.preprocess(f, tmp / f"r{r}.pre.onnx"), tmp / f"r{r}.int8.onnx", [x.numpy()],
+                           method="minmax", cache=tmp / f"r{r}.json")
+        files[r] = (f, q, sum(p.numel() for p in pruned.parameters()))
+    for r in (4, 8, 16):
+        for kind in (0, 1):
+            for b in (1, 64):
+                runs = [_timer(_session(files[k][kind], 1), x[:b].numpy()) for k in (None, r)]
+                s = interleaved_speedup(*runs, repeats=5)
+                print(f"round_to {r:>2} vs none, {'INT8' if kind else 'FP32'} batch {b:>2}: params "
+                      f"{files[r][2]:,} vs {files[None][2]:,}; speed-up {s.median:.2f}x ({s.low:.2f}-{s.high:.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["lenet5", "vgg16"])
+    parser.add_argument("--vgg-steps", type=int, default=150)
+    parser.add_argument("--formats", nargs="+", default=["qdq", "qoperator"])
+    parser.add_argument("--round-to", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"# bench/int8.py {' '.join(os.sys.argv[1:])}\n# CPU: {cpu_model()}, {os.cpu_count()} cores; "
+          f"load average at start {os.getloadavg()}")
+    data = load_dataset("fashion-mnist", data_dir=_common.REPO / "data", download=False).subset(val=2000, test=2000)
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            for fmt in args.formats:
+                block = shipped(name, data, Path(folder), args.vgg_steps, fmt)
+                print(f"\n## {name}, pruned 50 % uniform, INT8 {fmt} ({block['seconds']:.0f} s to make and measure)")
+                print(int8_table(block))
+                v = block["vs_unpruned_fp32"]
+                print(f"unpruned FP32: {block['unpruned_size_mb']:.3f} MB, {block['unpruned_ms'][1]:.3f} / "
+                      f"{block['unpruned_ms'][64]:.2f} ms; pruned INT8 vs unpruned FP32: "
+                      + ", ".join(f"batch {b} {s.median:.2f}x ({s.low:.2f}-{s.high:.2f})" for b, s in v.items()))
+        if args.round_to:
+            round_to_effect(data, Path(folder))
+    print(f"# load average at end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

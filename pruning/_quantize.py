@@ -1,0 +1,193 @@
+"""Static INT8 with onnxruntime's own tools: ``quant_pre_process`` (shape inference and fusions),
+then ``quantize_static`` with per-channel weights, calibrated on the images it is given; and an
+accuracy bar that keeps the most sensitive layers in FP32 until the drop holds (the way NNCF's
+``quantize_with_accuracy_control`` does). onnxruntime.quantization is imported here only."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pruning._export import INPUT, ExportError, _session
+
+# QDQ (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into integer kernels) rather than
+# QOperator: the issue's probe had QOperator 0.9x-1.2x of QDQ's time, inside a busy machine's noise,
+# and QDQ is the format onnxruntime documents for CPU and every other execution provider.
+QUANT_FORMAT = "qdq"
+# MinMax: on LeNet5 and VGG16 its drop was as small as entropy's and percentile's at a fraction of
+# their calibration time (docs/measurements.md, bench/int8.py)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANTIZABLE = ("Conv", "Gemm", "MatMul")  # the ops holding the weights: what a layer kept in FP32 means
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How an INT8 file is made and what it must keep.
+
+    Attributes:
+        calibration_images: training images the activation ranges are calibrated on.
+        calibration_method: one of :data:`CALIBRATION_METHODS`.
+        max_drop: the most validation top-1 (percentage points) INT8 may lose against FP32.
+        seed: the stratified draw of calibration images.
+    """
+
+    calibration_images: int = 512
+    calibration_method: str = "minmax"
+    max_drop: float = 0.5
+    seed: int = 0
+
+
+def _calibration_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    if name not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method {name!r} is not one of: {', '.join(CALIBRATION_METHODS)}")
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _reader(batches: Sequence[np.ndarray]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self):
+            batch = next(self._it, None)
+            return None if batch is None else {INPUT: batch}
+
+        def rewind(self) -> None:
+            self._it = iter(batches)
+
+    return Reader()
+
+
+@contextlib.contextmanager
+def _quiet():
+    levels = {n: logging.getLogger(n).level for n in ("root", "onnxruntime")}
+    for n in levels:
+        logging.getLogger(None if n == "root" else n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(None if n == "root" else n).setLevel(level)
+
+
+def preprocess(fp32: Path, dest: Path) -> Path:
+    """``quant_pre_process``: without it ``quantize_static``'s file ran slower than FP32 here (0.91-0.95x
+    on VGG16); with it 3.8-4.6x faster (the issue's probe)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet():
+            quant_pre_process(str(fp32), str(dest))
+    except Exception as exc:  # shape inference fails on ops it does not know; the user needs one line
+        raise ExportError(f"onnxruntime's quantization pre-processing failed: {' '.join(str(exc).split())[:200]}") from None
+    return dest
+
+
+def quantizable_nodes(model: Path) -> list[str]:
+    """Names of the nodes holding weights (:data:`QUANTIZABLE` ops), in graph order."""
+    import onnx
+
+    # an unnamed node cannot be named in nodes_to_exclude; the dynamo exporter names them all
+    return [n.name for n in onnx.load(str(model)).graph.node if n.op_type in QUANTIZABLE and n.name]
+
+
+def quantize(pre: Path, dest: Path, batches: Sequence[np.ndarray], *, method: str, cache: Path,
+             exclude: Sequence[str] = ()) -> Path:
+    """``quantize_static`` of a pre-processed file: per-channel INT8 weights, INT8 activations
+    calibrated on ``batches`` (calibrated once, then read from ``cache``), ``exclude`` kept FP32."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    fmt = QuantFormat.QDQ if QUANT_FORMAT == "qdq" else QuantFormat.QOperator
+    try:
+        with _quiet():
+            quantize_static(str(pre), str(dest), _reader(batches), quant_format=fmt, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=_calibration_method(method), nodes_to_exclude=list(exclude),
+                            calibration_cache_path=str(cache))
+    except ExportError:
+        raise
+    except Exception as exc:  # onnxruntime's quantizer raises many types; the user needs one line
+        raise ExportError(f"onnxruntime could not quantize the model: {' '.join(str(exc).split())[:200]}") from None
+    return dest
+
+
+def onnx_predictions(path: Path, batches: Sequence[np.ndarray]) -> np.ndarray:
+    """Top-1 class of every image of ``batches`` on onnxruntime's CPU provider."""
+    session = _session(Path(path))
+    return np.concatenate([session.run(None, {INPUT: b})[0].argmax(1) for b in batches]) if batches else \
+        np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    """The INT8 file that holds the accuracy bar: its validation top-1 (a fraction), the FP32
+    file's, and the layers kept in FP32 to get there (most sensitive first)."""
+
+    path: Path
+    val_accuracy: float
+    fp32_val_accuracy: float
+    kept_fp32: tuple[str, ...]
+    quantized_layers: int
+
+
+def quantize_within(fp32: Path, dest: Path, calibration: Sequence[np.ndarray], val: Sequence[np.ndarray],
+                    val_labels: np.ndarray, settings: Int8Settings, *,
+                    progress: Callable[[str], None] = lambda line: None) -> Int8Result:
+    """INT8 of ``fp32`` at ``dest`` whose validation top-1 is at most ``settings.max_drop`` points under
+    FP32's. Over the bar, each quantized layer's sensitivity (the drop with that layer alone kept in
+    FP32 recovered, on the validation images) ranks them, and the most sensitive are kept in FP32,
+    one more at a time, until the drop holds. Raises :class:`ExportError` in one line when it holds only
+    with every layer in FP32."""
+    with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
+        pre, cache = preprocess(fp32, Path(tmp) / "pre.onnx"), Path(tmp) / "calibration.json"
+        nodes = quantizable_nodes(pre)
+        if not nodes:
+            raise ExportError("the model has no Conv, Gemm or MatMul layer for INT8 to quantize; ship the FP32 file")
+        base = float((onnx_predictions(fp32, val) == val_labels).mean())
+
+        def accuracy_with(exclude: Sequence[str]) -> float:
+            quantize(pre, dest, calibration, method=settings.calibration_method, cache=cache, exclude=exclude)
+            return float((onnx_predictions(dest, val) == val_labels).mean())
+
+        kept, acc = keep_sensitive(nodes, base, accuracy_with, settings.max_drop, progress=progress)
+        return Int8Result(dest, acc, base, kept, len(nodes) - len(kept))
+
+
+def keep_sensitive(nodes: Sequence[str], fp32_accuracy: float, accuracy_with: Callable[[Sequence[str]], float],
+                   max_drop: float, *, progress: Callable[[str], None] = lambda line: None) -> tuple[tuple[str, ...], float]:
+    """The fewest most sensitive ``nodes`` to keep in FP32 so that ``accuracy_with(kept)`` (a fraction)
+    is at most ``max_drop`` points under ``fp32_accuracy``, and that accuracy. A node's sensitivity is
+    the accuracy with it alone kept in FP32; raises :class:`ExportError` when the bar holds only with
+    every node in FP32 (that is the FP32 file, not an INT8 one)."""
+    acc = accuracy_with(())
+    if _holds(fp32_accuracy, acc, max_drop):
+        return (), acc
+    progress(f"INT8 loses {100 * (fp32_accuracy - acc):.2f} pt of val top-1 (bar {max_drop}); ranking "
+             f"{len(nodes)} layers by sensitivity")
+    alone = {n: accuracy_with([n]) for n in nodes}
+    ranked = sorted(nodes, key=lambda n: -alone[n])  # stable: graph order among equals
+    for k in range(1, len(nodes)):
+        acc = accuracy_with(ranked[:k])
+        if _holds(fp32_accuracy, acc, max_drop):
+            return tuple(ranked[:k]), acc
+    raise ExportError(f"INT8 cannot hold --max-int8-drop {max_drop}: with {len(nodes) - 1} of {len(nodes)} "
+                      f"layers kept in FP32 val top-1 is {100 * acc:.2f} % against FP32's {100 * fp32_accuracy:.2f} %; "
+                      f"ship the FP32 file or raise the bar")
+
+
+def _holds(fp32: float, int8: float, max_drop: float) -> bool:
+    return 100 * (fp32 - int8) <= max_drop + 1e-9
