@@ -237,6 +237,9 @@ def _flatten(value: Any, prefix: str = ""):
 
 
 _NEUTRAL = (None, {}, [], (), "auto")  # defaults that change nothing for a study made before their key existed
+# settings added since studies were first made, at the value that behaves as before they existed (a
+# study without a sensitivity map is centred on the uniform plan, and its grid is never read)
+_AS_BEFORE = {"search.center": ("uniform",), "search.sensitivity_ratios": None}
 
 
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -245,6 +248,8 @@ def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | N
         a, b = stored.get(key, "<unset>"), current.get(key, "<unset>")
         if "<unset>" in (a, b) and (b if a == "<unset>" else a) in _NEUTRAL:
             continue  # a setting added since the study was made, at its neutral default
+        if a == "<unset>" and key in _AS_BEFORE and (_AS_BEFORE[key] is None or b in _AS_BEFORE[key]):
+            continue
         if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
             return f"{key}: the study has {a!r}, this run {b!r}"
     return None
