@@ -264,3 +264,61 @@ def test_a_foreign_from_file_is_one_plain_line_and_makes_no_folder(payload, tmp_
     code, _, err = cli(run, base_args(tiny_config, tmp_path / "out") + ["--quiet", "--from", str(foreign)], capsys)
     assert code == 2 and err.count("\n") == 1 and "\x1b" not in err  # the torch message carried ANSI escapes
     assert err[:-1].isprintable() and not (tmp_path / "out").exists()
+
+
+def _odd_weights(kind: str, path):
+    """A --weights file of one kind the audit of issue 41 found hanging, crashing or accepted."""
+    import os
+    import zipfile
+
+    state = create_model("lenet5", in_channels=1).state_dict()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "/dev/zero":
+        os.symlink("/dev/zero", path)
+    elif kind in ("meta", "sparse", "nan"):
+        like = state["fc1.weight"]
+        state["fc1.weight"] = {"meta": lambda: torch.empty(like.shape, device="meta"), "sparse": like.to_sparse,
+                               "nan": lambda: torch.full_like(like, float("nan"))}[kind]()
+        torch.save(state, path)
+    elif kind == "registry module":
+        torch.save(create_model("lenet5", in_channels=1), path)
+    elif kind == "flipped":  # bytes changed after torch.save wrote the CRC: a damaged copy
+        torch.save(state, path)
+        raw, tensor = path.read_bytes(), state["conv1.weight"].numpy().tobytes()
+        at = raw.index(tensor)
+        path.write_bytes(raw[:at] + bytes(b ^ 0x5A for b in tensor[:200]) + raw[at + 200:])
+    elif kind == "bomb":  # one record deflated from 64 MB of zeros to a few KB
+        torch.save(state, path.with_suffix(".good"))
+        with zipfile.ZipFile(path.with_suffix(".good")) as src, \
+                zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, bytes(64 << 20) if info.filename.endswith("data/0") else src.read(info))
+    return path
+
+
+WEIGHTS_CASES = {
+    "fifo": "is a named pipe (FIFO), not a weights file",
+    "/dev/zero": "is a character device, not a weights file",
+    "meta": "fc1.weight is a meta tensor",
+    "sparse": "fc1.weight is a sparse_coo tensor",
+    "nan": "fc1.weight holds NaN or infinite values",
+    "registry module": "save its weights instead: torch.save(model.state_dict()",
+    "flipped": "is damaged (Bad CRC-32",
+    "bomb": "has compressed records",
+}
+
+
+@pytest.mark.parametrize("kind", list(WEIGHTS_CASES))
+def test_odd_weights_are_one_line_with_no_hang_and_no_folder(kind, tmp_path, tiny_config, capsys):
+    """Issue 41 items 2-5 and 8 through the command: a FIFO or /dev/zero used to hang, meta and sparse
+    tensors raised tracebacks, a bomb was inflated, flipped bytes were accepted, NaN weights (even
+    with --accept-baseline, which then left a journal behind) were called chance level."""
+    from tests.search.test_fuzz import no_hang
+
+    weights = _odd_weights(kind, tmp_path / "w.pt")
+    with no_hang(120):
+        code, _, err = cli(run, base_args(tiny_config, tmp_path / "out") +
+                           ["--quiet", "--weights", str(weights), "--accept-baseline"], capsys)
+    assert code == 2 and err.count("\n") == 1 and WEIGHTS_CASES[kind] in err, err
+    assert "chance level" not in err and not (tmp_path / "out").exists()
