@@ -322,3 +322,95 @@ def test_odd_weights_are_one_line_with_no_hang_and_no_folder(kind, tmp_path, tin
                            ["--quiet", "--weights", str(weights), "--accept-baseline"], capsys)
     assert code == 2 and err.count("\n") == 1 and WEIGHTS_CASES[kind] in err, err
     assert "chance level" not in err and not (tmp_path / "out").exists()
+
+
+NET = '''
+import os
+import sys
+from collections import namedtuple
+
+from torch import nn
+
+Outputs = namedtuple("Outputs", ["logits", "aux_logits"])  # what torchvision's GoogLeNet returns in training
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, odd):
+        super().__init__()
+        self.odd = odd
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        logits = self.fc(self.pool(self.conv(x)).flatten(1))
+        if self.training and self.odd == "exit":
+            sys.exit(0)
+        return Outputs(logits, logits) if self.training and self.odd == "tuple" else logits
+
+
+def build(num_classes, odd="none"):
+    if odd == "builder exit":
+        sys.exit(0)
+    if odd == "builder os._exit":
+        os._exit(0)
+    return Net(num_classes, odd)
+'''
+USER_CODE_CASES = {
+    "exit at import": ("import sys\nsys.exit(0)\n" + NET, "none", "called sys.exit(0) while importing"),
+    "exit in the builder": (NET, "builder exit", "called sys.exit(0) while building the model"),
+    "os._exit in the builder": (NET, "builder os._exit", "called os._exit(0) while building the model"),
+    "exit in forward": (NET, "exit", "your code called sys.exit(0) at"),
+    "logits and auxiliary logits": (NET, "tuple", "returns Outputs in training mode, not one tensor of logits"),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_CODE_CASES))
+def test_users_code_never_decides_the_exit_status(case, tmp_path, tiny_config):
+    """Issue 41 items 3 and 6: sys.exit(0) / os._exit(0) in the user's code ended the command with 0
+    and no output; a forward returning (logits, aux) was a TypeError in the loss. Each is now one
+    line, exit 2, nothing written. (A subprocess: os._exit would end pytest itself.)"""
+    code, odd, match = USER_CODE_CASES[case]
+    (tmp_path / "nets.py").write_text(code)
+    proc = subprocess.run([PYTHON, "-m", "search.run", *base_args(tiny_config, tmp_path / "out",
+                                                                 model=f"{tmp_path / 'nets.py'}:build"),
+                           "--model-kwargs", f'{{"odd": "{odd}"}}', "--image-size", "32", "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and match in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_torchvisions_googlenet_with_auxiliary_heads_is_told_to_drop_them():
+    import torchvision
+
+    from search.config import UsageError
+    from search.trial._context import check_training_output
+
+    model = torchvision.models.googlenet(num_classes=4, aux_logits=True, init_weights=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UsageError, match="returns GoogLeNetOutputs in training mode.*aux_logits=False"):
+        check_training_output(model, 3, 64, "nets.py:build")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BatchNorm statistics kept
+
+
+@pytest.mark.parametrize("depth, match", [(5000, "--model-kwargs: is nested too deeply"),
+                                          (40, "model kwargs are nested deeper than 8 levels")])
+def test_deeply_nested_model_kwargs_are_one_line(depth, match, tmp_path, tiny_config, capsys):
+    deep = '{"a": ' + "[" * depth + "]" * depth + "}"
+    code, _, err = cli(run, base_args(tiny_config, tmp_path / "out", model="torchvision:resnet18") +
+                       ["--model-kwargs", deep, "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_one_channel_model_on_rgb_data_is_not_given_imagenets_statistics(tmp_path):
+    """A 1-channel model of the user's code took ImageNet's 3-value mean/std as its default and was
+    refused with a mean/std message; the dataset's own statistics apply, and a --mean of the wrong
+    length is told the channel count."""
+    from search.config import ConfigError, load_config
+    from search.trial._context import image_spec
+
+    (tmp_path / "nets.py").write_text(NET)
+    model = f"{tmp_path / 'nets.py'}:build"
+    spec = image_spec(load_config(model, overrides={}))
+    assert spec.channels == 1 and spec.mean is None and spec.std is None
+    with pytest.raises(ConfigError, match="takes 1-channel images but --mean/--std give 3 value"):
+        image_spec(load_config(model, overrides={"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}))
