@@ -14,7 +14,7 @@ from pruning import PruningRecord, evaluate, load_checkpoint, measure, save_prun
 from search.cli import number, resolve, run_cli, study_parser
 from search.config import UsageError, quiet_libraries
 from search.results import collect, export_paths, selection_accuracy, ship
-from search.storage import check_targets, refuse_own_file
+from search.storage import check_targets, refuse_other_study, refuse_own_file
 from search.study import open_existing
 from search.trial import test_accuracy
 
@@ -82,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg, out = found.cfg, found.out
     refuse_own_file(out, save, "--save")
     check_targets((save,), "--save", force=force, pinned=(cfg.from_checkpoint,))
+    exports = export_paths(save.with_suffix(".onnx")) if export else ()
     if export:
-        check_targets(export_paths(save.with_suffix(".onnx")), "--export", force=force, pinned=(cfg.from_checkpoint,))
+        check_targets(exports, "--export", force=force, pinned=(cfg.from_checkpoint,))
+    refuse_other_study((save,), "--save", own=out)
+    refuse_other_study(exports, "--export", own=out)
     data, baseline, start = found.data, found.baseline, found.start
     results = collect(cfg, out, found.study, data, baseline, start, latency=False)
     if results.table.empty:

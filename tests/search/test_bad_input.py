@@ -414,3 +414,42 @@ def test_a_one_channel_model_on_rgb_data_is_not_given_imagenets_statistics(tmp_p
     assert spec.channels == 1 and spec.mean is None and spec.std is None
     with pytest.raises(ConfigError, match="takes 1-channel images but --mean/--std give 3 value"):
         image_spec(load_config(model, overrides={"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}))
+
+
+@pytest.mark.parametrize("how", ["directly", "through a linked folder", "in a subfolder"])
+def test_pick_never_writes_a_new_file_into_another_studys_folder(study, tmp_path, capsys, how):
+    """Issue 41 item 7: only the study's own files were refused; a new file went in, exit 0."""
+    import os
+
+    root, config, out, _ = study
+    other = tmp_path / "B"
+    other.mkdir()
+    (other / "journal.log").write_bytes(b"")  # another study's folder (its journal is all it takes)
+    (other / "sub").mkdir()
+    os.symlink(other, tmp_path / "link")
+    target = {"directly": other / "picked.pt", "through a linked folder": tmp_path / "link" / "picked.pt",
+              "in a subfolder": other / "sub" / "picked.pt"}[how]
+    before = folder_hash(other)
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(target)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "the folder of another study" in err, err
+    assert folder_hash(other) == before and sorted(p.name for p in other.rglob("*")) == ["journal.log", "sub"]
+
+
+def test_pick_may_save_inside_its_own_study_folder(study, tmp_path, capsys):
+    root, config, out, _ = study
+    save = out / "picks" / "p.pt"
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(save)], capsys)
+    assert code == 0 and save.exists(), err
+    save.unlink()
+    save.parent.rmdir()
+
+
+@pytest.mark.parametrize("command", [run, train])
+def test_out_on_a_folder_of_other_files_is_refused(command, tmp_path, tiny_config, capsys):
+    """Issue 41 item 8: the study's journal, baseline and reports were mixed into the user's files."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    code, _, err = cli(command, base_args(tiny_config, mine) + ["--quiet"] * (command is run), capsys)
+    assert code == 2 and err.count("\n") == 1 and "holds other files (thesis.tex) and no study" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
