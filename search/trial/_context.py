@@ -79,7 +79,8 @@ def build_model(cfg: StudyConfig, data: Dataset) -> nn.Module:
     if conv.in_channels != data.in_channels:
         raise UsageError(f"{cfg.model} takes {conv.in_channels}-channel images; the data has {data.in_channels}")
     check_input_size(model, data.in_channels, data.size, cfg.model)
-    check_training_output(model, data.in_channels, data.size, cfg.model)
+    if cfg.source.kind != "registry":  # the registry's models are known to return logits
+        check_training_output(model, data.in_channels, data.size, cfg.model)
     return model
 
 
@@ -87,10 +88,10 @@ def check_training_output(model: nn.Module, channels: int, size: int, name: str)
     """Refuse a model whose training-mode forward returns more than the logits (torchvision's
     GoogLeNet and Inception v3 return their auxiliary heads' logits too): the loss takes one tensor,
     and the auxiliary heads hang off layers the pruning would change under them. The model's
-    buffers (BatchNorm statistics) are put back as they were."""
+    buffers (BatchNorm statistics) and the random state (dropout) are put back as they were."""
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model.train()(torch.zeros(2, channels, size, size))
     except RuntimeError:
         return  # check_input_size has run the eval forward; a training-only failure shows in training
