@@ -152,7 +152,7 @@ def test_your_own_code_goes_run_report_dashboard_pick_onnx_with_a_headline(folde
     assert answer["headline"] is not None, answer
     assert "Channel widths of the headline" in (out / "report.md").read_text()
     assert report(["--model", source, "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out),
-                   "--budget", "smoke", "--quiet"]) == 0
+                   "--budget", "smoke"]) == 0
     dashboard = [str(Path(PYTHON).parent / "optuna-dashboard"), str(out / "journal.log"),
                  "--artifact-dir", str(out / "artifacts")]
     assert len(_served_study_names(dashboard, tmp_path)) == 1
