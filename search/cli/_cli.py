@@ -245,7 +245,7 @@ def _one_line(exc: BaseException) -> str:
 
 def add_int8_flags(parser: argparse.ArgumentParser) -> None:
     """The INT8 flags of search.pick and search.export."""
-    from pruning._quantize import CALIBRATION_METHODS, Int8Settings
+    from pruning import CALIBRATION_METHODS, Int8Settings
 
     d = Int8Settings()
     parser.add_argument("--int8", action="store_true",
@@ -262,7 +262,7 @@ def add_int8_flags(parser: argparse.ArgumentParser) -> None:
 
 def int8_settings(args: argparse.Namespace):
     """The INT8 settings the flags ask for (None without --int8); removes the flags from ``args``."""
-    from pruning._quantize import Int8Settings
+    from pruning import Int8Settings
 
     names = ("int8", "calibration_images", "calibration_method", "max_int8_drop")
     wanted, n, method, drop = (getattr(args, k) for k in names)

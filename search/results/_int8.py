@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pruning import Dataset, interleaved_speedup, onnx_latency, to_plain
-from pruning._data import eval_batches
-from pruning._export import OUTPUT, INPUT, _session
-from pruning._quantize import QUANT_FORMAT, Int8Settings, onnx_predictions, quantize_within
+from pruning import INPUT, OUTPUT, QUANT_FORMAT, Int8Settings, eval_batches, onnx_predictions, ort_session, quantize_within
 from search.config import UsageError
 from search.trial import BATCHES, ORT_THREADS, SPEEDUP_REPEATS
 
@@ -84,13 +82,13 @@ def _latency(fp32: Path, int8: Path, example: np.ndarray) -> dict:
     speedup = {}
     for bs in BATCHES:
         batch = np.ascontiguousarray(np.repeat(example, bs, axis=0))
-        runs = [_timer(_session(p, ORT_THREADS), batch) for p in (fp32, int8)]
+        runs = [ort_timer(ort_session(p, ORT_THREADS), batch) for p in (fp32, int8)]
         speedup[str(bs)] = to_plain(interleaved_speedup(*runs, repeats=SPEEDUP_REPEATS))
     return {"latency_ms": {k: {str(b): v for b, v in t.items()} for k, t in ms.items()}, "threads": ORT_THREADS,
             "speedup": speedup}
 
 
-def _timer(session, batch: np.ndarray):
+def ort_timer(session, batch: np.ndarray):
     def once() -> float:
         start = time.perf_counter()
         session.run([OUTPUT], {INPUT: batch})

@@ -13,8 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from pruning import ExportError
-from pruning._data import eval_batches
-from pruning._quantize import keep_sensitive
+from pruning import eval_batches, quantization
 from search import export, pick, run
 from search.cli import run_cli
 from search.config import RunOptions, load_config
@@ -128,8 +127,7 @@ def test_an_int8_request_whose_fp32_export_fails_writes_nothing(study, tmp_path,
 
 
 def test_an_int8_bar_that_cannot_hold_writes_nothing(study, tmp_path, capsys, monkeypatch):
-    import pruning._quantize as quant
-    monkeypatch.setattr(quant, "_holds", lambda fp32, int8, max_drop: False)
+    monkeypatch.setattr(quantization, "_holds", lambda fp32, int8, max_drop: False)
     _refused(study, tmp_path, capsys, ["--export", "onnx", "--int8", "--calibration-images", "64"],
              "INT8 cannot hold --max-int8-drop 0.5")
 
@@ -142,8 +140,8 @@ def test_the_most_sensitive_layers_are_kept_fp32_until_the_drop_holds():
     def accuracy_with(kept):
         calls.append(tuple(kept))
         return 0.9 - sum(v for k, v in cost.items() if k not in kept)
-    assert keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 0.5) == (("b", "c"), pytest.approx(0.9))
+    assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 0.5) == (("b", "c"), pytest.approx(0.9))
     assert calls[:4] == [(), ("a",), ("b",), ("c",)] and calls[4:] == [("b",), ("b", "c")]
-    assert keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 4.0) == ((), pytest.approx(0.86))
+    assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 4.0) == ((), pytest.approx(0.86))
     with pytest.raises(ExportError, match="with 2 of 3 layers kept in FP32"):
-        keep_sensitive(["a", "b", "c"], 0.9, lambda kept: 0.5, 0.5)
+        quantization.keep_sensitive(["a", "b", "c"], 0.9, lambda kept: 0.5, 0.5)
