@@ -12,17 +12,17 @@ from pathlib import Path
 import pandas as pd
 
 from pruning import PruningRecord, evaluate, load_checkpoint, measure, save_pruned, train, with_metrics
-from search.cli import add_int8_flags, int8_settings, number, resolve, run_cli, study_parser
+from search.cli import add_int8_flags, add_study_flags, int8_settings, number, open_study, run_cli, study_parser
 from search.config import UsageError, quiet_libraries
 from search.results import check_calibration_count, collect, export_paths, int8_table, selection_accuracy, ship
 from search.storage import check_targets, refuse_other_study, refuse_own_file
-from search.study import open_existing
 from search.trial import test_accuracy
 
 
 def get_args_parser():
     parser = study_parser("search.pick", "Choose a Pareto-optimal pruned model and save it.",
                           "python -m search.pick --model lenet5 --max-drop 1.0 --save picked.pt")
+    add_study_flags(parser)  # search.run's flags, checked against the study
     rule = parser.add_mutually_exclusive_group(required=True)
     rule.add_argument("--max-size-mb", type=number(float, above=0, high=1e6),
                       help="the most accurate front point of at most this size (MB)")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs, save, export, force = args.finetune_epochs, Path(args.save), args.export, args.force
     for k in (*rule, "finetune_epochs", "save", "export", "force"):
         delattr(args, k)
-    found = open_existing(*resolve(args))
+    found = open_study(args)
     cfg, out = found.cfg, found.out
     refuse_own_file(out, save, "--save")
     check_targets((save,), "--save", force=force, pinned=(cfg.from_checkpoint,))

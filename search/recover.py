@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from search.cli import number, resolve, run_cli, study_parser
+from search.cli import add_study_flags, number, open_study, run_cli, study_parser
 from search.config import quiet_libraries
 from search.results import write_report
 from search.storage import fmt_accuracy
-from search.study import open_existing, recover
+from search.study import recover
 
 
 def get_args_parser():
     parser = study_parser("search.recover", "Fine-tune a spread of a study's front longer; rewrite its report.",
                           "python -m search.recover --model lenet5 --points 8")
+    add_study_flags(parser)  # search.run's flags, checked against the study
     parser.add_argument("--points", type=number(int, low=0, high=1000),
                         help="front points to recover (default: the config's report.recover_points)")
     parser.add_argument("--quiet", dest="progress", action="store_const", const=False,
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     points = args.points
     del args.points
     quiet_libraries()
-    found = open_existing(*resolve(args))
+    found = open_study(args)
     cfg = found.cfg
     if points is not None:
         cfg = replace(cfg, report=replace(cfg.report, recover_points=points))

@@ -1,21 +1,22 @@
 """Rewrite a study's pareto.csv, report.md and pareto.png: ``python -m search.report --model lenet5``."""
 from __future__ import annotations
 
-from search.cli import resolve, run_cli, study_parser
+from search.cli import add_study_flags, open_study, run_cli, study_parser
 from search.config import quiet_libraries
 from search.results import write_report
-from search.study import open_existing
 
 
 def get_args_parser():
-    return study_parser("search.report", "Write the report files of an existing study.",
-                        "python -m search.report --model lenet5")
+    parser = study_parser("search.report", "Write the report files of an existing study.",
+                          "python -m search.report --model lenet5")
+    add_study_flags(parser)  # search.run's flags, checked against the study
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
-    found = open_existing(*resolve(args))
+    found = open_study(args)
     for path in write_report(found.cfg, found.out, found.study, found.data, found.baseline, found.start,
                              progress=found.opts.progress).paths.values():
         print(path)

@@ -2,8 +2,8 @@
 exit code 2, and the --workers process entry point (python -m search.cli._worker)."""
 from __future__ import annotations
 
-from search.cli._cli import (Parser, add_int8_flags, add_study_flags, folder_arg, int8_settings, number, path_arg, resolve,
-                            run_cli, study_parser)
+from search.cli._cli import (Parser, add_int8_flags, add_study_flags, folder_arg, int8_settings, number, open_study, path_arg,
+                            resolve, run_cli, study_parser)
 
-__all__ = ["Parser", "add_int8_flags", "add_study_flags", "folder_arg", "int8_settings", "number", "path_arg", "resolve",
+__all__ = ["Parser", "add_int8_flags", "add_study_flags", "folder_arg", "int8_settings", "number", "open_study", "path_arg", "resolve",
            "run_cli", "study_parser"]

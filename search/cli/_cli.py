@@ -131,6 +131,63 @@ def add_study_flags(parser: Parser) -> None:
                              "(default: refuse: almost always a preprocessing or class-order mistake)")
 
 
+def _study_flag_names() -> dict[str, str]:
+    """Destination -> flag of :func:`add_study_flags` (the flags that set a study's config)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_study_flags(parser)
+    return {a.dest: a.option_strings[0] for a in parser._actions}
+
+
+SPEC_FLAGS = ("image_size", "crop_pct", "mean", "std")  # compared with the study's effective input spec
+
+
+def open_study(args: argparse.Namespace):
+    """The existing study the flags name, for a command that reads it (pick, report, recover). The
+    flags that made it (``search.run``'s ``--image-size``, ``--seed``, ``--weights`` ...) are accepted
+    and checked against what the study stored: one that differs is refused in one line, since the
+    study's own settings are the ones its figures were made with."""
+    from search.study import open_existing
+    from search.trial import image_spec
+
+    names = _study_flag_names()
+    given = {k: v for k, v in vars(args).items() if v is not None and k in names and k not in option_fields()}
+    found = open_existing(*resolve(args))
+    stored, spec = found.cfg, None
+    for dest, value in given.items():
+        if dest == "weights":
+            want, have = file_sha256(value), stored.weights_sha256
+        elif dest in SPEC_FLAGS:
+            spec = spec or image_spec(stored)
+            have = getattr(spec, dest.replace("image_size", "input_size"))
+            if have is None and dest in ("mean", "std"):  # the dataset's own statistics
+                have = getattr(found.data.preprocessing, dest)
+            want = value
+        else:
+            have = stored
+            for part in dest.split("."):
+                have = getattr(have, part)
+            want = value
+        if not _same(want, have):
+            shown = "other weights" if dest == "weights" else f"{names[dest]} {_shown(have)}"
+            raise UsageError(f"{names[dest]} {_shown(value)}: the study in {found.out} was made with {shown}; a "
+                             f"command that reads a study takes its settings from it (drop the flag, or name the "
+                             f"study made with it by --out)")
+    return found
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+def _shown(value: Any) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, (tuple, list)) \
+        else str(value)
+
+
 def _json_object(text: str) -> dict:
     import json
 

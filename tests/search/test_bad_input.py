@@ -453,3 +453,24 @@ def test_out_on_a_folder_of_other_files_is_refused(command, tmp_path, tiny_confi
     code, _, err = cli(command, base_args(tiny_config, mine) + ["--quiet"] * (command is run), capsys)
     assert code == 2 and err.count("\n") == 1 and "holds other files (thesis.tex) and no study" in err, err
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+@pytest.mark.parametrize("command", [pick, report])
+def test_the_flags_run_took_are_accepted_by_the_commands_that_read_the_study(study, tmp_path, capsys, command):
+    """Issue #40 item 8: the flags given to search.run, given again to a command that reads the study,
+    are accepted when they agree with it (--image-size 32 is the registry's own size), and refused in one
+    line naming what the study has when they do not; nothing is written then."""
+    root, config, out, _ = study
+    extra = ["--max-drop", "100", "--save", str(tmp_path / "p.pt")] if command is pick else []
+    same = ["--image-size", "32", "--seed", "0", "--augment", "auto"]
+    code, _, err = cli(command, base_args(config, out) + same + extra, capsys)
+    assert code == 0, err
+    before = folder_hash(out)
+    for flags, match in ((["--image-size", "64"], "--image-size 64: the study in"),
+                         (["--seed", "3"], "was made with --seed 0"),
+                         (["--mean", "0.5", "--std", "0.5"], "--mean 0.5: the study in")):
+        save = ["--max-drop", "100", "--save", str(tmp_path / "q.pt")] if command is pick else []
+        code, _, err = cli(command, base_args(config, out) + flags + save, capsys)
+        assert code == 2 and err.count("\n") == 1 and match in err, err
+        assert "takes its settings from it" in err
+    assert folder_hash(out) == before and not (tmp_path / "q.pt").exists()
