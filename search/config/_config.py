@@ -18,7 +18,7 @@ import yaml
 from models import SourceError, model_spec, parse_source
 from pruning import (AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig, bounds, check_fields, from_plain,
                      to_plain)
-from search.config._tables import CENTERS, LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES, SAMPLERS
+from search.config._tables import CENTERS, INT8_CHOICES, LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES, SAMPLERS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
@@ -123,6 +123,9 @@ class ReportConfig:
     recover_points: int = field(default=5, metadata=bounds(low=0, high=1000))  # front points recovered
     undertrained_margin: float = field(default=0.5, metadata=bounds(low=0, high=100))  # points
     latency: str = field(default="all", metadata=bounds(choices=LATENCY_CHOICES))  # which front points are timed
+    # the recovered points among the timed ones also get an INT8 file, made and measured as pick --int8 would
+    # (its cost: docs/usage.md, "INT8"); "none" skips it
+    int8: str = field(default="recovered", metadata=bounds(choices=INT8_CHOICES))
 
     def __post_init__(self) -> None:
         check_fields(self, "report")

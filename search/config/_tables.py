@@ -32,3 +32,7 @@ CENTERS = ("uniform", "sensitivity")
 
 # which front points the report times on the CPU (report.latency, or a budget's own choice)
 LATENCY_CHOICES = ("all", "recovered", "none")
+
+# which front points the report quantizes to INT8 and measures (report.int8): the recovered ones among
+# those it times, or none
+INT8_CHOICES = ("recovered", "none")

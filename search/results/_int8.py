@@ -10,16 +10,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import json
 
-from pruning import Dataset, interleaved_speedup, onnx_latency, to_plain
+import numpy as np
+from tqdm.auto import tqdm
+
+from pruning import (Dataset, ExportError, atomic_write_text, export_onnx, interleaved_speedup, load_checkpoint,
+                     onnx_latency, to_plain)
 from pruning._data import eval_batches
 from pruning._export import OUTPUT, INPUT, _session
 from pruning._quantize import QUANT_FORMAT, Int8Settings, onnx_predictions, quantize_within
 from search.config import UsageError
+from search.storage import artifact_path
 from search.trial import BATCHES, ORT_THREADS, SPEEDUP_REPEATS
 
 EVAL_BATCH = 256  # onnxruntime batches when scoring a split: large enough to amortize a call
+INT8_CACHE = "int8.json"  # the report's INT8 figures, by artifact id and settings
 
 
 def check_calibration_count(settings: Int8Settings, data: Dataset) -> None:
@@ -120,3 +126,53 @@ def int8_table(block: dict) -> str:
     lines.append(f"top-1 agreement with FP32: {100 * block['top1_agreement']:.2f} % of {block['agreement_images']} "
                  f"images; layers kept in FP32: {kept}; onnxruntime CPU, {block['threads']} thread")
     return "\n".join(lines)
+
+
+def report_settings(data: Dataset) -> Int8Settings:
+    """What ``pick --export onnx --int8`` uses by default, with the calibration draw capped at the
+    study's training split (a smoke budget's subset may hold fewer than 512 images)."""
+    return Int8Settings(calibration_images=min(Int8Settings.calibration_images, int(data.train_y.shape[0])))
+
+
+def _cache_key(artifact: str, settings: Int8Settings) -> str:
+    s = settings
+    return f"{artifact}|{s.calibration_images}|{s.calibration_method}|{s.max_drop}|{s.seed}"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+        return cache if isinstance(cache, dict) else {}
+    except ValueError:
+        return {}  # a damaged cache is only a cache
+
+
+def front_int8(out: Path, model: str, items: dict[str, str], data: Dataset, *, progress: bool = False) -> dict[str, dict]:
+    """key -> INT8 block of checkpoints given as key -> artifact id: each made and measured as
+    ``pick --export onnx --int8`` would with its defaults (:func:`int8_figures`), or ``{"error": line}``
+    when INT8 cannot hold the bar; cached in ``int8.json`` by artifact and settings, so a report
+    quantizes each checkpoint once. Temporary files only outside the study folder, removed after."""
+    settings = report_settings(data)
+    cache_file = out / INT8_CACHE
+    cache = _read_cache(cache_file)
+    todo = [a for a in dict.fromkeys(items.values()) if _cache_key(a, settings) not in cache]
+    for artifact in tqdm(todo, desc="INT8 of recovered points", unit="model", leave=False, disable=not progress or not todo):
+        cache[_cache_key(artifact, settings)] = _int8_of(out, model, artifact, data, settings)
+    if todo:
+        try:
+            atomic_write_text(cache_file, json.dumps(cache, indent=1))
+        except OSError:
+            pass  # a read-only copy of a study (how results are shared) is read, not cached into
+    return {key: cache[_cache_key(a, settings)] for key, a in items.items()}
+
+
+def _int8_of(out: Path, model: str, artifact: str, data: Dataset, settings: Int8Settings) -> dict:
+    net = load_checkpoint(artifact_path(out, artifact), expect_model=model).model.float().cpu().eval()
+    with tempfile.TemporaryDirectory(prefix="int8-report-") as tmp:
+        try:
+            fp32 = export_onnx(net, Path(tmp) / "point.onnx", data.example_input(1).cpu())
+            block = int8_figures(fp32, Path(tmp) / "point.int8.onnx", data, settings)
+        except ExportError as exc:  # one point's INT8 failing is a figure of the report, not its end
+            return {"error": str(exc)}
+    block.pop("onnx")  # a temporary name
+    return block

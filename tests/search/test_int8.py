@@ -10,12 +10,13 @@ import shutil
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 
 from pruning import ExportError
 from pruning._data import eval_batches
 from pruning._quantize import keep_sensitive
-from search import export, pick, run
+from search import export, pick, report, run
 from search.cli import run_cli
 from search.config import RunOptions, load_config
 from search.trial import load_data
@@ -147,3 +148,76 @@ def test_the_most_sensitive_layers_are_kept_fp32_until_the_drop_holds():
     assert keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 4.0) == ((), pytest.approx(0.86))
     with pytest.raises(ExportError, match="with 2 of 3 layers kept in FP32"):
         keep_sensitive(["a", "b", "c"], 0.9, lambda kept: 0.5, 0.5)
+
+
+def _report_int8(study, copy, *extra) -> None:
+    """search.report on a copy of the study with report.int8: recovered (the report section is not
+    fingerprinted, so the same study takes it)."""
+    root, _, _ = study
+    config = write_config(root / "int8.yaml", merged(TINY_LENET, report={"headline_max_drop": 50.0, "int8": "recovered"}))
+    assert report.main(["--model", "lenet5", "--config", str(config), "--budget", "smoke", "--out", str(copy),
+                        "--data-dir", str(REPO / "data"), *extra]) == 0
+
+
+@pytest.fixture(scope="module")
+def int8_report(study, tmp_path_factory):
+    """A copy of the tiny study whose report measured INT8 for its recovered points."""
+    copy = tmp_path_factory.mktemp("int8-report") / "out"
+    shutil.copytree(study[2], copy)
+    _report_int8(study, copy)
+    return copy
+
+
+def test_report_int8_none_measures_nothing(study):
+    out = study[2]
+    assert not (out / "int8.json").exists() and "INT8 val" not in (out / "report.md").read_text()
+    assert pd.read_csv(out / "pareto.csv")["int8_val_accuracy"].isna().all()
+    assert json.loads((out / "report.json").read_text())["headline"]["int8"] is None
+
+
+def test_the_report_gives_recovered_points_int8_columns(int8_report):
+    table = pd.read_csv(int8_report / "pareto.csv")
+    recovered = table["recovered_val_accuracy"].notna()
+    assert recovered.any() and table.loc[recovered, "int8_val_accuracy"].notna().all()
+    assert table.loc[~recovered, "int8_val_accuracy"].isna().all()  # INT8 is for what pick ships
+    cache = json.loads((int8_report / "int8.json").read_text())
+    assert len(cache) == recovered.sum()
+    for block, (_, row) in zip(cache.values(), table[recovered].sort_values("trial").iterrows()):
+        assert block["val_drop_pt"] <= 0.5 and block["top1_agreement"] >= 0.95  # pick's bar, on the val split
+        assert block["fp32_val_accuracy"] == pytest.approx(row["recovered_val_accuracy"], abs=0.005)  # ORT vs torch
+    rows = table[recovered]
+    assert (rows["int8_size_mb"] > 0).all() and (rows["int8_ort_b64_ms"] > 0).all()
+    assert (rows["int8_b1_speedup_low"] <= rows["int8_b1_speedup_high"]).all()  # a range, never asserted as a speed
+    md = (int8_report / "report.md").read_text()
+    assert "| INT8 val | INT8 MB | INT8 ms b1 / b64 | INT8 vs FP32 b1 / b64 |" in md
+    assert "## Sensitivity map" in md or "## Search vs. the classic allocations" in md  # the other sections stay
+    head = json.loads((int8_report / "report.json").read_text())["headline"]
+    if not pd.isna(table.loc[table["trial"] == head["trial"], "recovered_val_accuracy"]).all():
+        assert head["int8"]["val_accuracy"] == pytest.approx(
+            float(table.loc[table["trial"] == head["trial"], "int8_val_accuracy"].iloc[0]))
+        assert head["int8"]["speedup_text"]["1"] and isinstance(head["int8"]["kept_fp32"], list)
+
+
+def test_report_int8_is_cached_per_artifact(int8_report, study, monkeypatch):
+    import search.results._int8 as int8_mod
+
+    def never(*args, **kwargs):
+        raise AssertionError("a cached point was quantized again")
+    monkeypatch.setattr(int8_mod, "int8_figures", never)
+    before = pd.read_csv(int8_report / "pareto.csv")["int8_val_accuracy"]
+    _report_int8(study, int8_report)
+    pd.testing.assert_series_equal(pd.read_csv(int8_report / "pareto.csv")["int8_val_accuracy"], before)
+
+
+def test_a_point_whose_int8_cannot_be_made_is_named_and_the_report_goes_on(study, tmp_path, monkeypatch):
+    import search.results._int8 as int8_mod
+
+    def refused(*args, **kwargs):
+        raise ExportError("INT8 cannot hold --max-int8-drop 0.5: ...")
+    monkeypatch.setattr(int8_mod, "quantize_within", refused)
+    copy = tmp_path / "out"
+    shutil.copytree(study[2], copy)
+    _report_int8(study, copy)
+    md = (copy / "report.md").read_text()
+    assert "not made — INT8 cannot hold --max-int8-drop 0.5" in md
+    assert pd.read_csv(copy / "pareto.csv")["int8_val_accuracy"].isna().all()
