@@ -59,7 +59,7 @@ def int8_figures(fp32: Path, dest: Path, data: Dataset, settings: Int8Settings, 
     return {"onnx": dest.name, "format": QUANT_FORMAT, "weights": "int8, per channel", "activations": "int8",
             "calibration": {"images": settings.calibration_images, "method": settings.calibration_method,
                             "draw": f"stratified from the training split, seed {settings.seed}, eval preprocessing"},
-            "max_drop_pt": settings.max_drop, "kept_fp32": list(result.kept_fp32),
+            "max_drop_pt": settings.max_drop, "kept_fp32": list(result.kept_fp32), "left_fp32": list(result.left_fp32),
             "quantized_layers": result.quantized_layers, "quantize_seconds": round(seconds, 1),
             **figures, "size_mb": dest.stat().st_size / 1e6, "fp32_size_mb": fp32.stat().st_size / 1e6,
             "measured": "from a copy of the INT8 file in an empty folder, onnxruntime CPU"}
@@ -125,6 +125,8 @@ def int8_table(block: dict) -> str:
     kept = ", ".join(block["kept_fp32"]) or "none"
     lines.append(f"top-1 agreement with FP32: {100 * block['top1_agreement']:.2f} % of {block['agreement_images']} "
                  f"images; layers kept in FP32: {kept}; onnxruntime CPU, {block['threads']} thread")
+    if block.get("left_fp32"):  # what onnxruntime could not quantize, named rather than hidden
+        lines.append(f"left in FP32 by onnxruntime's quantizer: {', '.join(block['left_fp32'])}")
     return "\n".join(lines)
 
 

@@ -15,9 +15,10 @@ import pytest
 
 from pruning import ExportError
 from pruning._data import eval_batches
-from pruning._quantize import keep_sensitive
+from pruning._quantize import keep_sensitive, unquantized_layers
 from search import export, pick, report, run
 from search.cli import run_cli
+from search.results import int8_table
 from search.config import RunOptions, load_config
 from search.trial import load_data
 from tests.conftest import REPO, TINY_LENET, base_args, cli, merged, write_config
@@ -79,6 +80,17 @@ def test_the_int8_file_stands_alone_and_gives_the_recorded_accuracy(picked, stud
     preds = np.concatenate([session.run(None, {"images": x})[0].argmax(1) for x, _ in pairs])
     labels = np.concatenate([y for _, y in pairs])
     assert float((preds == labels).mean()) == pytest.approx(line["int8"]["test_accuracy"], abs=1e-9)
+
+
+def test_layers_onnxruntime_left_in_fp32_are_named(picked):
+    folder, _, _ = picked
+    assert unquantized_layers(folder / "p.int8.onnx") == []  # every LeNet5 layer is INT8
+    assert json.loads((folder / "p.json").read_text())["int8"]["left_fp32"] == []
+    fp32 = unquantized_layers(folder / "p.onnx")  # the FP32 file: every weight layer is "left"
+    assert len(fp32) >= 4 and all(name.endswith(("(Conv)", "(Gemm)", "(MatMul)")) for name in fp32)
+    block = json.loads((folder / "p.json").read_text())["int8"]
+    assert "left in FP32 by onnxruntime's quantizer: node_x (Conv)" in int8_table({**block, "left_fp32": ["node_x (Conv)"]})
+    assert "left in FP32" not in int8_table(block)
 
 
 def test_export_int8_of_a_checkpoint(picked, tmp_path, capsys):
