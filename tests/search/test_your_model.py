@@ -107,6 +107,55 @@ def _pick_and_export(folder: Path, out: Path, source: str, tmp: Path) -> None:
     assert np.allclose(got, expected, atol=1e-3)
 
 
+INT8_BAR = 1.0  # val points; 1 pt of 256 val images is 2 images (pick's default, 0.5, is one image here)
+
+
+def _pick_int8(folder: Path, out: Path, source: str, tmp: Path) -> dict:
+    """pick --export onnx --int8 on a study of ``source``: the INT8 file holds the bar on the study's val
+    split, and a copy of it alone in an empty folder agrees with the FP32 file on real images."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from search.pick import main as pick
+
+    save = tmp / "picked.pt"
+    assert pick(["--model", source, "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out),
+                 "--max-drop", "100", "--save", str(save), "--export", "onnx", "--int8", "--calibration-images",
+                 "128", "--max-int8-drop", str(INT8_BAR)]) == 0
+    block = json.loads(save.with_suffix(".json").read_text())["int8"]
+    assert block["val_drop_pt"] <= INT8_BAR and block["top1_agreement"] >= 0.9 and block["agreement_images"] >= 100
+    assert block["size_mb"] < block["fp32_size_mb"] and block["calibration"]["images"] == 128
+    (tmp / "alone").mkdir()
+    alone = shutil.copyfile(tmp / "picked.int8.onnx", tmp / "alone" / "model.onnx")
+    spec = ImageSpec(input_size=64, crop_pct=0.875, interpolation="bilinear", channels=3, **IMAGENET)
+    data = load_dataset("imagefolder", data_dir=folder, image=spec)
+    x = data.normalize(data.train_x[:128]).cpu().numpy()
+    preds = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0].argmax(1)
+             for p in (alone, save.with_suffix(".onnx"))]
+    assert (preds[0] == preds[1]).mean() >= 0.9
+    return block
+
+
+@pytest.mark.slow
+def test_int8_of_a_torchvision_model(folder, tmp_path):
+    """torchvision's MobileNetV3-Small at 64x64 (hard-swish, squeeze-excite), the user's weights."""
+    source = "torchvision:mobilenet_v3_small"
+    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=150)
+    _study(folder, tmp_path / "study", source, weights)
+    _pick_int8(folder, tmp_path / "study", source, tmp_path)
+
+
+@pytest.mark.slow
+def test_int8_of_a_users_own_code(folder, tmp_path):
+    """A user entry point (file.py:fn) with a residual add and a concatenation."""
+    (tmp_path / "nets.py").write_text(USER_CODE)
+    source = f"{tmp_path / 'nets.py'}:build"
+    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=250)
+    _study(folder, tmp_path / "study", source, weights)
+    _pick_int8(folder, tmp_path / "study", source, tmp_path)
+
+
 @pytest.mark.slow
 def test_a_torchvision_model_with_its_own_weights_goes_the_whole_way(folder, tmp_path):
     """torchvision's densenet121 (a concatenating family; resnet18 goes the same way as the README's
