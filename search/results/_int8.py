@@ -1,16 +1,17 @@
 """The INT8 file of an export, measured rather than assumed: calibrated on a stratified draw of the
 study's training images through the study's preprocessing, held to an accuracy bar on validation,
 then measured from a copy in an empty folder (as a deployment receives it): top-1 on val and test,
-top-1 agreement with the FP32 file, file sizes and FP32-vs-INT8 latency with its spread."""
+top-1 agreement with the FP32 file, file sizes and FP32-vs-INT8 latency with its spread. The report
+makes and measures the same file for its recovered front points (:func:`front_int8`, cached in
+``int8.json``)."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import json
 
 import numpy as np
 from tqdm.auto import tqdm
