@@ -170,6 +170,7 @@ def front_int8(out: Path, model: str, items: dict[str, str], data: Dataset, *, p
 
 
 def _int8_of(out: Path, model: str, artifact: str, data: Dataset, settings: Int8Settings) -> dict:
+    start = time.perf_counter()
     net = load_checkpoint(artifact_path(out, artifact), expect_model=model).model.float().cpu().eval()
     with tempfile.TemporaryDirectory(prefix="int8-report-") as tmp:
         try:
@@ -178,4 +179,5 @@ def _int8_of(out: Path, model: str, artifact: str, data: Dataset, settings: Int8
         except ExportError as exc:  # one point's INT8 failing is a figure of the report, not its end
             return {"error": str(exc)}
     block.pop("onnx")  # a temporary name
+    block["report_seconds"] = round(time.perf_counter() - start, 1)  # what report.int8 costs per point
     return block
