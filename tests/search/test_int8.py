@@ -235,3 +235,25 @@ def test_a_point_whose_int8_cannot_be_made_is_named_and_the_report_goes_on(study
     md = (copy / "report.md").read_text()
     assert "not made — INT8 cannot hold --max-int8-drop 0.5" in md
     assert pd.read_csv(copy / "pareto.csv")["int8_val_accuracy"].isna().all()
+
+
+@pytest.mark.parametrize("latency", ["all", "recovered"])
+def test_the_estimate_counts_report_int8(latency):
+    """report.int8 adds its INT8 files to the report's estimated cost; with report.latency none nothing is
+    timed, so nothing is quantized either."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from search.config import build_config
+    from search.study._estimate import report_seconds
+
+    data = SimpleNamespace(train_y=torch.zeros(4096), val_y=torch.zeros(600), test_x=torch.zeros(1000, 1, 32, 32))
+    opts = SimpleNamespace(write_report=True)
+
+    def cost(**report):
+        cfg = build_config(merged({**TINY_LENET, "model": "lenet5"}, report=report), where="t",
+                           overrides={"budget": "smoke"})
+        return report_seconds(cfg, opts, data, 1e-3)
+    assert cost(latency=latency, int8="recovered") > cost(latency=latency, int8="none")
+    assert cost(latency="none", int8="recovered") == cost(latency="none", int8="none")
