@@ -124,7 +124,7 @@ class ReportConfig:
     undertrained_margin: float = field(default=0.5, metadata=bounds(low=0, high=100))  # points
     latency: str = field(default="all", metadata=bounds(choices=LATENCY_CHOICES))  # which front points are timed
     # the recovered points among the timed ones also get an INT8 file, made and measured as pick --int8 would
-    # (its cost: docs/usage.md, "INT8"); "none" skips it
+    # (6-7 s per point on a tiny LeNet5 smoke study, 2 busy cores; docs/usage.md, "INT8"); "none" skips it
     int8: str = field(default="recovered", metadata=bounds(choices=INT8_CHOICES))
 
     def __post_init__(self) -> None:
