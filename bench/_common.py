@@ -36,6 +36,16 @@ def spread(values: list[float]) -> str:
     return f"{fmt(med)} ({fmt(min(values))}-{fmt(max(values))}, n={len(values)})"
 
 
+def hypervolume(points: list[tuple[float, float]], ref_size: float) -> float:
+    """Area dominated by (size, accuracy) points, sizes minimized, accuracy maximized, from (ref_size, 0)."""
+    front, best = [], -1.0
+    for size, acc in sorted(p for p in points if p[0] <= ref_size):
+        if acc > best:
+            front.append((size, acc))
+            best = acc
+    return sum(((front[i + 1][0] if i + 1 < len(front) else ref_size) - s) * a for i, (s, a) in enumerate(front))
+
+
 def header(title: str, device: torch.device) -> None:
     print(f"# {title}\n# command: {' '.join([Path(sys.executable).name] + sys.argv)}\n"
           f"# device: {device_name(device)}; torch {torch.__version__}")

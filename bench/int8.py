@@ -20,13 +20,12 @@ from pathlib import Path
 import _common  # noqa: F401  (puts the repository on the path)
 import torch
 
-import pruning._quantize as quant
-from pruning._quantize import Int8Settings
 from models import create_model
 from pruning import (TrainConfig, apply_plan, export_onnx, interleaved_speedup, load_dataset,
                      onnx_latency, prunable_units, recalibrate_bn, train)
-from pruning._export import _session
-from search.results._int8 import _timer, int8_figures, int8_table
+from pruning import Int8Settings, ort_session
+from pruning import quantization as quant
+from search.results import int8_figures, int8_table, ort_timer
 
 
 def cpu_model() -> str:
@@ -58,7 +57,7 @@ def shipped(name: str, data, tmp: Path, steps: int, fmt: str) -> dict:
     start = time.perf_counter()
     block = int8_figures(small, tmp / f"{name}.{fmt}.onnx", data, Int8Settings())
     block["seconds"] = time.perf_counter() - start
-    runs = [_timer(_session(p, 1), x[:b].numpy()) for b in (1, 64) for p in (full, tmp / block["onnx"])]
+    runs = [ort_timer(ort_session(p, 1), x[:b].numpy()) for b in (1, 64) for p in (full, tmp / block["onnx"])]
     block["vs_unpruned_fp32"] = {b: interleaved_speedup(runs[2 * i], runs[2 * i + 1], repeats=5)
                                  for i, b in enumerate((1, 64))}
     block["unpruned_ms"] = onnx_latency(full, x, (1, 64), threads=1)
@@ -83,7 +82,7 @@ def round_to_effect(data, tmp: Path) -> None:
     for r in (4, 8, 16):
         for kind in (0, 1):
             for b in (1, 64):
-                runs = [_timer(_session(files[k][kind], 1), x[:b].numpy()) for k in (None, r)]
+                runs = [ort_timer(ort_session(files[k][kind], 1), x[:b].numpy()) for k in (None, r)]
                 s = interleaved_speedup(*runs, repeats=5)
                 print(f"round_to {r:>2} vs none, {'INT8' if kind else 'FP32'} batch {b:>2}: params "
                       f"{files[r][2]:,} vs {files[None][2]:,}; speed-up {s.median:.2f}x ({s.low:.2f}-{s.high:.2f})")

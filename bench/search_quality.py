@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import _common
+from _common import hypervolume
 import optuna
 import torch
 from optuna.trial import TrialState
@@ -35,16 +36,6 @@ from search.storage import TrialRecord, recoveries
 from search.trial import load_data, train_baseline
 
 NAME = "lenet5-fashion-mnist"
-
-
-def hypervolume(points: list[tuple[float, float]], ref_size: float) -> float:
-    """Area dominated by (size, accuracy) points, sizes minimized, accuracy maximized, from (ref_size, 0)."""
-    front, best = [], -1.0
-    for size, acc in sorted(p for p in points if p[0] <= ref_size):
-        if acc > best:
-            front.append((size, acc))
-            best = acc
-    return sum(((front[i + 1][0] if i + 1 < len(front) else ref_size) - s) * a for i, (s, a) in enumerate(front))
 
 
 def load(out: Path) -> optuna.Study:

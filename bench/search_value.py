@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import _common
+from _common import hypervolume
 
 from search.cli import resolve, study_parser
 from search.config import quiet_libraries
@@ -31,16 +32,6 @@ from search.results import reference_gaps, study_pairs
 from search.storage import TrialRecord, completed
 from search.study import open_existing
 from search.trial import SECONDS_KEY
-
-
-def hypervolume(points: list[tuple[float, float]], ref_size: float) -> float:
-    """Area dominated by (size, accuracy) points, sizes minimized, accuracy maximized, from (ref_size, 0)."""
-    front, best = [], -1.0
-    for size, acc in sorted(p for p in points if p[0] <= ref_size):
-        if acc > best:
-            front.append((size, acc))
-            best = acc
-    return sum(((front[i + 1][0] if i + 1 < len(front) else ref_size) - s) * a for i, (s, a) in enumerate(front))
 
 
 def analyse(out: Path, model: str, budget: str) -> dict:

@@ -3,12 +3,14 @@ entry point (``pkg.module:fn`` / ``path/to/file.py:fn``), with the input size an
 that source implies (compare timm's ``PretrainedCfg`` and torchvision's ``weights.transforms()``)."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ KINDS = ("registry", "torchvision", "timm", "code")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875  # torchvision's and timm's evaluation: resize the shorter side to 256, crop 224
+MAX_KWARGS_DEPTH = 8  # builder kwargs are flat in practice; a bound keeps every writer off deep recursion
 _ENTRY = re.compile(r"^(?P<where>[^:]+):(?P<fn>[A-Za-z_][A-Za-z0-9_]*)$")
 # torchvision builders whose auxiliary heads return tuples in training mode: a classifier returns logits
 _NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": False},
@@ -105,6 +108,9 @@ def parse_source(text: str, kwargs: dict[str, Any] | None = None) -> ModelSource
     """The source a ``--model`` text names; an unknown name is a :class:`SourceError` listing close
     matches. Nothing is imported for a user entry point here (that happens at build time)."""
     kwargs = dict(kwargs or {})
+    if _depth(kwargs) > MAX_KWARGS_DEPTH:
+        raise SourceError(f"model kwargs are nested deeper than {MAX_KWARGS_DEPTH} levels; keyword arguments of "
+                          f"a model builder are plain values, lists and small mappings")
     if not isinstance(text, str) or not text.strip():
         raise SourceError(f"--model must name a model, got {text!r}; e.g. lenet5, torchvision:resnet50, "
                           f"timm:resnet18 or my_pkg.nets:build")
@@ -126,6 +132,15 @@ def parse_source(text: str, kwargs: dict[str, Any] | None = None) -> ModelSource
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise SourceError(f"unknown model {text!r}{hint}; give a registry name ({', '.join(list_models())}), "
                       f"torchvision:<arch>, timm:<name>, or your own entry point pkg.module:fn / file.py:fn")
+
+
+def _depth(value: Any, limit: int = MAX_KWARGS_DEPTH + 1) -> int:
+    """Nesting depth of lists and mappings, counted no further than ``limit`` (so a value nested
+    thousands of levels deep never exhausts the stack here, or later in the YAML and JSON writers)."""
+    if limit <= 0 or not isinstance(value, (dict, list, tuple)):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
 
 
 def _known(name: str, names: list[str], kind: str) -> str:
@@ -172,12 +187,38 @@ def _call_entry(entry: str, num_classes: int, kwargs: dict) -> nn.Module:
     except (TypeError, ValueError):
         accepts = True
     try:
-        model = fn(num_classes=num_classes, **kwargs) if accepts else fn(**kwargs)
+        with user_code(entry, "building the model"):
+            model = fn(num_classes=num_classes, **kwargs) if accepts else fn(**kwargs)
+    except SourceError:
+        raise
     except Exception as exc:  # the user's code fails in its own ways; its message is what helps
         raise SourceError(f"{entry} raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise SourceError(f"{entry} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+USER_MODULES: set[str] = set()  # modules of the user's code imported so far (``run_cli`` reads it)
+
+
+@contextlib.contextmanager
+def user_code(entry: str, doing: str):
+    """While the user's code runs: ``sys.exit`` (a ``SystemExit``) and ``os._exit`` become a
+    :class:`SourceError` naming the code, so their code never decides the command's exit status.
+    (``os._exit`` is swapped only here, where nothing forks: a DataLoader worker exits through it.)"""
+    real_exit = os._exit
+
+    def refuse_exit(code: int = 0) -> None:
+        raise SourceError(f"{entry} called os._exit({code}) while {doing}; a model builder must return "
+                          f"the model (remove the exit, or guard it with if __name__ == '__main__')")
+    os._exit = refuse_exit
+    try:
+        yield
+    except SystemExit as exc:
+        raise SourceError(f"{entry} called sys.exit({exc.code!r}) while {doing}; a model builder must return "
+                          f"the model (remove the exit, or guard it with if __name__ == '__main__')") from None
+    finally:
+        os._exit = real_exit
 
 
 def import_entry(entry: str) -> Callable[..., Any]:
@@ -187,11 +228,13 @@ def import_entry(entry: str) -> Callable[..., Any]:
         raise SourceError(f"{entry!r} is not an entry point; write pkg.module:fn or path/to/file.py:fn")
     where, fn_name = match.group("where"), match.group("fn")
     try:
-        module = _import_file(Path(where)) if where.endswith(".py") else importlib.import_module(where)
+        with user_code(entry, f"importing {where}"):
+            module = _import_file(Path(where)) if where.endswith(".py") else importlib.import_module(where)
     except SourceError:
         raise
     except Exception as exc:  # ImportError, SyntaxError, or whatever the module raises at import
         raise SourceError(f"cannot import {where} for {entry}: {type(exc).__name__}: {first_line(exc)}") from None
+    USER_MODULES.add(module.__name__)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise SourceError(f"{where} has no function {fn_name!r} (entry point {entry})")

@@ -13,12 +13,12 @@ from pruning._apply import IMPORTANCES, PruningRecord, apply_plan, global_rankin
 from pruning._bn import recalibrate_bn
 from pruning._checkpoint import (BaselineFigures, Checkpoint, CheckpointMeta, checksum, library_versions, load_checkpoint,
                                  load_pruned, read_meta, save_pruned, with_metrics)
-from pruning._data import (AUGMENTATIONS, DATASETS, Dataset, ImageSpec, Preprocessing, image_spec_of, load_dataset,
+from pruning._data import (AUGMENTATIONS, DATASETS, Dataset, ImageSpec, Preprocessing, eval_batches, image_spec_of, load_dataset,
                            synthetic_splits, train_batches)
 from pruning._errors import CheckpointError, DatasetError, PlanError, PruningError, TrainingDiverged
-from pruning._export import (ExportError, INPUT, OUTPUT, Verification, export_onnx, external_data_path, onnx_latency,
+from pruning._export import (ExportError, INPUT, OUTPUT, Verification, export_onnx, external_data_path, onnx_latency, ort_session,
                              uses_external_data, verify_onnx, verify_standalone)
-from pruning._io import atomic_write, atomic_write_text
+from pruning._io import atomic_write, atomic_write_text, current_umask
 from pruning._measure import Measurement, SpeedUp, interleaved_speedup, measure
 from pruning._train import (TrainConfig, TrainHooks, TrainResult, TrainState, autocast, correct, evaluate, finetune, prepare,
                             resolve_precision, train)
@@ -26,7 +26,12 @@ from pruning._units import (GRANULARITIES, Unit, channels_to_keep, expand_plan, 
                             prunable_units, tree_stages, validate_plan)
 from pruning._typed import bounds, check_fields, from_plain, to_plain
 
+from pruning import _quantize as quantization  # the INT8 steps one by one, for bench/int8.py (QDQ vs QOperator)
+from pruning._quantize import CALIBRATION_METHODS, QUANT_FORMAT, Int8Settings, onnx_predictions, quantize_within
+
 __all__ = [
+    "CALIBRATION_METHODS", "QUANT_FORMAT", "Int8Settings", "current_umask", "eval_batches", "onnx_predictions",
+    "ort_session", "quantization", "quantize_within",
     "AUGMENTATIONS", "DATASETS", "GRANULARITIES", "IMPORTANCES", "INPUT", "OUTPUT", "BaselineFigures", "Checkpoint",
     "CheckpointError", "CheckpointMeta", "Dataset", "DatasetError", "ExportError", "ImageSpec", "Measurement",
     "PlanError", "Preprocessing", "PruningError", "PruningRecord", "SpeedUp", "TrainConfig",

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import pickle
+import stat
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -592,14 +593,15 @@ def _load_imagefolder(data_dir: Path, image: ImageSpec, *, val_fraction: float, 
     if not (data_dir / "train").is_dir():
         raise DatasetError(f"imagefolder needs {data_dir / 'train'}/<class>/<image> folders (val/ and test/ "
                            f"are optional); pass --data-dir pointing at a folder with train/")
-    classes = _class_folders(data_dir / "train")
-    splits, notes = {}, []
+    classes, notes = _class_folders(data_dir / "train"), []
+    splits = {}
     for sub in ("train", "val", "test"):
         if (data_dir / sub).is_dir():
-            if sub != "train" and _class_folders(data_dir / sub) != classes:
-                raise DatasetError(f"{data_dir / sub} has other class folders than {data_dir / 'train'}; "
-                                   f"each split needs the same class folders")
+            if sub != "train":
+                _same_classes(data_dir, sub, classes)
             splits[sub] = _scan(data_dir / sub, classes)
+            notes += _hidden_note(data_dir / sub)
+    _refuse_empty_classes(data_dir / "train", classes, splits["train"][1])
     channels = image.channels or 3
     side = image.side
     total = sum(len(p) for p, _ in splits.values())
@@ -632,13 +634,45 @@ def _load_imagefolder(data_dir: Path, image: ImageSpec, *, val_fraction: float, 
 
 
 def _class_folders(root: Path) -> list[str]:
+    """The class folders of a split, sorted. Hidden folders (``.ipynb_checkpoints``, ``.git``) are
+    left out, as torchvision's tools leave hidden files out (and said so: see :func:`_hidden_note`);
+    a link to a missing folder is refused, never left out silently."""
     try:
-        names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        entries = list(os.scandir(root))
     except OSError as exc:
         raise DatasetError(f"cannot read {root}: {exc.strerror or type(exc).__name__}") from None
+    for e in entries:
+        if e.is_symlink() and not e.is_dir() and not e.name.startswith("."):
+            raise DatasetError(f"{root / e.name} is a symbolic link to {os.readlink(e.path)}, which is not a "
+                               f"folder; fix or remove the link")
+    names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     if len(names) < 2:
         raise DatasetError(f"{root} has {len(names)} class folder(s); an image classification set needs at least 2")
     return names
+
+
+def _hidden_note(root: Path) -> list[str]:
+    hidden = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name.startswith("."))
+    return [f"{root}: left out hidden folder(s) {', '.join(hidden)} (not classes)"] if hidden else []
+
+
+def _same_classes(data_dir: Path, sub: str, classes: list[str]) -> None:
+    """val/ and test/ need the class folders of train/: one line naming those that differ."""
+    own = _class_folders(data_dir / sub)
+    extra, missing = sorted(set(own) - set(classes)), sorted(set(classes) - set(own))
+    if extra or missing:
+        parts = [f"{sub} has class folder(s) {', '.join(extra[:5])} that {data_dir / 'train'} lacks"] if extra else []
+        parts += [f"{sub} lacks class folder(s) {', '.join(missing[:5])} of {data_dir / 'train'}"] if missing else []
+        raise DatasetError(f"{data_dir}: {'; '.join(parts)}; each split needs the same class folders")
+
+
+def _refuse_empty_classes(root: Path, classes: list[str], labels: list[int]) -> None:
+    """A class without training images would be an output the model never learns."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise DatasetError(f"{root / empty[0]} has no image files ({', '.join(IMAGE_EXTENSIONS)}); every class "
+                           f"needs training images: add some or remove the folder")
 
 
 def _scan(root: Path, classes: list[str]) -> tuple[list[str], list[int]]:
@@ -653,9 +687,28 @@ def _scan(root: Path, classes: list[str]) -> tuple[list[str], list[int]]:
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=_walk_error):
             dirnames.sort()
             found += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
+        for path in found:
+            _refuse_special(path)
         paths += sorted(found)
         labels += [label] * len(found)
     return paths, labels
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_special(path: str) -> None:
+    """Refuse, by its type and before it is opened, a file that is no regular file: opening a FIFO
+    waits for a writer forever, a link to ``/dev/zero`` never ends. (A link to nowhere is left to
+    the decoder, which counts it as unreadable.)"""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    kind = next((text for test, text in _SPECIAL if test(mode)), None)
+    if kind:
+        raise DatasetError(f"{path} is {kind}, not an image file; remove it from the image folder")
 
 
 def _walk_error(exc: OSError) -> None:
@@ -721,6 +774,8 @@ def _readable_header(path: str) -> bool:
         return True
     except _Bomb:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # as decode() refuses it
+        raise _Bomb(f"{path} is a decompression bomb ({str(exc)[:80]}); refused") from None
     except Exception:  # PIL raises many types for a damaged file
         return False
 

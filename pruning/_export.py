@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pruning._errors import PruningError
-from pruning._io import _umask
+from pruning._io import current_umask
 from pruning._measure import timed_median
 
 INPUT, OUTPUT = "images", "logits"
@@ -104,7 +104,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor)
 
 
 def _publish(staged: Path, target: Path) -> None:
-    os.chmod(staged, 0o666 & ~_umask())
+    os.chmod(staged, 0o666 & ~current_umask())
     os.replace(staged, target)
 
 
@@ -142,7 +142,7 @@ def _quiet_loggers():
             logging.getLogger(n).setLevel(level)
 
 
-def _session(path: Path, threads: int | None = None):
+def ort_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -187,7 +187,7 @@ def verify_onnx(path: str | Path, model: nn.Module, batch: torch.Tensor, *, atol
 
 def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
     try:
-        return _session(path).run([OUTPUT], {INPUT: x.numpy()})[0]
+        return ort_session(path).run([OUTPUT], {INPUT: x.numpy()})[0]
     except Exception as exc:  # onnxruntime raises its own types for a file it cannot load or run
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ExportError(f"onnxruntime cannot run {path.name}: {detail}") from None
@@ -205,7 +205,7 @@ def onnx_latency(path: str | Path, example_input: torch.Tensor, batch_sizes: tup
                  repeats: int = LATENCY_REPEATS) -> dict[int, float]:
     """Median milliseconds per forward pass on onnxruntime's CPU provider, per batch size, after
     ``warmup`` unmeasured runs; ``threads`` intra-op threads (None: onnxruntime's default, all cores)."""
-    session = _session(Path(path), threads)
+    session = ort_session(Path(path), threads)
     one = example_input[:1].float().cpu().numpy()
     result = {}
     for bs in batch_sizes:

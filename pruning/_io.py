@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read without changing it)."""
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
@@ -28,7 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         _write_or_enospc(write, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pruning._export import INPUT, ExportError, _session
+from pruning._export import INPUT, ExportError, ort_session
 
 # QDQ (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into integer kernels) rather than
 # QOperator: the issue's probe had QOperator 0.9x-1.2x of QDQ's time, inside a busy machine's noise,
@@ -139,7 +139,7 @@ def quantize(pre: Path, dest: Path, batches: Sequence[np.ndarray], *, method: st
 
 def onnx_predictions(path: Path, batches: Sequence[np.ndarray]) -> np.ndarray:
     """Top-1 class of every image of ``batches`` on onnxruntime's CPU provider."""
-    session = _session(Path(path))
+    session = ort_session(Path(path))
     return np.concatenate([session.run(None, {INPUT: b})[0].argmax(1) for b in batches]) if batches else \
         np.zeros(0, dtype=np.int64)
 

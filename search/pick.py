@@ -15,7 +15,7 @@ from pruning import PruningRecord, evaluate, load_checkpoint, measure, save_prun
 from search.cli import add_int8_flags, int8_settings, number, resolve, run_cli, study_parser
 from search.config import UsageError, quiet_libraries
 from search.results import check_calibration_count, collect, export_paths, int8_table, selection_accuracy, ship
-from search.storage import check_targets, refuse_own_file
+from search.storage import check_targets, refuse_other_study, refuse_own_file
 from search.study import open_existing
 from search.trial import test_accuracy
 
@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg, out = found.cfg, found.out
     refuse_own_file(out, save, "--save")
     check_targets((save,), "--save", force=force, pinned=(cfg.from_checkpoint,))
+    exports = export_paths(save.with_suffix(".onnx"), int8=int8 is not None) if export else ()
     if export:
-        check_targets(export_paths(save.with_suffix(".onnx"), int8=int8 is not None), "--export", force=force,
-                      pinned=(cfg.from_checkpoint,))
+        check_targets(exports, "--export", force=force, pinned=(cfg.from_checkpoint,))
+    refuse_other_study((save,), "--save", own=out)
+    refuse_other_study(exports, "--export", own=out)
     data, baseline, start = found.data, found.baseline, found.start
     if int8 is not None:
         check_calibration_count(int8, data)

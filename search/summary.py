@@ -8,6 +8,7 @@ the best reference no larger, and one plot of every model's recovered front.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +29,9 @@ def get_args_parser() -> Parser:
     parser = Parser(prog="search.summary", description=__doc__.splitlines()[0],
                     example="python -m search.summary --studies studies --out studies/summary")
     parser.add_argument("--studies", default="studies", help="folder holding the study folders (default: studies)")
-    parser.add_argument("--out", help="output path without suffix (default: STUDIES/summary)")
+    parser.add_argument("--out", help="output path without suffix; existing PATH.md/.csv/.png are replaced only with "
+                                      "--force (default: STUDIES/summary, the command's own files, regenerated)")
+    parser.add_argument("--force", action="store_true", help="replace existing --out files")
     return parser
 
 
@@ -122,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.out) if args.out else root / "summary"
     paths = {ext: base.with_name(base.name + f".{ext}") for ext in ("md", "csv", "png")}
     refuse_study_paths(list(paths.values()), folders)
+    existing = [p for p in paths.values() if os.path.lexists(p)]
+    if args.out and existing and not args.force:
+        raise UsageError(f"--out {base}: {existing[0]} exists; pass --force to replace it, or name another path")
     table = pd.DataFrame([row(f) for f in folders], columns=COLUMNS)
     atomic_write_text(paths["md"], markdown(table))
     atomic_write_text(paths["csv"], table.to_csv(index=False))

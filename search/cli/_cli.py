@@ -138,6 +138,9 @@ def _json_object(text: str) -> dict:
         value = json.loads(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"width\": 2}}', got {text[:80]!r}") from None
+    except RecursionError:  # thousands of [[[...]]]: json's parser recurses once per level
+        raise argparse.ArgumentTypeError(f"is nested too deeply ({text[:40]!r}...); keyword arguments of a model "
+                                         f"builder are plain values, lists and small mappings") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object of keyword arguments, got {text[:80]!r}")
     return value
@@ -187,6 +190,13 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; run the same command again to resume\n")
         code = 130
+    except SystemExit as exc:
+        where = _user_frame(exc)
+        if where is None:  # argparse's usage errors and --help exit this way, as they should
+            raise
+        sys.stderr.write(f"error: your code called sys.exit({exc.code!r}) at {where} while the model ran; a model's "
+                         f"forward must return logits (remove the exit); the trials finished so far are kept\n")
+        code = 2
     except Exception as exc:
         if not _storage_failure(exc):
             raise
@@ -196,6 +206,19 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         code = 2
     sys.stderr.flush()
     sys.exit(code)
+
+
+def _user_frame(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame of the user's own code (a module their ``--model`` entry
+    point imported) in ``exc``'s traceback, or None when their code did not raise it."""
+    from models import USER_MODULES
+
+    tb, where = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") in USER_MODULES:
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
 
 
 def _storage_failure(exc: BaseException) -> bool:
@@ -222,7 +245,7 @@ def _one_line(exc: BaseException) -> str:
 
 def add_int8_flags(parser: argparse.ArgumentParser) -> None:
     """The INT8 flags of search.pick and search.export."""
-    from pruning._quantize import CALIBRATION_METHODS, Int8Settings
+    from pruning import CALIBRATION_METHODS, Int8Settings
 
     d = Int8Settings()
     parser.add_argument("--int8", action="store_true",
@@ -239,7 +262,7 @@ def add_int8_flags(parser: argparse.ArgumentParser) -> None:
 
 def int8_settings(args: argparse.Namespace):
     """The INT8 settings the flags ask for (None without --int8); removes the flags from ``args``."""
-    from pruning._quantize import Int8Settings
+    from pruning import Int8Settings
 
     names = ("int8", "calibration_images", "calibration_method", "max_int8_drop")
     wanted, n, method, drop = (getattr(args, k) for k in names)

@@ -8,7 +8,9 @@ where and how a run executes (device, paths, storage, trial total, workers, back
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -240,6 +242,9 @@ def _flatten(value: Any, prefix: str = ""):
 
 
 _NEUTRAL = (None, {}, [], (), "auto")  # defaults that change nothing for a study made before their key existed
+# settings added since studies were first made, at the value that behaves as before they existed (a
+# study without a sensitivity map is centred on the uniform plan, and its grid is never read)
+_AS_BEFORE = {"search.center": ("uniform",), "search.sensitivity_ratios": None}
 
 
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -248,6 +253,8 @@ def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | N
         a, b = stored.get(key, "<unset>"), current.get(key, "<unset>")
         if "<unset>" in (a, b) and (b if a == "<unset>" else a) in _NEUTRAL:
             continue  # a setting added since the study was made, at its neutral default
+        if a == "<unset>" and key in _AS_BEFORE and (_AS_BEFORE[key] is None or b in _AS_BEFORE[key]):
+            continue
         if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
             return f"{key}: the study has {a!r}, this run {b!r}"
     return None
@@ -345,13 +352,26 @@ class _NoAliasLoader(yaml.SafeLoader):
 _NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, refused unless it is a regular file of at most ``MAX_CONFIG_BYTES``:
+    opened non-blocking and checked on the descriptor, as reading a FIFO or ``/dev/zero`` (directly
+    or through a link) would wait or read forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"config {path} is not a regular file (a FIFO, a device, a socket or a folder); "
+                              f"name a YAML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES:,} bytes; it is not a config")
+        return handle.read(MAX_CONFIG_BYTES + 1)
+
+
 def read_yaml(path: str | Path) -> dict:
     """A config file as a mapping, or one line saying why it cannot be read."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES:,} bytes; it is not a config")
-        text = path.read_text(encoding="utf-8")
+        text = _read_regular(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise ConfigError(f"cannot read config {path}: {reason}") from None

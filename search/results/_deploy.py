@@ -14,8 +14,7 @@ from torch import nn
 
 from pruning import (INPUT, OUTPUT, CheckpointMeta, Dataset, ExportError, atomic_write_text, export_onnx, external_data_path,
                      library_versions, onnx_latency, to_plain, uses_external_data, verify_standalone)
-from pruning._io import _umask
-from pruning._quantize import Int8Settings
+from pruning import Int8Settings, current_umask
 from search.results._int8 import int8_figures
 from search.trial import ORT_THREADS
 
@@ -60,7 +59,7 @@ def ship(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx
         sidecar = _make(model, meta, plan, data, staged, int8=int8, progress=progress)
         for path in export_paths(staged, int8=int8 is not None):
             if path.exists():
-                os.chmod(path, 0o666 & ~_umask())
+                os.chmod(path, 0o666 & ~current_umask())
                 os.replace(path, onnx.parent / path.name)
     return sidecar
 

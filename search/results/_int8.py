@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pruning import (Dataset, ExportError, atomic_write_text, export_onnx, interleaved_speedup, load_checkpoint,
-                     onnx_latency, to_plain)
-from pruning._data import eval_batches
-from pruning._export import OUTPUT, INPUT, _session
-from pruning._quantize import QUANT_FORMAT, Int8Settings, onnx_predictions, quantize_within
+from pruning import (INPUT, OUTPUT, QUANT_FORMAT, Dataset, ExportError, Int8Settings, atomic_write_text, eval_batches,
+                     export_onnx, interleaved_speedup, load_checkpoint, onnx_latency, onnx_predictions, ort_session,
+                     quantize_within, to_plain)
 from search.config import UsageError
 from search.storage import artifact_path
 from search.trial import BATCHES, ORT_THREADS, SPEEDUP_REPEATS
@@ -91,13 +89,13 @@ def _latency(fp32: Path, int8: Path, example: np.ndarray) -> dict:
     speedup = {}
     for bs in BATCHES:
         batch = np.ascontiguousarray(np.repeat(example, bs, axis=0))
-        runs = [_timer(_session(p, ORT_THREADS), batch) for p in (fp32, int8)]
+        runs = [ort_timer(ort_session(p, ORT_THREADS), batch) for p in (fp32, int8)]
         speedup[str(bs)] = to_plain(interleaved_speedup(*runs, repeats=SPEEDUP_REPEATS))
     return {"latency_ms": {k: {str(b): v for b, v in t.items()} for k, t in ms.items()}, "threads": ORT_THREADS,
             "speedup": speedup}
 
 
-def _timer(session, batch: np.ndarray):
+def ort_timer(session, batch: np.ndarray):
     def once() -> float:
         start = time.perf_counter()
         session.run([OUTPUT], {INPUT: batch})

@@ -79,8 +79,36 @@ def check_targets(targets: tuple[Path, ...], flag: str, *, force: bool, pinned: 
             raise UsageError(f"{flag} {target} exists; pass --force to replace it, or name another file")
 
 
+def refuse_other_study(targets: tuple[Path, ...], flag: str, *, own: Path) -> None:
+    """One line when a target (links resolved) is a new file inside the folder of a study other than
+    ``own``, the one the command reads: another study's folder is written only by its own commands."""
+    for target in targets:
+        other = _other_study(target, own)
+        if other is not None:
+            raise UsageError(f"{flag} {target} lies in {other}, the folder of another study; its folder is written "
+                             f"only by its own commands: save outside it (or inside {own})")
+
+
+def is_study_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a study (its journal, or the baseline of a study kept in a database)."""
+    return (folder / JOURNAL).exists() or (folder / BASELINE).exists()
+
+
+def _other_study(target: Path, own: Path) -> Path | None:
+    """The study folder other than ``own`` that ``target`` (links resolved) lies in, if any."""
+    own = own.resolve()
+    for folder in target.resolve().parents:
+        if folder == own:
+            return None
+        if is_study_folder(folder):
+            return folder
+    return None
+
+
 def check_writable(out: Path) -> None:
-    """Fail with one line before anything is written when the study folder cannot be written."""
+    """Fail with one line before anything is written when the study folder cannot be written, or
+    when it is a folder of other files (a study would be mixed into them)."""
+    refuse_foreign_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".probe-{os.getpid()}"
@@ -89,6 +117,22 @@ def check_writable(out: Path) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write the study folder {out}: {exc.strerror or type(exc).__name__}; "
                          f"pass a writable --out") from None
+
+
+def refuse_foreign_folder(out: Path) -> None:
+    """One line when ``out`` is an existing folder with files but none of a study's: the study's
+    files would land among the user's own, and ``--out`` is the one place a study writes."""
+    try:
+        names = sorted(e.name for e in os.scandir(out))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        return  # check_writable says why the folder cannot be used
+    ours = {p.name for p in own_files(out)} | {ARTIFACTS, "ray", "pareto-projections.png"}
+    if names and not any(n in ours or n.startswith((JOURNAL, ".probe-")) for n in names):
+        raise UsageError(f"--out {out} holds other files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) "
+                         f"and no study; a study would be mixed into them: name a new or empty folder, or the "
+                         f"folder of an existing study")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,9 +39,13 @@ def image_spec(cfg: StudyConfig) -> ImageSpec:
     probe = None if source.kind == "registry" else source.build(num_classes=2)
     d = source.data_defaults(probe)
     channels = None if probe is None else first_conv(probe).in_channels
+    if channels and d.mean and len(d.mean) != channels:  # ImageNet's RGB statistics fit no 1-channel model
+        d = replace(d, mean=None, std=None)
     mean, std = cfg.mean or d.mean, cfg.std or d.std
-    if (mean is None) != (std is None) or (mean and channels and len(mean) != channels) \
-            or (mean and std and len(mean) != len(std)):
+    if mean and channels and len(mean) != channels or std and channels and len(std) != channels:
+        raise ConfigError(f"{cfg.model} takes {channels}-channel images but --mean/--std give {len(mean or std)} "
+                          f"value(s); give one value per input channel, or leave them out for the dataset's own")
+    if (mean is None) != (std is None) or (mean and std and len(mean) != len(std)):
         raise ConfigError(f"mean {mean} and std {std} must both be given, one value per input channel")
     return ImageSpec(input_size=cfg.image_size or d.input_size, crop_pct=cfg.crop_pct or d.crop_pct,
                      interpolation=d.interpolation, channels=channels, mean=mean, std=std)
@@ -75,7 +79,31 @@ def build_model(cfg: StudyConfig, data: Dataset) -> nn.Module:
     if conv.in_channels != data.in_channels:
         raise UsageError(f"{cfg.model} takes {conv.in_channels}-channel images; the data has {data.in_channels}")
     check_input_size(model, data.in_channels, data.size, cfg.model)
+    if cfg.source.kind != "registry":  # the registry's models are known to return logits
+        check_training_output(model, data.in_channels, data.size, cfg.model)
     return model
+
+
+def check_training_output(model: nn.Module, channels: int, size: int, name: str) -> None:
+    """Refuse a model whose training-mode forward returns more than the logits (torchvision's
+    GoogLeNet and Inception v3 return their auxiliary heads' logits too): the loss takes one tensor,
+    and the auxiliary heads hang off layers the pruning would change under them. The model's
+    buffers (BatchNorm statistics) and the random state (dropout) are put back as they were."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model.train()(torch.zeros(2, channels, size, size))
+    except RuntimeError:
+        return  # check_input_size has run the eval forward; a training-only failure shows in training
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+        model.eval()
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"{name} returns {type(out).__name__} in training mode, not one tensor of logits (auxiliary "
+                         f"heads, as torchvision's GoogLeNet and Inception v3 have): build it without them, e.g. "
+                         f"aux_logits=False, and save the weights of that model")
 
 
 PROBE_SIDES = tuple(sorted({2 ** k for k in range(3, 13)} | {28, 224, 299}))  # powers of two and common sides

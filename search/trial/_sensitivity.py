@@ -38,26 +38,31 @@ def uses_map(ctx: SearchContext) -> bool:
     return space.center == "sensitivity" or "sensitivity" in space.references
 
 
-def _measure_of(ctx: SearchContext, plan: dict[str, float]) -> float:
-    """The matched measure of a per-key plan, from the real surgery (exact, never estimated)."""
+def _pruned(ctx: SearchContext, plan: dict[str, float], importance: str):
+    """A copy of the study's model pruned by a per-key plan, with the study's settings."""
     space = ctx.cfg.search
     pruned, _ = apply_plan(ctx.start.model, expand_plan(ctx.units, space.granularity, plan), example_input=ctx.example,
-                           importance="l1",  # which channels go does not change the measure
-                           round_to=space.round_to, history=ctx.start.history, max_ratio=space.max_ratio,
-                           seed=ctx.cfg.seed, keep=ctx.keep)
-    return float(getattr(measure(pruned, ctx.example), MATCHED[space.objective]))
+                           importance=importance, round_to=space.round_to, history=ctx.start.history,
+                           max_ratio=space.max_ratio, seed=ctx.cfg.seed, keep=ctx.keep,
+                           calibration=ctx.calibration if importance == "taylor" else None)
+    return pruned
+
+
+def _matched(ctx: SearchContext, model) -> float:
+    return float(getattr(measure(model, ctx.example), MATCHED[ctx.cfg.search.objective]))
+
+
+def _measure_of(ctx: SearchContext, plan: dict[str, float]) -> float:
+    """The matched measure of a per-key plan, from the real surgery (exact, never estimated); which
+    channels go does not change it, so the cheapest importance chooses them."""
+    return _matched(ctx, _pruned(ctx, plan, "l1"))
 
 
 def _cell(ctx: SearchContext, plan: dict[str, float], images, precision: str) -> tuple[float, float]:
     """(accuracy after adaptive BN on ``images``, matched measure) of one plan."""
-    space = ctx.cfg.search
-    pruned, _ = apply_plan(ctx.start.model, expand_plan(ctx.units, space.granularity, plan), example_input=ctx.example,
-                           importance=space.importance, round_to=space.round_to, history=ctx.start.history,
-                           max_ratio=space.max_ratio, seed=ctx.cfg.seed, keep=ctx.keep,
-                           calibration=ctx.calibration if space.importance == "taylor" else None)
+    pruned = _pruned(ctx, plan, ctx.cfg.search.importance)
     recalibrate_bn(pruned, ctx.calibration, precision=precision)
-    size = float(getattr(measure(pruned, ctx.example), MATCHED[space.objective]))
-    return evaluate(pruned, images, "val", precision=precision), size
+    return evaluate(pruned, images, "val", precision=precision), _matched(ctx, pruned)
 
 
 def ensure_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = False) -> SensitivityMap:
@@ -76,7 +81,7 @@ def ensure_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = Fals
         model = copy.deepcopy(ctx.start.model)
         recalibrate_bn(model, ctx.calibration, precision=precision)
         base = {"accuracy": evaluate(model, images, "val", precision=precision),
-                "measure": float(getattr(measure(ctx.start.model, ctx.example), MATCHED[space.objective]))}
+                "measure": _matched(ctx, ctx.start.model)}
         study.set_user_attr(BASE_ROW_KEY, base)
     rows = {k: study.user_attrs.get(ROW_PREFIX + k) for k in ctx.keys}
     todo = [k for k in ctx.keys if rows[k] is None]

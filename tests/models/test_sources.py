@@ -155,3 +155,87 @@ def test_a_model_that_returns_no_logits_is_refused():
 
     with pytest.raises(PlanError, match="not class logits"):
         find_classifier(Pair(), torch.zeros(1, 3, 8, 8))
+
+
+def _lenet_weights(path, **replace):
+    state = create_model("lenet5", in_channels=1).state_dict()
+    torch.save({**state, **replace}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind, match", [("fifo", "is a named pipe"), ("devzero", "is a character device"),
+                                         ("folder", "is a folder")])
+def test_weights_that_are_no_regular_file_are_refused_before_a_byte_is_read(tmp_path, kind, match):
+    """A FIFO or a link to /dev/zero used to hang the SHA-256 (a read that never ends)."""
+    import os
+
+    from models import file_sha256
+    from tests.search.test_fuzz import no_hang
+
+    path = tmp_path / "w.pt"
+    {"fifo": lambda: os.mkfifo(path), "devzero": lambda: os.symlink("/dev/zero", path),
+     "folder": lambda: path.mkdir()}[kind]()
+    for read in (file_sha256, read_state_dict):
+        with no_hang(20), pytest.raises(WeightsError, match=match):
+            read(path)
+
+
+def test_a_pickled_registry_model_is_told_to_save_its_state_dict(tmp_path):
+    torch.save(create_model("lenet5", in_channels=1), tmp_path / "whole.pt")
+    with pytest.raises(WeightsError, match=r"whole pickled model.*torch.save\(model.state_dict\(\)"):
+        read_state_dict(tmp_path / "whole.pt")
+
+
+@pytest.mark.parametrize("layout, match", [("meta", "fc1.weight is a meta tensor"),
+                                           ("sparse", "fc1.weight is a sparse_coo tensor"),
+                                           ("nan", "fc1.weight holds NaN or infinite values"),
+                                           ("inf", "fc1.weight holds NaN or infinite values")])
+def test_weights_of_other_layouts_or_non_finite_values_are_one_line(tmp_path, layout, match):
+    like = create_model("lenet5", in_channels=1).state_dict()["fc1.weight"]
+    odd = {"meta": lambda: torch.empty(like.shape, device="meta"), "sparse": lambda: like.to_sparse(),
+           "nan": lambda: like.clone().index_fill_(0, torch.tensor([3]), float("nan")),
+           "inf": lambda: like.clone().index_fill_(0, torch.tensor([3]), float("-inf"))}[layout]()
+    with pytest.raises(WeightsError, match=match):
+        read_state_dict(_lenet_weights(tmp_path / "w.pt", **{"fc1.weight": odd}))
+
+
+def _record_offset(path, name_suffix: str) -> int:
+    """Where the bytes of the archive record ending in ``name_suffix`` start in ``path``."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(name_suffix))
+    raw = path.read_bytes()
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def test_flipped_bytes_inside_a_tensor_record_fail_the_crc(tmp_path):
+    """Changed bytes inside a tensor load as garbage weights unless the archive's CRC is checked."""
+    path = _lenet_weights(tmp_path / "w.pt")
+    start = _record_offset(path, "data/0")
+    raw = bytearray(path.read_bytes())
+    for i in range(start + 8, start + 208):
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="is damaged .*CRC"):
+        read_state_dict(path)
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path):
+    """One deflated record of 256 MB (a file of 250 KB): refused from the archive's directory, with
+    the peak memory far below the record's size."""
+    import resource
+    import zipfile
+
+    path = tmp_path / "bomb.pt"
+    good = _lenet_weights(tmp_path / "w.pt")
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info) if not info.filename.endswith("data/0")
+                         else bytes(256 << 20))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(WeightsError, match="compressed records"):
+        read_state_dict(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 64 << 10  # KB: nothing near 256 MB

@@ -98,7 +98,7 @@ def test_one_class_a_file_as_data_dir_and_other_classes_in_test_are_refused(tmp_
         load_dataset("imagefolder", data_dir=tmp_path / "file", image=SPEC)
     root = write_image_folder(tmp_path / "b", fashion_mnist, per_class=3, classes=2)
     (root / "test" / "class9").mkdir()
-    with pytest.raises(DatasetError, match="other class folders"):
+    with pytest.raises(DatasetError, match=r"test has class folder\(s\) class9 that .*train lacks"):
         load_dataset("imagefolder", data_dir=root, image=SPEC)
 
 
@@ -119,3 +119,68 @@ def test_a_builtin_dataset_follows_the_models_input(fashion_mnist):
     data = load_dataset("fashion-mnist", download=False, image=spec).subset(train=64, val=32, test=32)
     assert data.train_x.shape[1:] == (3, 48, 48) and data.example_input(2).shape == (2, 3, 48, 48)
     assert data.augment == "none"
+
+
+def _header_bomb(path) -> None:
+    """A valid 1x1 PNG whose header claims 200,000 x 200,000 pixels (40 gigapixels): PIL itself
+    raises on opening it, before our own pixel bound is reached."""
+    import struct
+    import zlib
+    from io import BytesIO
+
+    buffer = BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    raw = bytearray(buffer.getvalue())
+    raw[16:24] = struct.pack(">II", 200_000, 200_000)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))  # the header chunk's CRC, resealed
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("cache_mb", [4096, 0], ids=["cached", "streamed"])
+def test_a_header_bomb_is_refused_cached_and_streamed_alike(tmp_path, fashion_mnist, cache_mb):
+    """Streaming used to skip it as one more unreadable file, while the cache refused it."""
+    root = _odd_folder(tmp_path, fashion_mnist)
+    _header_bomb(root / "train" / "class0" / "bomb.png")
+    with pytest.raises(DatasetError, match="decompression bomb"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC, cache_mb=cache_mb)
+
+
+@pytest.mark.parametrize("cache_mb", [4096, 0], ids=["cached", "streamed"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_special_file_in_a_class_folder_is_refused_before_it_is_opened(tmp_path, fashion_mnist, cache_mb, kind):
+    """Opening a FIFO waits for a writer forever and /dev/zero never ends: refused by type."""
+    from tests.search.test_fuzz import no_hang
+
+    root = _odd_folder(tmp_path, fashion_mnist)
+    odd = root / "train" / "class1" / "odd.png"
+    os.mkfifo(odd) if kind == "fifo" else os.symlink("/dev/zero", odd)
+    with no_hang(60), pytest.raises(DatasetError, match=f"{odd} is a (named pipe|character device).*not an image"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC, cache_mb=cache_mb)
+
+
+def test_hidden_folders_are_left_out_and_said_so(tmp_path, fashion_mnist):
+    root = _odd_folder(tmp_path, fashion_mnist)
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    data = load_dataset("imagefolder", data_dir=root, image=SPEC)
+    assert data.class_names == ("class0", "class1")
+    assert any("left out hidden folder(s) .ipynb_checkpoints" in n for n in data.notes), data.notes
+
+
+def test_an_empty_class_folder_is_named_not_called_a_split_mismatch(tmp_path, fashion_mnist):
+    root = write_image_folder(tmp_path, fashion_mnist, per_class=3, classes=3)
+    for f in (root / "train" / "class2").iterdir():
+        f.unlink()
+    with pytest.raises(DatasetError, match=r"train/class2 has no image files .*; every class needs training images"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC)
+
+
+def test_a_class_folder_missing_from_a_split_is_named_with_the_reason(tmp_path, fashion_mnist):
+    """A dangling link in train/ left the class out silently, then test/ was "other class folders"."""
+    root = write_image_folder(tmp_path, fashion_mnist, per_class=3, classes=3)
+    (root / "train" / "class2").rename(tmp_path / "moved")
+    os.symlink(tmp_path / "gone", root / "train" / "class2")
+    with pytest.raises(DatasetError, match=r"train/class2 is a symbolic link to .*gone, which is not a folder"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC)
+    (root / "train" / "class2").unlink()
+    with pytest.raises(DatasetError, match=r"test has class folder\(s\) class2 that .*train lacks"):
+        load_dataset("imagefolder", data_dir=root, image=SPEC)

@@ -264,3 +264,192 @@ def test_a_foreign_from_file_is_one_plain_line_and_makes_no_folder(payload, tmp_
     code, _, err = cli(run, base_args(tiny_config, tmp_path / "out") + ["--quiet", "--from", str(foreign)], capsys)
     assert code == 2 and err.count("\n") == 1 and "\x1b" not in err  # the torch message carried ANSI escapes
     assert err[:-1].isprintable() and not (tmp_path / "out").exists()
+
+
+def _odd_weights(kind: str, path):
+    """A --weights file of one kind the audit of issue 41 found hanging, crashing or accepted."""
+    import os
+    import zipfile
+
+    state = create_model("lenet5", in_channels=1).state_dict()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "/dev/zero":
+        os.symlink("/dev/zero", path)
+    elif kind in ("meta", "sparse", "nan"):
+        like = state["fc1.weight"]
+        state["fc1.weight"] = {"meta": lambda: torch.empty(like.shape, device="meta"), "sparse": like.to_sparse,
+                               "nan": lambda: torch.full_like(like, float("nan"))}[kind]()
+        torch.save(state, path)
+    elif kind == "registry module":
+        torch.save(create_model("lenet5", in_channels=1), path)
+    elif kind == "flipped":  # bytes changed after torch.save wrote the CRC: a damaged copy
+        torch.save(state, path)
+        raw, tensor = path.read_bytes(), state["conv1.weight"].numpy().tobytes()
+        at = raw.index(tensor)
+        path.write_bytes(raw[:at] + bytes(b ^ 0x5A for b in tensor[:200]) + raw[at + 200:])
+    elif kind == "bomb":  # one record deflated from 64 MB of zeros to a few KB
+        torch.save(state, path.with_suffix(".good"))
+        with zipfile.ZipFile(path.with_suffix(".good")) as src, \
+                zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, bytes(64 << 20) if info.filename.endswith("data/0") else src.read(info))
+    return path
+
+
+WEIGHTS_CASES = {
+    "fifo": "is a named pipe (FIFO), not a weights file",
+    "/dev/zero": "is a character device, not a weights file",
+    "meta": "fc1.weight is a meta tensor",
+    "sparse": "fc1.weight is a sparse_coo tensor",
+    "nan": "fc1.weight holds NaN or infinite values",
+    "registry module": "save its weights instead: torch.save(model.state_dict()",
+    "flipped": "is damaged (Bad CRC-32",
+    "bomb": "has compressed records",
+}
+
+
+@pytest.mark.parametrize("kind", list(WEIGHTS_CASES))
+def test_odd_weights_are_one_line_with_no_hang_and_no_folder(kind, tmp_path, tiny_config, capsys):
+    """Issue 41 items 2-5 and 8 through the command: a FIFO or /dev/zero used to hang, meta and sparse
+    tensors raised tracebacks, a bomb was inflated, flipped bytes were accepted, NaN weights (even
+    with --accept-baseline, which then left a journal behind) were called chance level."""
+    from tests.search.test_fuzz import no_hang
+
+    weights = _odd_weights(kind, tmp_path / "w.pt")
+    with no_hang(120):
+        code, _, err = cli(run, base_args(tiny_config, tmp_path / "out") +
+                           ["--quiet", "--weights", str(weights), "--accept-baseline"], capsys)
+    assert code == 2 and err.count("\n") == 1 and WEIGHTS_CASES[kind] in err, err
+    assert "chance level" not in err and not (tmp_path / "out").exists()
+
+
+NET = '''
+import os
+import sys
+from collections import namedtuple
+
+from torch import nn
+
+Outputs = namedtuple("Outputs", ["logits", "aux_logits"])  # what torchvision's GoogLeNet returns in training
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, odd):
+        super().__init__()
+        self.odd = odd
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        logits = self.fc(self.pool(self.conv(x)).flatten(1))
+        if self.training and self.odd == "exit":
+            sys.exit(0)
+        return Outputs(logits, logits) if self.training and self.odd == "tuple" else logits
+
+
+def build(num_classes, odd="none"):
+    if odd == "builder exit":
+        sys.exit(0)
+    if odd == "builder os._exit":
+        os._exit(0)
+    return Net(num_classes, odd)
+'''
+USER_CODE_CASES = {
+    "exit at import": ("import sys\nsys.exit(0)\n" + NET, "none", "called sys.exit(0) while importing"),
+    "exit in the builder": (NET, "builder exit", "called sys.exit(0) while building the model"),
+    "os._exit in the builder": (NET, "builder os._exit", "called os._exit(0) while building the model"),
+    "exit in forward": (NET, "exit", "your code called sys.exit(0) at"),
+    "logits and auxiliary logits": (NET, "tuple", "returns Outputs in training mode, not one tensor of logits"),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_CODE_CASES))
+def test_users_code_never_decides_the_exit_status(case, tmp_path, tiny_config):
+    """Issue 41 items 3 and 6: sys.exit(0) / os._exit(0) in the user's code ended the command with 0
+    and no output; a forward returning (logits, aux) was a TypeError in the loss. Each is now one
+    line, exit 2, nothing written. (A subprocess: os._exit would end pytest itself.)"""
+    code, odd, match = USER_CODE_CASES[case]
+    (tmp_path / "nets.py").write_text(code)
+    proc = subprocess.run([PYTHON, "-m", "search.run", *base_args(tiny_config, tmp_path / "out",
+                                                                 model=f"{tmp_path / 'nets.py'}:build"),
+                           "--model-kwargs", f'{{"odd": "{odd}"}}', "--image-size", "32", "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and match in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_torchvisions_googlenet_with_auxiliary_heads_is_told_to_drop_them():
+    import torchvision
+
+    from search.config import UsageError
+    from search.trial._context import check_training_output
+
+    model = torchvision.models.googlenet(num_classes=4, aux_logits=True, init_weights=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UsageError, match="returns GoogLeNetOutputs in training mode.*aux_logits=False"):
+        check_training_output(model, 3, 64, "nets.py:build")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BatchNorm statistics kept
+
+
+@pytest.mark.parametrize("depth, match", [(5000, "--model-kwargs: is nested too deeply"),
+                                          (40, "model kwargs are nested deeper than 8 levels")])
+def test_deeply_nested_model_kwargs_are_one_line(depth, match, tmp_path, tiny_config, capsys):
+    deep = '{"a": ' + "[" * depth + "]" * depth + "}"
+    code, _, err = cli(run, base_args(tiny_config, tmp_path / "out", model="torchvision:resnet18") +
+                       ["--model-kwargs", deep, "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_one_channel_model_on_rgb_data_is_not_given_imagenets_statistics(tmp_path):
+    """A 1-channel model of the user's code took ImageNet's 3-value mean/std as its default and was
+    refused with a mean/std message; the dataset's own statistics apply, and a --mean of the wrong
+    length is told the channel count."""
+    from search.config import ConfigError, load_config
+    from search.trial._context import image_spec
+
+    (tmp_path / "nets.py").write_text(NET)
+    model = f"{tmp_path / 'nets.py'}:build"
+    spec = image_spec(load_config(model, overrides={}))
+    assert spec.channels == 1 and spec.mean is None and spec.std is None
+    with pytest.raises(ConfigError, match="takes 1-channel images but --mean/--std give 3 value"):
+        image_spec(load_config(model, overrides={"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}))
+
+
+@pytest.mark.parametrize("how", ["directly", "through a linked folder", "in a subfolder"])
+def test_pick_never_writes_a_new_file_into_another_studys_folder(study, tmp_path, capsys, how):
+    """Issue 41 item 7: only the study's own files were refused; a new file went in, exit 0."""
+    import os
+
+    root, config, out, _ = study
+    other = tmp_path / "B"
+    other.mkdir()
+    (other / "journal.log").write_bytes(b"")  # another study's folder (its journal is all it takes)
+    (other / "sub").mkdir()
+    os.symlink(other, tmp_path / "link")
+    target = {"directly": other / "picked.pt", "through a linked folder": tmp_path / "link" / "picked.pt",
+              "in a subfolder": other / "sub" / "picked.pt"}[how]
+    before = folder_hash(other)
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(target)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "the folder of another study" in err, err
+    assert folder_hash(other) == before and sorted(p.name for p in other.rglob("*")) == ["journal.log", "sub"]
+
+
+def test_pick_may_save_inside_its_own_study_folder(study, tmp_path, capsys):
+    root, config, out, _ = study
+    save = out / "picks" / "p.pt"
+    code, _, err = cli(pick, base_args(config, out) + ["--max-drop", "100", "--save", str(save)], capsys)
+    assert code == 0 and save.exists(), err
+    save.unlink()
+    save.parent.rmdir()
+
+
+@pytest.mark.parametrize("command", [run, train])
+def test_out_on_a_folder_of_other_files_is_refused(command, tmp_path, tiny_config, capsys):
+    """Issue 41 item 8: the study's journal, baseline and reports were mixed into the user's files."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    code, _, err = cli(command, base_args(tiny_config, mine) + ["--quiet"] * (command is run), capsys)
+    assert code == 2 and err.count("\n") == 1 and "holds other files (thesis.tex) and no study" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]

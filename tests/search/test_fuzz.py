@@ -13,6 +13,7 @@ import math
 import signal
 import struct
 import typing
+import zlib
 
 import pytest
 import yaml
@@ -386,6 +387,7 @@ def broken_image_tree(draw):
     good = png(8, 8)
     bomb = bytearray(png(1, 1))
     bomb[16:24] = struct.pack(">II", 200_000, 200_000)  # a header claiming 40 gigapixels
+    bomb[29:33] = struct.pack(">I", zlib.crc32(bytes(bomb[12:29])))  # resealed: PIL reads it as a real header
     bad = draw(st.sampled_from([b"", b"not an image", good[: len(good) // 2], bytes(bomb),
                                 draw(st.binary(min_size=1, max_size=200))]))
     tree = {f"train/{c}/{i}.png": good for c in ("a", "b") for i in range(2)}
@@ -405,3 +407,151 @@ def test_broken_image_folders(study, capsys, tmp_path_factory, tree):
     argv = ["--model", "lenet5", "--config", str(config), "--budget", "smoke", "--dataset", "imagefolder",
             "--data-dir", str(folder), "--out", str(folder / "out"), "--quiet"]
     assert_refused(run, argv, capsys, out, new=folder / "out")
+
+
+# --- the families of issue 41's audit: special files, nested JSON, weights, the user's exits --------
+
+def _special(kind: str, path) -> None:
+    import os
+    import socket
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "/dev/zero":
+        os.symlink("/dev/zero", path)
+    else:  # a Unix socket left by a server
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "socket"])
+@pytest.mark.parametrize("where", ["--weights", "--config", "--from", "image, cached", "image, streamed"])
+def test_special_files(study, capsys, tmp_path_factory, where, kind):
+    """A FIFO, a link to /dev/zero or a socket wherever a file is read: refused by its type before it
+    is opened (reading one waited or read forever)."""
+    root, config, out = study
+    new = tmp_path_factory.mktemp("special")
+    argv = _args(config, new / "out") + ["--quiet"]
+    if where.startswith("image"):
+        from PIL import Image
+
+        for c in ("a", "b"):
+            (new / "images" / "train" / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(new / "images" / "train" / c / f"{i}.png")
+        _special(kind, new / "images" / "train" / "b" / "odd.png")
+        argv += ["--dataset", "imagefolder", "--data-dir", str(new / "images")]
+        argv += ["--cache-mb", "0"] if where.endswith("streamed") else []
+    else:
+        _special(kind, new / "odd")
+        if where == "--config":  # in place of the study's config
+            del argv[argv.index("--config"):argv.index("--config") + 2]
+        argv += [where, str(new / "odd")]
+    assert_refused(run, argv, capsys, out, new=new / "out")
+
+
+@FUZZ
+@given(depth=st.integers(9, 30_000), opener=st.sampled_from(["[", '{"a": ', "[1, "]))
+def test_nested_model_kwargs(study, capsys, tmp_path_factory, depth, opener):
+    """--model-kwargs nested far deeper than any builder takes (json's parser recursed to death)."""
+    root, config, out = study
+    closer = {"[": "]", '{"a": ': "}", "[1, ": "]"}[opener]
+    text = '{"k": ' + opener * depth + "0" + closer * depth + "}"
+    new = tmp_path_factory.mktemp("nested")
+    argv = _args(config, new / "out") + ["--quiet", "--model-kwargs", text]
+    argv[argv.index("--model") + 1] = "torchvision:resnet18"
+    assert_refused(run, argv, capsys, out, new=new / "out")
+
+
+@st.composite
+def odd_weights(draw):
+    """A lenet5 state dict with one tensor of another layout or with non-finite values, or its
+    archive with flipped bytes in a record or deflated records."""
+    kind = draw(st.sampled_from(["meta", "sparse_coo", "sparse_csr", "nan", "inf", "stride", "flip", "deflate"]))
+    return kind, draw(st.integers(0, 2 ** 31))
+
+
+@settings(FUZZ, max_examples=60)
+@given(edit=odd_weights())
+def test_weights_files(study, capsys, tmp_path_factory, edit):
+    """--weights that are not what torch.save wrote from a trained model: one line each."""
+    import random
+    import zipfile
+
+    import torch
+
+    root, config, out = study
+    kind, seed = edit
+    rng = random.Random(seed)
+    state = torch.load(out / "baseline.pt", weights_only=True)["state_dict"]
+    name = rng.choice(sorted(k for k, v in state.items() if v.is_floating_point() and v.dim() >= 2))
+    t = state[name]
+    if kind in ("nan", "inf"):
+        t = t.clone().flatten()
+        t[rng.randrange(t.numel())] = float("nan") if kind == "nan" else rng.choice([1, -1]) * float("inf")
+        state[name] = t.view(state[name].shape)
+    elif kind != "flip" and kind != "deflate":
+        state[name] = {"meta": lambda: torch.empty(t.shape, device="meta"), "sparse_coo": t.to_sparse,
+                       "sparse_csr": lambda: t.flatten(1).to_sparse_csr(),
+                       "stride": lambda: torch.zeros(1).expand(2 ** rng.randrange(20, 40))}[kind]()
+    new = tmp_path_factory.mktemp("weights")
+    path = new / "w.pt"
+    torch.save(state, path)
+    if kind == "flip":
+        with zipfile.ZipFile(path) as archive:
+            record = rng.choice([i for i in archive.infolist() if "/data/" in i.filename and i.file_size])
+        raw = bytearray(path.read_bytes())
+        start = record.header_offset + 30 + int.from_bytes(raw[record.header_offset + 26:record.header_offset + 28],
+                                                           "little") \
+            + int.from_bytes(raw[record.header_offset + 28:record.header_offset + 30], "little")
+        for _ in range(rng.randrange(1, 200)):
+            raw[start + rng.randrange(record.file_size)] ^= rng.randrange(1, 256)
+        path.write_bytes(bytes(raw))
+    elif kind == "deflate":
+        good = path.read_bytes()
+        (new / "good.pt").write_bytes(good)
+        with zipfile.ZipFile(new / "good.pt") as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
+    argv = _args(config, new / "out") + ["--quiet", "--weights", str(path)]
+    assert_refused(run, argv, capsys, out, new=new / "out")
+
+
+EXIT_NET = '''
+import sys
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        {forward}
+        return self.fc(self.pool(self.conv(x)).flatten(1))
+
+
+def build(num_classes):
+    {builder}
+    return Net(num_classes)
+'''
+
+
+@FUZZ
+@given(where=st.sampled_from(["import", "builder", "forward"]),
+       how=st.sampled_from(["sys.exit({code})", "raise SystemExit({code})", "exit({code})", "quit({code})"]),
+       code=st.sampled_from(["0", "", "1", "2", "None", "'done'"]))
+def test_user_code_exits(study, capsys, tmp_path_factory, where, how, code):
+    """The user's code ending the process its own way (os._exit aside: see docs/reliability.md):
+    never exit 0, always one line of the user's code."""
+    root, config, out = study
+    call = how.format(code=code)
+    text = EXIT_NET.format(forward=call if where == "forward" else "pass",
+                           builder=call if where == "builder" else "pass")
+    new = tmp_path_factory.mktemp("exits")
+    (new / "nets.py").write_text((call + "\n" if where == "import" else "") + text)
+    argv = _args(config, new / "out") + ["--quiet", "--image-size", "32"]
+    argv[argv.index("--model") + 1] = f"{new / 'nets.py'}:build"
+    assert_refused(run, argv, capsys, out, new=new / "out")

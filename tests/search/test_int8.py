@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 
 from pruning import ExportError
-from pruning._data import eval_batches
-from pruning._quantize import keep_sensitive, unquantized_layers
+from pruning import eval_batches, quantization
 from search import export, pick, report, run
 from search.cli import run_cli
 from search.results import int8_table
@@ -86,9 +85,9 @@ def test_layers_onnxruntime_left_in_fp32_are_named(picked):
     folder, _, _ = picked
     block = json.loads((folder / "p.json").read_text())["int8"]
     # every LeNet5 layer is INT8 but those the bar kept: onnxruntime leaves none of its own
-    assert {n.rsplit(" (", 1)[0] for n in unquantized_layers(folder / "p.int8.onnx")} == set(block["kept_fp32"])
+    assert {n.rsplit(" (", 1)[0] for n in quantization.unquantized_layers(folder / "p.int8.onnx")} == set(block["kept_fp32"])
     assert block["left_fp32"] == []
-    fp32 = unquantized_layers(folder / "p.onnx")  # the FP32 file: every weight layer is "left"
+    fp32 = quantization.unquantized_layers(folder / "p.onnx")  # the FP32 file: every weight layer is "left"
     assert len(fp32) >= 4 and all(name.endswith(("(Conv)", "(Gemm)", "(MatMul)")) for name in fp32)
     assert "left in FP32 by onnxruntime's quantizer: node_x (Conv)" in int8_table({**block, "left_fp32": ["node_x (Conv)"]})
     assert "left in FP32" not in int8_table(block)
@@ -142,8 +141,7 @@ def test_an_int8_request_whose_fp32_export_fails_writes_nothing(study, tmp_path,
 
 
 def test_an_int8_bar_that_cannot_hold_writes_nothing(study, tmp_path, capsys, monkeypatch):
-    import pruning._quantize as quant
-    monkeypatch.setattr(quant, "_holds", lambda fp32, int8, max_drop: False)
+    monkeypatch.setattr(quantization, "_holds", lambda fp32, int8, max_drop: False)
     _refused(study, tmp_path, capsys, ["--export", "onnx", "--int8", "--calibration-images", "64"],
              "INT8 cannot hold --max-int8-drop 0.5")
 
@@ -156,11 +154,11 @@ def test_the_most_sensitive_layers_are_kept_fp32_until_the_drop_holds():
     def accuracy_with(kept):
         calls.append(tuple(kept))
         return 0.9 - sum(v for k, v in cost.items() if k not in kept)
-    assert keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 0.5) == (("b", "c"), pytest.approx(0.9))
+    assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 0.5) == (("b", "c"), pytest.approx(0.9))
     assert calls[:4] == [(), ("a",), ("b",), ("c",)] and calls[4:] == [("b",), ("b", "c")]
-    assert keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 4.0) == ((), pytest.approx(0.86))
+    assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 4.0) == ((), pytest.approx(0.86))
     with pytest.raises(ExportError, match="with 2 of 3 layers kept in FP32"):
-        keep_sensitive(["a", "b", "c"], 0.9, lambda kept: 0.5, 0.5)
+        quantization.keep_sensitive(["a", "b", "c"], 0.9, lambda kept: 0.5, 0.5)
 
 
 def _report_int8(study, copy) -> None:

@@ -73,3 +73,15 @@ def test_the_summary_refuses_to_write_into_a_study(two_studies, capsys):
     code, _, err = cli(summary, ["--studies", str(studies), "--out", str(studies / "two-trials" / "report")], capsys)
     assert code != 0 and "inside a study folder" in err
     assert folder_hash(studies / "two-trials") == before
+
+
+def test_the_summary_replaces_an_existing_out_only_with_force(two_studies, tmp_path, capsys):
+    """Issue 41 item 8: an existing --out X.md was replaced without a word."""
+    _, studies = two_studies
+    (tmp_path / "table.md").write_text("my notes")
+    args = ["--studies", str(studies), "--out", str(tmp_path / "table")]
+    code, _, err = cli(summary, args, capsys)
+    assert code == 2 and err.count("\n") == 1 and "table.md exists; pass --force" in err, err
+    assert (tmp_path / "table.md").read_text() == "my notes" and not (tmp_path / "table.csv").exists()
+    code, _, err = cli(summary, args + ["--force"], capsys)
+    assert code == 0 and "| lenet5 |" in (tmp_path / "table.md").read_text(), err

@@ -117,7 +117,7 @@ def _pick_int8(folder: Path, out: Path, source: str, tmp: Path) -> dict:
 
     import onnxruntime as ort
 
-    from pruning._data import eval_batches
+    from pruning import eval_batches
     from search.pick import main as pick
 
     save = tmp / "picked.pt"
@@ -202,7 +202,7 @@ def test_your_own_code_goes_run_report_dashboard_pick_onnx_with_a_headline(folde
     assert answer["headline"] is not None, answer
     assert "Channel widths of the headline" in (out / "report.md").read_text()
     assert report(["--model", source, "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out),
-                   "--budget", "smoke", "--quiet"]) == 0
+                   "--budget", "smoke"]) == 0
     dashboard = [str(Path(PYTHON).parent / "optuna-dashboard"), str(out / "journal.log"),
                  "--artifact-dir", str(out / "artifacts")]
     assert len(_served_study_names(dashboard, tmp_path)) == 1
