@@ -438,7 +438,7 @@ def _check(cfg: StudyConfig) -> None:
     if len(set(s.minimized())) < len(s.minimized()):
         raise ConfigError(f"search.extra_objectives {list(s.extra_objectives)} repeats a measure (the first is "
                           f"search.objective {s.objective!r}); name each once")
-    if "latency" in s.minimized() and s.latency_backend == "onnxruntime":
+    if "latency" in s.minimized() and s.latency_backend.startswith("onnxruntime"):
         _require_onnxruntime()
 
 
@@ -446,7 +446,7 @@ def _require_onnxruntime() -> None:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise ConfigError("search.latency_backend onnxruntime needs the onnxruntime package; "
+        raise ConfigError("search.latency_backend onnxruntime(-int8) needs the onnxruntime package; "
                           "run make setup") from None
 
 
