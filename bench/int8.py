@@ -1,8 +1,8 @@
 """INT8 after pruning, measured: FP32 and INT8 accuracy (val, test), agreement, file sizes, latency at
 batch 1 and 64 with the speed-up's spread from interleaved repeats; QDQ against QOperator; and
-round_to 4 / 8 / 16 at equal ratio on FP32 and INT8 latency.
+round_to 4 / 8 / 16 at equal size: FP32 and INT8 latency, and accuracy from a trained checkpoint.
 
-    python bench/int8.py [--models lenet5 vgg16] [--vgg-steps 150] [--round-to]
+    python bench/int8.py [--models lenet5 vgg16] [--vgg-steps 150] [--round-to [--checkpoint vgg16.pt]]
 
 LeNet5 is trained 3 epochs on Fashion-MNIST, pruned 50 % uniform (L1) and fine-tuned 1 epoch; VGG16-BN
 is trained --vgg-steps steps (a CPU cannot afford its study here: its accuracy figures show what INT8
@@ -21,7 +21,7 @@ import _common  # noqa: F401  (puts the repository on the path)
 import torch
 
 from models import create_model
-from pruning import (TrainConfig, apply_plan, export_onnx, interleaved_speedup, load_dataset,
+from pruning import (TrainConfig, apply_plan, evaluate, export_onnx, interleaved_speedup, load_checkpoint, load_dataset,
                      onnx_latency, prunable_units, recalibrate_bn, train)
 from pruning import Int8Settings, ort_session
 from pruning import quantization as quant
@@ -65,35 +65,76 @@ def shipped(name: str, data, tmp: Path, steps: int, fmt: str) -> dict:
     return block
 
 
-def round_to_effect(data, tmp: Path) -> None:
-    print("\n## round_to on VGG16-BN, uniform 0.5 (random weights: latency only)")
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _equal_size(model, units, x, target: int, r: int | None, ratio: float):
+    """The uniform plan rounded to ``r`` whose parameter count is nearest ``target`` (the ratio
+    bisected: rounding moves every layer's width, so the same ratio is not the same size)."""
+    low, high = max(0.0, ratio - 0.15), min(0.95, ratio + 0.15)
+    best = None
+    for _ in range(10):
+        q = (low + high) / 2
+        pruned, _ = apply_plan(model, {u.name: q for u in units}, example_input=x[:1], round_to=r)
+        n = _params(pruned)
+        if best is None or abs(n - target) < abs(best[1] - target):
+            best = (pruned, n, q)
+        low, high = (q, high) if n > target else (low, q)
+    return best
+
+
+def round_to_effect(data, tmp: Path, checkpoint: str | None, steps: int, ratio: float = 0.5) -> None:
+    """round_to None / 4 / 8 / 16 on VGG16-BN at equal size: FP32 and INT8 latency against the
+    unrounded plan (interleaved repeats), and, from a trained checkpoint, accuracy after the same
+    BatchNorm recalibration and ``steps``-step fine-tune."""
     x = data.normalize(data.val_x[:64]).cpu()
     torch.manual_seed(0)
-    model = create_model("vgg16", num_classes=10, in_channels=1).eval()
+    model = load_checkpoint(checkpoint, expect_model="vgg16").model.float().cpu().eval() if checkpoint else \
+        create_model("vgg16", num_classes=10, in_channels=1).eval()
+    print(f"\n## round_to on VGG16-BN, uniform {ratio} at equal size "
+          + (f"(from {checkpoint}, BN recalibrated, {steps} fine-tune steps)" if checkpoint else "(random weights: latency only)"))
     units = prunable_units(model, x[:1])
-    files = {}
+    first, _ = apply_plan(model, {u.name: ratio for u in units}, example_input=x[:1])
+    target = _params(first)
+    files, rows = {}, {}
     for r in (None, 4, 8, 16):
-        pruned, _ = apply_plan(model, {u.name: 0.5 for u in units}, example_input=x[:1], round_to=r)
-        recalibrate_bn(pruned, [x])
+        pruned, n, q = (first, target, ratio) if r is None else _equal_size(model, units, x, target, r, ratio)
+        train_x = data.normalize(data.train_x[:20 * 64])
+        recalibrate_bn(pruned, [train_x[i * 64:(i + 1) * 64] for i in range(20)], precision="fp32")
+        row = {"params": n, "ratio": q}
+        if checkpoint:
+            train(pruned, data, TrainConfig(steps=steps, batch_size=64, lr=0.01, seed=0), progress=False)
+            row["val"], row["test"] = evaluate(pruned, data, "val"), evaluate(pruned, data, "test")
         f = export_onnx(pruned.eval(), tmp / f"r{r}.onnx", x)
-        q = quant.quantize(quant.preprocess(f, tmp / f"r{r}.pre.onnx"), tmp / f"r{r}.int8.onnx", [x.numpy()],
-                           method="minmax", cache=tmp / f"r{r}.json")
-        files[r] = (f, q, sum(p.numel() for p in pruned.parameters()))
-    for r in (4, 8, 16):
+        block = int8_figures(f, tmp / f"r{r}.int8.onnx", data, Int8Settings())
+        row["int8_val"], row["int8_test"] = block["val_accuracy"], block["test_accuracy"]
+        files[r], rows[r] = (f, tmp / f"r{r}.int8.onnx"), row
+    print("| round_to | params | ratio | FP32 val / test | INT8 val / test | FP32 speed-up b1 / b64 | INT8 speed-up b1 / b64 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in (None, 4, 8, 16):
+        row, cells = rows[r], []
         for kind in (0, 1):
             for b in (1, 64):
+                if r is None:
+                    continue
                 runs = [ort_timer(ort_session(files[k][kind], 1), x[:b].numpy()) for k in (None, r)]
                 s = interleaved_speedup(*runs, repeats=5)
-                print(f"round_to {r:>2} vs none, {'INT8' if kind else 'FP32'} batch {b:>2}: params "
-                      f"{files[r][2]:,} vs {files[None][2]:,}; speed-up {s.median:.2f}x ({s.low:.2f}-{s.high:.2f})")
+                cells.append(f"{s.median:.2f}x ({s.low:.2f}-{s.high:.2f})")
+        acc = f"{100 * row['val']:.2f} / {100 * row['test']:.2f}" if "val" in row else "-"
+        speed = (f"{cells[0]} / {cells[1]} | {cells[2]} / {cells[3]}") if cells else "1 (reference) | 1 (reference)"
+        print(f"| {r or 'none'} | {row['params']:,} | {row['ratio']:.3f} | {acc} | "
+              f"{100 * row['int8_val']:.2f} / {100 * row['int8_test']:.2f} | {speed} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=["lenet5", "vgg16"])
+    parser.add_argument("--models", nargs="*", default=["lenet5", "vgg16"], help="none: only --round-to")
     parser.add_argument("--vgg-steps", type=int, default=150)
     parser.add_argument("--formats", nargs="+", default=["qdq", "qoperator"])
     parser.add_argument("--round-to", action="store_true")
+    parser.add_argument("--checkpoint", help="a trained VGG16 (e.g. a cpu study's baseline.pt) for round_to's accuracy")
+    parser.add_argument("--round-to-steps", type=int, default=100, help="fine-tune steps after pruning (the cpu budget's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"# bench/int8.py {' '.join(os.sys.argv[1:])}\n# CPU: {cpu_model()}, {os.cpu_count()} cores; "
@@ -110,7 +151,7 @@ def main() -> None:
                       f"{block['unpruned_ms'][64]:.2f} ms; pruned INT8 vs unpruned FP32: "
                       + ", ".join(f"batch {b} {s.median:.2f}x ({s.low:.2f}-{s.high:.2f})" for b, s in v.items()))
         if args.round_to:
-            round_to_effect(data, Path(folder))
+            round_to_effect(data, Path(folder), args.checkpoint, args.round_to_steps)
     print(f"# load average at end {os.getloadavg()}")
 
 

@@ -105,6 +105,18 @@ def quantizable_nodes(model: Path) -> list[str]:
     return [n.name for n in onnx.load(str(model)).graph.node if n.op_type in QUANTIZABLE and n.name]
 
 
+def unquantized_layers(model: Path) -> list[str]:
+    """``name (OpType)`` of the :data:`QUANTIZABLE` nodes of a quantized QDQ file whose input or weight
+    does not come through a DequantizeLinear: layers left in FP32 (onnxruntime's quantizer skips an op
+    it has no rule for, or a weight it cannot quantize)."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [f"{n.name} ({n.op_type})" for n in graph.node
+            if n.op_type in QUANTIZABLE and not all(i in dequantized for i in n.input[:2])]
+
+
 def quantize(pre: Path, dest: Path, batches: Sequence[np.ndarray], *, method: str, cache: Path,
              exclude: Sequence[str] = ()) -> Path:
     """``quantize_static`` of a pre-processed file: per-channel INT8 weights, INT8 activations
@@ -142,6 +154,7 @@ class Int8Result:
     fp32_val_accuracy: float
     kept_fp32: tuple[str, ...]
     quantized_layers: int
+    left_fp32: tuple[str, ...] = ()  # layers onnxruntime left in FP32 beside those kept on purpose
 
 
 def quantize_within(fp32: Path, dest: Path, calibration: Sequence[np.ndarray], val: Sequence[np.ndarray],
@@ -164,7 +177,8 @@ def quantize_within(fp32: Path, dest: Path, calibration: Sequence[np.ndarray], v
             return float((onnx_predictions(dest, val) == val_labels).mean())
 
         kept, acc = keep_sensitive(nodes, base, accuracy_with, settings.max_drop, progress=progress)
-        return Int8Result(dest, acc, base, kept, len(nodes) - len(kept))
+        left = tuple(n for n in unquantized_layers(dest) if n.rsplit(" (", 1)[0] not in kept)  # dest: the kept run's
+        return Int8Result(dest, acc, base, kept, len(nodes) - len(kept) - len(left), left)
 
 
 def keep_sensitive(nodes: Sequence[str], fp32_accuracy: float, accuracy_with: Callable[[Sequence[str]], float],

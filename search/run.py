@@ -25,7 +25,8 @@ def get_args_parser():
                         help=f"every objective, e.g. accuracy,size,latency for a 3-objective study; measures: "
                              f"{', '.join(OBJECTIVES)} (default: accuracy and --objective)")
     parser.add_argument("--latency-backend", dest="search.latency_backend", choices=LATENCY_BACKENDS,
-                        help="where --objective latency is measured (default: torch, on the study's device)")
+                        help="where --objective latency is measured: torch on the study's device (the default), "
+                             "onnxruntime on the CPU, or onnxruntime-int8: the candidate's INT8 file on the CPU")
     parser.add_argument("--granularity", dest="search.granularity", choices=GRANULARITIES,
                         help="one ratio per unit, per stage and role, or one everywhere (default: the config's)")
     parser.add_argument("--sampler", dest="search.sampler", choices=tuple(SAMPLERS),

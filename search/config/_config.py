@@ -20,7 +20,7 @@ import yaml
 from models import SourceError, model_spec, parse_source
 from pruning import (AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig, bounds, check_fields, from_plain,
                      to_plain)
-from search.config._tables import CENTERS, LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES, SAMPLERS
+from search.config._tables import CENTERS, INT8_CHOICES, LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES, SAMPLERS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
@@ -125,6 +125,9 @@ class ReportConfig:
     recover_points: int = field(default=5, metadata=bounds(low=0, high=1000))  # front points recovered
     undertrained_margin: float = field(default=0.5, metadata=bounds(low=0, high=100))  # points
     latency: str = field(default="all", metadata=bounds(choices=LATENCY_CHOICES))  # which front points are timed
+    # the recovered points among the timed ones also get an INT8 file, made and measured as pick --int8 would
+    # (6-7 s per point on a tiny LeNet5 smoke study, 2 busy cores; docs/usage.md, "INT8"); "none" skips it
+    int8: str = field(default="recovered", metadata=bounds(choices=INT8_CHOICES))
 
     def __post_init__(self) -> None:
         check_fields(self, "report")
@@ -435,7 +438,7 @@ def _check(cfg: StudyConfig) -> None:
     if len(set(s.minimized())) < len(s.minimized()):
         raise ConfigError(f"search.extra_objectives {list(s.extra_objectives)} repeats a measure (the first is "
                           f"search.objective {s.objective!r}); name each once")
-    if "latency" in s.minimized() and s.latency_backend == "onnxruntime":
+    if "latency" in s.minimized() and s.latency_backend.startswith("onnxruntime"):
         _require_onnxruntime()
 
 
@@ -443,7 +446,7 @@ def _require_onnxruntime() -> None:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise ConfigError("search.latency_backend onnxruntime needs the onnxruntime package; "
+        raise ConfigError("search.latency_backend onnxruntime(-int8) needs the onnxruntime package; "
                           "run make setup") from None
 
 

@@ -18,8 +18,9 @@ SPREAD_SAMPLERS = frozenset({"tpe-spread"})
 # --objective -> the field of the trial record that the study minimizes (and the dashboard's axis name)
 OBJECTIVES: dict[str, str] = {"size": "size_mb", "params": "params", "macs": "macs", "latency": "latency_ms"}
 
-# where --objective latency is measured: the study's device through PyTorch, or onnxruntime on the CPU
-LATENCY_BACKENDS = ("torch", "onnxruntime")
+# where --objective latency is measured: the study's device through PyTorch, onnxruntime on the CPU, or
+# the candidate's INT8 file (as pick --int8 ships it) on onnxruntime: a search for what will actually run
+LATENCY_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 
 # the classic allocations enqueued as reference trials: the same ratio in every unit,
 # Torch-Pruning's global ranking (one L1 ranking across all units) at the same target ratio, and the
@@ -32,3 +33,7 @@ CENTERS = ("uniform", "sensitivity")
 
 # which front points the report times on the CPU (report.latency, or a budget's own choice)
 LATENCY_CHOICES = ("all", "recovered", "none")
+
+# which front points the report quantizes to INT8 and measures (report.int8): the recovered ones among
+# those it times, or none
+INT8_CHOICES = ("recovered", "none")

@@ -1,9 +1,12 @@
 """The INT8 file of an export, measured rather than assumed: calibrated on a stratified draw of the
 study's training images through the study's preprocessing, held to an accuracy bar on validation,
 then measured from a copy in an empty folder (as a deployment receives it): top-1 on val and test,
-top-1 agreement with the FP32 file, file sizes and FP32-vs-INT8 latency with its spread."""
+top-1 agreement with the FP32 file, file sizes and FP32-vs-INT8 latency with its spread. The report
+makes and measures the same file for its recovered front points (:func:`front_int8`, cached in
+``int8.json``)."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -11,13 +14,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from pruning import Dataset, interleaved_speedup, onnx_latency, to_plain
-from pruning import INPUT, OUTPUT, QUANT_FORMAT, Int8Settings, eval_batches, onnx_predictions, ort_session, quantize_within
+from pruning import (INPUT, OUTPUT, QUANT_FORMAT, Dataset, ExportError, Int8Settings, atomic_write_text, eval_batches,
+                     export_onnx, interleaved_speedup, load_checkpoint, onnx_latency, onnx_predictions, ort_session,
+                     quantize_within, to_plain)
 from search.config import UsageError
+from search.storage import artifact_path
 from search.trial import BATCHES, ORT_THREADS, SPEEDUP_REPEATS
 
 EVAL_BATCH = 256  # onnxruntime batches when scoring a split: large enough to amortize a call
+INT8_CACHE = "int8.json"  # the report's INT8 figures, by artifact id and settings
 
 
 def check_calibration_count(settings: Int8Settings, data: Dataset) -> None:
@@ -51,7 +58,7 @@ def int8_figures(fp32: Path, dest: Path, data: Dataset, settings: Int8Settings, 
     return {"onnx": dest.name, "format": QUANT_FORMAT, "weights": "int8, per channel", "activations": "int8",
             "calibration": {"images": settings.calibration_images, "method": settings.calibration_method,
                             "draw": f"stratified from the training split, seed {settings.seed}, eval preprocessing"},
-            "max_drop_pt": settings.max_drop, "kept_fp32": list(result.kept_fp32),
+            "max_drop_pt": settings.max_drop, "kept_fp32": list(result.kept_fp32), "left_fp32": list(result.left_fp32),
             "quantized_layers": result.quantized_layers, "quantize_seconds": round(seconds, 1),
             **figures, "size_mb": dest.stat().st_size / 1e6, "fp32_size_mb": fp32.stat().st_size / 1e6,
             "measured": "from a copy of the INT8 file in an empty folder, onnxruntime CPU"}
@@ -117,4 +124,58 @@ def int8_table(block: dict) -> str:
     kept = ", ".join(block["kept_fp32"]) or "none"
     lines.append(f"top-1 agreement with FP32: {100 * block['top1_agreement']:.2f} % of {block['agreement_images']} "
                  f"images; layers kept in FP32: {kept}; onnxruntime CPU, {block['threads']} thread")
+    if block.get("left_fp32"):  # what onnxruntime could not quantize, named rather than hidden
+        lines.append(f"left in FP32 by onnxruntime's quantizer: {', '.join(block['left_fp32'])}")
     return "\n".join(lines)
+
+
+def report_settings(data: Dataset) -> Int8Settings:
+    """What ``pick --export onnx --int8`` uses by default, with the calibration draw capped at the
+    study's training split (a smoke budget's subset may hold fewer than 512 images)."""
+    return Int8Settings(calibration_images=min(Int8Settings.calibration_images, int(data.train_y.shape[0])))
+
+
+def _cache_key(artifact: str, settings: Int8Settings) -> str:
+    s = settings
+    return f"{artifact}|{s.calibration_images}|{s.calibration_method}|{s.max_drop}|{s.seed}"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+        return cache if isinstance(cache, dict) else {}
+    except ValueError:
+        return {}  # a damaged cache is only a cache
+
+
+def front_int8(out: Path, model: str, items: dict[str, str], data: Dataset, *, progress: bool = False) -> dict[str, dict]:
+    """key -> INT8 block of checkpoints given as key -> artifact id: each made and measured as
+    ``pick --export onnx --int8`` would with its defaults (:func:`int8_figures`), or ``{"error": line}``
+    when INT8 cannot hold the bar; cached in ``int8.json`` by artifact and settings, so a report
+    quantizes each checkpoint once. Temporary files only outside the study folder, removed after."""
+    settings = report_settings(data)
+    cache_file = out / INT8_CACHE
+    cache = _read_cache(cache_file)
+    todo = [a for a in dict.fromkeys(items.values()) if _cache_key(a, settings) not in cache]
+    for artifact in tqdm(todo, desc="INT8 of recovered points", unit="model", leave=False, disable=not progress or not todo):
+        cache[_cache_key(artifact, settings)] = _int8_of(out, model, artifact, data, settings)
+    if todo:
+        try:
+            atomic_write_text(cache_file, json.dumps(cache, indent=1))
+        except OSError:
+            pass  # a read-only copy of a study (how results are shared) is read, not cached into
+    return {key: cache[_cache_key(a, settings)] for key, a in items.items()}
+
+
+def _int8_of(out: Path, model: str, artifact: str, data: Dataset, settings: Int8Settings) -> dict:
+    start = time.perf_counter()
+    net = load_checkpoint(artifact_path(out, artifact), expect_model=model).model.float().cpu().eval()
+    with tempfile.TemporaryDirectory(prefix="int8-report-") as tmp:
+        try:
+            fp32 = export_onnx(net, Path(tmp) / "point.onnx", data.example_input(1).cpu())
+            block = int8_figures(fp32, Path(tmp) / "point.int8.onnx", data, settings)
+        except ExportError as exc:  # one point's INT8 failing is a figure of the report, not its end
+            return {"error": str(exc)}
+    block.pop("onnx")  # a temporary name
+    block["report_seconds"] = round(time.perf_counter() - start, 1)  # what report.int8 costs per point
+    return block

@@ -41,6 +41,7 @@ class Results:
     gain: dict | None = None               # the headline against the best reference no larger (search.results._verdict)
     size_gain: dict | None = None          # the smallest reference within the bar against the headline (search.results._verdict)
     sensitivity: object | None = None      # the study's sensitivity map (search.trial.SensitivityMap), when it has one
+    int8_failed: dict = field(default_factory=dict)  # trial -> why its INT8 file could not be made (report.int8)
 
 
 def selection_accuracy(row: pd.Series) -> float:
@@ -69,6 +70,14 @@ def format_speedup(median: float, low: float, high: float) -> str:
 def speedup_text(row: pd.Series, kind: str, batch: int) -> str | None:
     """The formatted ``kind`` (ort, device) speed-up at ``batch`` of a table row, None when not measured."""
     col = f"{kind}_b{batch}_speedup"
+    if col not in row or pd.isna(row[col]):
+        return None
+    return format_speedup(float(row[col]), float(row[f"{col}_low"]), float(row[f"{col}_high"]))
+
+
+def int8_speedup_text(row: pd.Series, batch: str | int) -> str | None:
+    """The INT8 file's formatted speed-up over the same point's FP32 file at ``batch``, None when not measured."""
+    col = f"int8_b{batch}_speedup"
     if col not in row or pd.isna(row[col]):
         return None
     return format_speedup(float(row[col]), float(row[f"{col}_low"]), float(row[f"{col}_high"]))
@@ -108,6 +117,7 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
     lines += _commands(cfg, out, results, data_dir)
     lines += _latency(results)
     lines += _front(results.table)
+    lines += _int8_failures(results.int8_failed)
     lines += _projections(cfg, study)
     lines += _widths(results)
     lines += _references(results.references)
@@ -206,14 +216,17 @@ def _headline(cfg: StudyConfig, results: Results, baseline: BaselineFigures) -> 
 
 
 def _front(table: pd.DataFrame) -> list[str]:
+    int8 = bool(table["int8_val_accuracy"].notna().any())  # the INT8 columns only where they were measured
     lines = ["## Pareto front", "",
              "Search-time figures after each candidate's brief fine-tune; recovered figures after the longer, "
              "distilled recovery fine-tune of a spread of front points. Test accuracy is measured for front "
              "points only. ★ marks the headline. Latency: ms at batch 1 (onnxruntime, CPU) and the speed-up over the "
-             "model pruned from at batch 1 / 64: median (range) of interleaved repeats, '≈ 1x' inside the noise.", "",
+             "model pruned from at batch 1 / 64: median (range) of interleaved repeats, '≈ 1x' inside the noise." +
+             (INT8_NOTE if int8 else ""), "",
              "| trial | size MB | params | MACs | pruned % | val acc | test acc | recovered val | recovered test "
-             "| drop (pts) | ORT ms b1 | speed-up b1 / b64 | reference |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| drop (pts) | ORT ms b1 | speed-up b1 / b64 | " + ("INT8 val | INT8 MB | INT8 ms b1 / b64 | "
+                                                               "INT8 vs FP32 b1 / b64 | " if int8 else "") + "reference |",
+             "|---" * (17 if int8 else 13) + "|"]
     for _, r in table.iterrows():
         rv = "" if pd.isna(r["recovered_val_accuracy"]) else f"{r['recovered_val_accuracy']:.4f}"
         rt = "" if pd.isna(r["recovered_test_accuracy"]) else f"{r['recovered_test_accuracy']:.4f}"
@@ -222,8 +235,31 @@ def _front(table: pd.DataFrame) -> list[str]:
         mark = " ★" if r["headline"] else ""
         lines.append(f"| {r['trial']}{mark} | {r['size_mb']:.4f} | {r['params']:,} | {r['macs']:,} | "
                      f"{r['pruned_pct']:.1f} | {r['val_accuracy']:.4f} | {fmt_accuracy(r['test_accuracy'])} | {rv} | {rt} | "
-                     f"{_num(r['accuracy_drop'])} | {ms} | {up} | {'' if pd.isna(r['reference']) else r['reference']} |")
+                     f"{_num(r['accuracy_drop'])} | {ms} | {up} | {_int8_cells(r) if int8 else ''}"
+                     f"{'' if pd.isna(r['reference']) else r['reference']} |")
     return lines + [""]
+
+
+INT8_NOTE = (" INT8: the recovered point's static INT8 ONNX file, made as `search.pick --export onnx --int8` makes "
+             "it with its defaults (onnxruntime QDQ, per-channel weights, up to 512 calibration images, the most "
+             "sensitive layers kept FP32 until its val top-1 is within 0.5 pt of the FP32 file's); its val "
+             "top-1, file MB, onnxruntime ms (1 thread) and its speed-up over the same point's FP32 file "
+             "(interleaved repeats; below 1x: INT8 is slower). pareto.csv adds its test top-1, its top-1 "
+             "agreement with FP32 and the layers kept in FP32.")
+
+
+def _int8_cells(r: pd.Series) -> str:
+    if pd.isna(r["int8_val_accuracy"]):
+        return "| | | | "
+    return (f"{r['int8_val_accuracy']:.4f} | {r['int8_size_mb']:.4f} | {r['int8_ort_b1_ms']:.3f} / "
+            f"{r['int8_ort_b64_ms']:.2f} | {int8_speedup_text(r, 1)} / {int8_speedup_text(r, 64)} | ")
+
+
+def _int8_failures(failed: dict) -> list[str]:
+    """Points whose INT8 file could not be made, each with its one-line reason."""
+    if not failed:
+        return []
+    return [f"- INT8 of trial {n}: not made — {why}" for n, why in sorted(failed.items())] + [""]
 
 
 def _objectives_text(cfg: StudyConfig) -> str:

@@ -14,18 +14,25 @@ from torch import nn
 from pruning import (BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, evaluate, load_checkpoint,
                      resolve_precision)
 from search.config import StudyConfig
+from search.results._int8 import front_int8
 from search.results._render import (PROJECTIONS, SENSITIVITY_PNG, Results, pick_command, plot_front, plot_projections,
-                                    plot_sensitivity, pyplot, render_markdown, selection_accuracy, speedup_text)
+                                    int8_speedup_text, plot_sensitivity, pyplot, render_markdown, selection_accuracy,
+                                    speedup_text)
 from search.results._noise import Paired, trial_hits
 from search.results._verdict import headline_gain, size_gain, verdict
 from search.storage import TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, completed, recoveries, trial_artifact
 from search.trial import MAP_KEY, SECONDS_KEY, SensitivityMap, latencies, setting
 
 LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
+# the INT8 file of a recovered point (report.int8): its top-1 (fractions), MB, onnxruntime ms, its speed-up
+# over the same point's FP32 file (interleaved repeats) and the layers its accuracy bar kept in FP32
+INT8_COLUMNS = ["int8_val_accuracy", "int8_test_accuracy", "int8_top1_agreement", "int8_size_mb", "int8_ort_b1_ms",
+                "int8_ort_b64_ms", *[f"int8_b{b}_speedup{end}" for b in (1, 64) for end in ("", "_low", "_high")],
+                "int8_kept_fp32"]
 CSV_COLUMNS = ["trial", "headline", "reference", "size_mb", "params", "macs", "pruned_pct", "val_accuracy",
                "test_accuracy", "recovered_val_accuracy", "recovered_test_accuracy", "accuracy_drop",
                *LATENCY_COLUMNS, *[c.replace("_ms", "_speedup") + end for c in LATENCY_COLUMNS for end in ("", "_low", "_high")],
-               "checkpoint", "recovered_checkpoint", "plan"]
+               *INT8_COLUMNS, "checkpoint", "recovered_checkpoint", "plan"]
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -70,7 +77,12 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
     tests = test_accuracies(out, cfg.model, items, data)
     timed = [t for t in front if cfg.latency == "all" or t.number in recovered]
     timing = _latencies(cfg, out, timed, data, start, progress) if latency and cfg.latency != "none" else {}
-    rows = [_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, baseline, timing) for t in front]
+    int8 = {}
+    if timing and cfg.report.int8 == "recovered":  # the recovered points among the timed: what pick ships
+        int8 = front_int8(out, cfg.model, {f"t{t.number}": recovered[t.number].checkpoint for t in timed
+                                           if t.number in recovered}, data, progress=progress)
+    rows = [{**_row(out, t, TrialRecord.read(t), recovered.get(t.number), tests, baseline, timing),
+             **_int8_row(int8.get(f"t{t.number}"))} for t in front]
     table = pd.DataFrame(rows, columns=CSV_COLUMNS)
     best = headline(table, baseline, cfg.report.headline_max_drop)
     widths = []
@@ -79,7 +91,8 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
         best = table[table["trial"] == best["trial"]].iloc[0]
         widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"], expect_model=cfg.model).model)
     paired = study_pairs(cfg, out, study, data, start) if noise else None
-    return Results(table=table, headline=best, references=reference_gaps(study, paired),
+    failed = {int(k[1:]): v["error"] for k, v in int8.items() if "error" in v}
+    return Results(table=table, headline=best, references=reference_gaps(study, paired), int8_failed=failed,
                    warning=undertrained(study, recovered, baseline, cfg.report.undertrained_margin),
                    baseline_latency=timing.get("start"), latency_setting=setting(data.device) if timing else None,
                    widths=widths, verdict=verdict(completed(study), best, baseline, cfg.report.headline_max_drop, paired),
@@ -160,6 +173,21 @@ def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord |
             "checkpoint": _relative(out, rec.checkpoint),
             "recovered_checkpoint": _relative(out, recovery.checkpoint) if recovery else None,
             "plan": json.dumps(rec.plan)}
+
+
+def _int8_row(block: dict | None) -> dict:
+    """The INT8 columns of a point from its INT8 block (none when not measured or not made)."""
+    if not block or "error" in block:
+        return {}
+    row = {"int8_val_accuracy": block["val_accuracy"], "int8_test_accuracy": block["test_accuracy"],
+           "int8_top1_agreement": block["top1_agreement"], "int8_size_mb": block["size_mb"],
+           "int8_ort_b1_ms": block["latency_ms"]["int8"]["1"], "int8_ort_b64_ms": block["latency_ms"]["int8"]["64"],
+           "int8_kept_fp32": " ".join(block["kept_fp32"])}
+    for b in ("1", "64"):
+        up = block["speedup"][b]
+        row.update({f"int8_b{b}_speedup": up["median"], f"int8_b{b}_speedup_low": up["low"],
+                    f"int8_b{b}_speedup_high": up["high"]})
+    return row
 
 
 def _ref_label(rec: TrialRecord) -> str | None:
@@ -269,11 +297,23 @@ def summary(cfg: StudyConfig, out: Path, results: Results, baseline: BaselineFig
         head["gain"] = results.gain
         head["size_gain"] = results.size_gain
         head["pick_command"] = pick_command(cfg, out, int(best["trial"]), data_dir)
+        head["int8"] = _int8_headline(best)
     return {"model": cfg.model, "dataset": cfg.dataset, "budget": cfg.budget, "baseline": {
             "size_mb": baseline.size_mb, "params": baseline.params, "macs": baseline.macs, "val_accuracy": baseline.val_accuracy,
             "test_accuracy": baseline.test_accuracy}, "headline": head, "front_points": len(results.table),
             "warning": results.warning, "verdict": results.verdict, "device": results.device,
             "wall_s": results.wall_s, "sensitivity": _map_summary(results, seconds)}
+
+
+def _int8_headline(best: pd.Series) -> dict | None:
+    """The headline's INT8 figures (pick --int8 with its defaults), None when they were not measured."""
+    if pd.isna(best["int8_val_accuracy"]):
+        return None
+    plain = {c[len("int8_"):]: (None if pd.isna(best[c]) else best[c].item() if hasattr(best[c], "item") else best[c])
+             for c in INT8_COLUMNS}
+    plain["kept_fp32"] = plain["kept_fp32"].split() if plain["kept_fp32"] else []
+    plain["speedup_text"] = {b: int8_speedup_text(best, b) for b in ("1", "64")}
+    return plain
 
 
 def _map_summary(results: Results, seconds: float | None) -> dict | None:

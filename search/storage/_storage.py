@@ -41,7 +41,7 @@ def baseline_path(out: Path) -> Path:
 def own_files(out: Path) -> list[Path]:
     """The files of a study folder that only its own commands write (``--save`` may not name them)."""
     names = [JOURNAL, JOURNAL + ".lock", BASELINE, BASELINE_PARTIAL, RESOLVED_NAME, OPTIONS_NAME, TEST_CACHE,
-             "latency.json", ".lock", ".recover.lock", *REPORT_FILES]
+             "latency.json", "int8.json", ".lock", ".recover.lock", *REPORT_FILES]
     return [out / n for n in names]
 
 

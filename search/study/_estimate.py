@@ -122,7 +122,8 @@ def report_seconds(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image:
     """The report's own cost: each front point's test accuracy and, unless the study's latency
     setting (the budget's, else ``report.latency``) is ``none``, its latency on two runtimes at batch
     1 and 64 and its interleaved speed-ups over the baseline (SPEEDUP_REPEATS pairs of timed blocks
-    of up to 50 runs, at least 3, about a second). A forward pass is a third of a training step; the baseline's cost bounds a pruned point's."""
+    of up to 50 runs, at least 3, about a second), and report.int8's INT8 files (:func:`int8_seconds`).
+    A forward pass is a third of a training step; the baseline's cost bounds a pruned point's."""
     from search.trial import BATCHES, SPEEDUP_REPEATS
 
     if not opts.write_report:
@@ -136,7 +137,20 @@ def report_seconds(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image:
     calls = [b * forward for b in BATCHES]
     blocks = sum(min(50 * t, max(1.0, 3 * t)) for t in calls)  # one timed block per batch size
     per_point = 2 * SPEEDUP_REPEATS * 2 * blocks + (60 + 25) * sum(calls)  # 2 runtimes; ORT 10+50, torch 5+20 runs
-    return tests + (timed + 1) * per_point
+    return tests + (timed + 1) * per_point + int8_seconds(cfg, data, forward, blocks, calls)
+
+
+def int8_seconds(cfg: StudyConfig, data: Dataset, forward: float, blocks: float, calls: list[float]) -> float:
+    """report.int8's cost: per recovered point, a calibration (up to 512 training images), the val and
+    test splits scored by the FP32 and the INT8 file, both files timed (60 runs per batch size) and
+    SPEEDUP_REPEATS interleaved pairs; an onnxruntime forward counted as PyTorch's (INT8 is faster on
+    VGG16, slower on LeNet5). The bar's ranking, when needed, is not counted."""
+    from search.trial import SPEEDUP_REPEATS
+
+    if cfg.report.int8 == "none" or cfg.latency == "none":
+        return 0.0
+    scored = min(512, int(data.train_y.shape[0])) + 2 * (int(data.val_y.shape[0]) + int(data.test_x.shape[0]))
+    return cfg.report.recover_points * (scored * forward + 2 * SPEEDUP_REPEATS * blocks + 2 * 60 * sum(calls))
 
 
 def duration(seconds: float) -> str:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruning import SpeedUp, atomic_write_text, export_onnx, interleaved_speedup, measure, onnx_latency
+from pruning import SpeedUp, atomic_write_text, export_onnx, interleaved_speedup, measure, onnx_latency, quantization
 
 CACHE = "latency.json"
 BATCHES = (1, 64)
@@ -25,10 +25,17 @@ ORT_THREADS = 1  # one thread: comparable across machines and models; a deployme
 SPEEDUP_REPEATS = 7  # interleaved repeats per speed-up: the range of 7 ratios shows the noise
 
 
-def ort_ms(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = BATCHES) -> dict[int, float]:
-    """onnxruntime CPU latency of a model (exported to a temporary file)."""
+def ort_ms(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = BATCHES, *,
+           int8: bool = False) -> dict[int, float]:
+    """onnxruntime CPU latency of a model (exported to a temporary file); ``int8``: of the INT8 file
+    ``pick --int8`` would make of it (the same pre-processing and QDQ quantization, calibrated on the
+    example alone: the activations' scales change the file's figures, not its speed)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", example)
+        if int8:
+            batch = [example[:1].float().cpu().numpy()]
+            path = quantization.quantize(quantization.preprocess(path, Path(tmp) / "pre.onnx"), Path(tmp) / "int8.onnx",
+                                         batch, method="minmax", cache=Path(tmp) / "calibration.json")
         return onnx_latency(path, example, batch_sizes, threads=ORT_THREADS)
 
 

@@ -68,8 +68,8 @@ def _measures(ctx: SearchContext, model: nn.Module) -> tuple[Measurement, tuple[
     space = ctx.cfg.search
     latency = "latency" in space.minimized()
     m = measure(model, ctx.example, latency=latency and space.latency_backend == "torch", batch_sizes=(1,))
-    if latency and space.latency_backend == "onnxruntime":
-        m = replace(m, latency_ms=ort_ms(model, ctx.example, (1,)))
+    if latency and space.latency_backend != "torch":
+        m = replace(m, latency_ms=ort_ms(model, ctx.example, (1,), int8=space.latency_backend == "onnxruntime-int8"))
     fields = [OBJECTIVES[o] for o in space.minimized()]
     return m, tuple(m.latency_ms[1] if f == "latency_ms" else float(getattr(m, f)) for f in fields)
 

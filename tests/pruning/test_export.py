@@ -99,3 +99,43 @@ def test_non_finite_logits_from_onnxruntime_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "_run_onnx", lambda path, batch: np.full((4, 10), np.nan, np.float32))
     with pytest.raises(ExportError, match="not finite"):
         verify_onnx(tmp_path / "a" / "m.onnx", model, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_large_100"])
+def test_a_pruned_timm_efficientnet_and_mobilenetv3_quantize_to_int8(name, tmp_path):
+    """INT8 through the tools pick --int8 uses (quant_pre_process, quantize_static QDQ): SiLU, hard-swish
+    and squeeze-excite go through, every conv is quantized, and the file stands alone from an empty folder
+    with logits close to FP32's (random weights on random images: the agreement is measured, the accuracy
+    bar is tested on real images in tests/search/test_int8.py)."""
+    import shutil
+
+    import onnx
+
+    from models import parse_source
+    from pruning import apply_plan, export_onnx, prunable_units, recalibrate_bn
+    from pruning._quantize import onnx_predictions, preprocess, quantizable_nodes, quantize
+
+    torch.manual_seed(0)
+    model = parse_source(f"timm:{name}").build(num_classes=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    pruned, _ = apply_plan(model, {u.name: 0.5 for u in prunable_units(model, x)}, example_input=x, round_to=8)
+    images = [torch.randn(16, 3, 64, 64) for _ in range(4)]
+    recalibrate_bn(pruned, images[:3])
+    fp32 = export_onnx(pruned.eval(), tmp_path / "m.onnx", images[0])
+    pre = preprocess(fp32, tmp_path / "pre.onnx")
+    batches = [b.numpy() for b in images]
+    quantize(pre, tmp_path / "m.int8.onnx", batches[:3], method="minmax", cache=tmp_path / "calibration.json")
+    graph = onnx.load(str(tmp_path / "m.int8.onnx")).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    fed = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert convs and all(n.input[1] in fed for n in convs)  # every conv's weight is INT8
+    assert len(quantizable_nodes(pre)) >= len(convs)
+    (tmp_path / "alone").mkdir()
+    alone = shutil.copyfile(tmp_path / "m.int8.onnx", tmp_path / "alone" / "model.onnx")
+    got, want = _ort(alone, images[3]), _ort(fp32, images[3])
+    assert np.isfinite(got).all() and got.shape == want.shape == (16, 4)
+    # INT8 noise, not a wrong graph (near 0): 0.83 / 0.88 measured for these random weights and images
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.5
+    agreement = (onnx_predictions(alone, batches[3:]) == onnx_predictions(fp32, batches[3:])).mean()
+    assert agreement >= 0.5, agreement  # 4 classes: chance is 0.25

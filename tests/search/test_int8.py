@@ -10,12 +10,14 @@ import shutil
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 
 from pruning import ExportError
 from pruning import eval_batches, quantization
-from search import export, pick, run
+from search import export, pick, report, run
 from search.cli import run_cli
+from search.results import int8_table
 from search.config import RunOptions, load_config
 from search.trial import load_data
 from tests.conftest import REPO, TINY_LENET, base_args, cli, merged, write_config
@@ -77,6 +79,18 @@ def test_the_int8_file_stands_alone_and_gives_the_recorded_accuracy(picked, stud
     preds = np.concatenate([session.run(None, {"images": x})[0].argmax(1) for x, _ in pairs])
     labels = np.concatenate([y for _, y in pairs])
     assert float((preds == labels).mean()) == pytest.approx(line["int8"]["test_accuracy"], abs=1e-9)
+
+
+def test_layers_onnxruntime_left_in_fp32_are_named(picked):
+    folder, _, _ = picked
+    block = json.loads((folder / "p.json").read_text())["int8"]
+    # every LeNet5 layer is INT8 but those the bar kept: onnxruntime leaves none of its own
+    assert {n.rsplit(" (", 1)[0] for n in quantization.unquantized_layers(folder / "p.int8.onnx")} == set(block["kept_fp32"])
+    assert block["left_fp32"] == []
+    fp32 = quantization.unquantized_layers(folder / "p.onnx")  # the FP32 file: every weight layer is "left"
+    assert len(fp32) >= 4 and all(name.endswith(("(Conv)", "(Gemm)", "(MatMul)")) for name in fp32)
+    assert "left in FP32 by onnxruntime's quantizer: node_x (Conv)" in int8_table({**block, "left_fp32": ["node_x (Conv)"]})
+    assert "left in FP32" not in int8_table(block)
 
 
 def test_export_int8_of_a_checkpoint(picked, tmp_path, capsys):
@@ -145,3 +159,107 @@ def test_the_most_sensitive_layers_are_kept_fp32_until_the_drop_holds():
     assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 4.0) == ((), pytest.approx(0.86))
     with pytest.raises(ExportError, match="with 2 of 3 layers kept in FP32"):
         quantization.keep_sensitive(["a", "b", "c"], 0.9, lambda kept: 0.5, 0.5)
+
+
+def _report_int8(study, copy) -> None:
+    """What search.report does on a copy of the study, with report.int8: recovered (an existing study's
+    stored config wins over --config, so the test sets it on the config the report is written with)."""
+    from dataclasses import replace
+
+    from search.cli import resolve
+    from search.results import write_report
+    from search.study import open_existing
+
+    args = report.get_args_parser().parse_args(["--model", "lenet5", "--config", str(study[1]), "--budget", "smoke",
+                                                "--out", str(copy), "--data-dir", str(REPO / "data")])
+    found = open_existing(*resolve(args))
+    cfg = replace(found.cfg, report=replace(found.cfg.report, int8="recovered"))
+    write_report(cfg, found.out, found.study, found.data, found.baseline, found.start)
+
+
+@pytest.fixture(scope="module")
+def int8_report(study, tmp_path_factory):
+    """A copy of the tiny study whose report measured INT8 for its recovered points."""
+    copy = tmp_path_factory.mktemp("int8-report") / "out"
+    shutil.copytree(study[2], copy)
+    _report_int8(study, copy)
+    return copy
+
+
+def test_report_int8_none_measures_nothing(study):
+    out = study[2]
+    assert not (out / "int8.json").exists() and "INT8 val" not in (out / "report.md").read_text()
+    assert pd.read_csv(out / "pareto.csv")["int8_val_accuracy"].isna().all()
+    assert json.loads((out / "report.json").read_text())["headline"]["int8"] is None
+
+
+def test_the_report_gives_recovered_points_int8_columns(int8_report):
+    table = pd.read_csv(int8_report / "pareto.csv")
+    recovered = table["recovered_val_accuracy"].notna()
+    assert recovered.any() and table.loc[recovered, "int8_val_accuracy"].notna().all()
+    assert table.loc[~recovered, "int8_val_accuracy"].isna().all()  # INT8 is for what pick ships
+    cache = {key.split("|")[0]: block for key, block in json.loads((int8_report / "int8.json").read_text()).items()}
+    assert len(cache) == recovered.sum()
+    for _, row in table[recovered].iterrows():
+        block = cache[row["recovered_checkpoint"].split("/")[-1]]  # the recovered checkpoint is what is quantized
+        assert block["val_drop_pt"] <= 0.5 and block["top1_agreement"] >= 0.95  # pick's bar, on the val split
+        assert block["val_accuracy"] == pytest.approx(row["int8_val_accuracy"])
+        # the FP32 file on onnxruntime against the recovery's own score (PyTorch, the study's precision)
+        assert block["fp32_val_accuracy"] == pytest.approx(row["recovered_val_accuracy"], abs=0.01)
+    rows = table[recovered]
+    assert (rows["int8_size_mb"] > 0).all() and (rows["int8_ort_b64_ms"] > 0).all()
+    assert (rows["int8_b1_speedup_low"] <= rows["int8_b1_speedup_high"]).all()  # a range, never asserted as a speed
+    md = (int8_report / "report.md").read_text()
+    assert "| INT8 val | INT8 MB | INT8 ms b1 / b64 | INT8 vs FP32 b1 / b64 |" in md
+    assert "## Search vs. the classic allocations" in md  # the other sections stay
+    head = json.loads((int8_report / "report.json").read_text())["headline"]
+    row = table[table["trial"] == head["trial"]].iloc[0]  # recovered: the headline is chosen among recovered points
+    assert head["int8"]["val_accuracy"] == pytest.approx(row["int8_val_accuracy"])
+    assert head["int8"]["speedup_text"]["1"] and isinstance(head["int8"]["kept_fp32"], list)
+
+
+def test_report_int8_is_cached_per_artifact(int8_report, study, monkeypatch):
+    import search.results._int8 as int8_mod
+
+    def never(*args, **kwargs):
+        raise AssertionError("a cached point was quantized again")
+    monkeypatch.setattr(int8_mod, "int8_figures", never)
+    before = pd.read_csv(int8_report / "pareto.csv")["int8_val_accuracy"]
+    _report_int8(study, int8_report)
+    pd.testing.assert_series_equal(pd.read_csv(int8_report / "pareto.csv")["int8_val_accuracy"], before)
+
+
+def test_a_point_whose_int8_cannot_be_made_is_named_and_the_report_goes_on(study, tmp_path, monkeypatch):
+    import search.results._int8 as int8_mod
+
+    def refused(*args, **kwargs):
+        raise ExportError("INT8 cannot hold --max-int8-drop 0.5: ...")
+    monkeypatch.setattr(int8_mod, "quantize_within", refused)
+    copy = tmp_path / "out"
+    shutil.copytree(study[2], copy)
+    _report_int8(study, copy)
+    md = (copy / "report.md").read_text()
+    assert "not made — INT8 cannot hold --max-int8-drop 0.5" in md
+    assert pd.read_csv(copy / "pareto.csv")["int8_val_accuracy"].isna().all()
+
+
+@pytest.mark.parametrize("latency", ["all", "recovered"])
+def test_the_estimate_counts_report_int8(latency):
+    """report.int8 adds its INT8 files to the report's estimated cost; with report.latency none nothing is
+    timed, so nothing is quantized either."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from search.config import build_config
+    from search.study._estimate import report_seconds
+
+    data = SimpleNamespace(train_y=torch.zeros(4096), val_y=torch.zeros(600), test_x=torch.zeros(1000, 1, 32, 32))
+    opts = SimpleNamespace(write_report=True)
+
+    def cost(**report):
+        cfg = build_config(merged({**TINY_LENET, "model": "lenet5"}, report=report), where="t",
+                           overrides={"budget": "smoke"})
+        return report_seconds(cfg, opts, data, 1e-3)
+    assert cost(latency=latency, int8="recovered") > cost(latency=latency, int8="none")
+    assert cost(latency="none", int8="recovered") == cost(latency="none", int8="none")

@@ -192,14 +192,33 @@ def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, tiny_config, fa
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
 
 
-def test_latency_objective(tmp_path, tiny_config, fashion_mnist):
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "onnxruntime-int8"])
+def test_latency_objective(tmp_path, tiny_config, fashion_mnist, monkeypatch, backend):
+    """Each trial's latency is measured on the backend named: onnxruntime-int8 times the INT8 file
+    (QuantizeLinear / DequantizeLinear in the timed graph), onnxruntime the FP32 one, torch neither."""
+    import onnx
+
+    import search.trial._latency as latency_mod
+
+    timed = []
+    real = latency_mod.onnx_latency
+
+    def recording(path, *args, **kwargs):
+        timed.append({n.op_type for n in onnx.load(str(path)).graph.node})
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(latency_mod, "onnx_latency", recording)
     out = tmp_path / "out"
     assert run.main(base_args(tiny_config, out) + ["--quiet", "--trials", "2", "--objective", "latency",
-                                                   "--no-report"]) == 0
+                                                   "--latency-backend", backend, "--no-report"]) == 0
     study = study_of(out)
     assert study.metric_names == ["val_accuracy", "latency_ms"]
-    assert all(t.values[1] > 0 and t.values[1] == TrialRecord.read(t).latency_ms
-               for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert done and all(t.values[1] > 0 and t.values[1] == TrialRecord.read(t).latency_ms for t in done)
+    if backend == "torch":
+        assert not timed
+    else:
+        assert len(timed) >= len(done)
+        assert all(("DequantizeLinear" in ops) == (backend == "onnxruntime-int8") for ops in timed)
 
 
 def test_validation_split_does_not_follow_the_seed(fashion_mnist):
