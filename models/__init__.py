@@ -1,4 +1,5 @@
-"""Model sources: the registry of CNNs for 32x32 inputs of 1 or 3 channels, ``torchvision:<arch>``,
+"""Model sources: the registry of CNNs (built for 32x32 inputs of 1 or 3 channels, 32 their default
+``--image-size``), ``torchvision:<arch>``,
 ``timm:<name>`` and the user's own entry points, plus reading a user's trained weights.
 
 Each registry model file registers its :class:`ModelSpec` at import; this package imports them in
@@ -6,7 +7,7 @@ the order ``list_models()`` reports."""
 from __future__ import annotations
 
 from models import _lenet  # noqa: F401  (registration, in the order list_models() reports)
-from models import _torchvision  # noqa: F401
+from models import _adapted  # noqa: F401
 from models import _mobilenet  # noqa: F401
 from models._registry import STAGES_ATTR, ModelSpec, UnknownModelError, create_model, list_models, model_spec, spec_of
 from models._source import KINDS, USER_MODULES, DataDefaults, ModelSource, SourceError, fit_weights, import_entry, parse_source

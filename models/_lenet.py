@@ -28,4 +28,4 @@ class LeNet5(nn.Module):
 
 
 # Four units (conv1, conv2, fc1, fc2) and no stages: at this size every unit is searched on its own.
-register_model(ModelSpec(name="lenet5", build=LeNet5, classifier="fc3", units=4, params_m=0.062))
+register_model(ModelSpec(name="lenet5", build=LeNet5))

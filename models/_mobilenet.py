@@ -38,5 +38,4 @@ def _stage(unit: str) -> str:
     raise KeyError(f"mobilenet_v2 unit {unit!r} has no stage")
 
 
-register_model(ModelSpec(name="mobilenet_v2", build=mobilenet_v2, classifier="classifier.1", units=25,
-                         params_m=2.24, stage_of=_stage))
+register_model(ModelSpec(name="mobilenet_v2", build=mobilenet_v2, stage_of=_stage))

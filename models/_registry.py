@@ -1,6 +1,6 @@
 """The model registry: each architecture registers a :class:`ModelSpec` that says how to build it
-and what the pruning engine needs to know about it (its classifier and its stages), so that the
-engine never guesses from layer names."""
+and how its units group into stages (one ratio per stage at ``stage`` granularity). The engine finds
+the classifier and the units itself, by running the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,19 +20,12 @@ class ModelSpec:
     Attributes:
         name: registry name (``--model``).
         build: ``build(num_classes=..., in_channels=...)`` -> an untrained ``nn.Module`` for 32x32 inputs.
-        classifier: module name of the final classifier; its outputs are never pruned.
-        units: how many prunable units (coupled channel groups) the model has; the tests hold the
-            engine to it.
-        params_m: parameters in millions at 3 input channels and 10 classes (a check on the build).
         stage_of: maps a unit name to its stage key (one ratio per stage and role at ``stage``
             granularity); ``None`` when the model has no stage grouping.
     """
 
     name: str
     build: Callable[..., nn.Module]
-    classifier: str
-    units: int
-    params_m: float
     stage_of: Callable[[str], str] | None = None
 
 

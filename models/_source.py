@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from models._registry import UnknownModelError, create_model, list_models, model_spec
+from models._registry import UnknownModelError, create_model, list_models
 from models._weights import first_line
 
 KINDS = ("registry", "torchvision", "timm", "code")
@@ -72,11 +72,6 @@ class ModelSource:
             where, _, fn = text.rpartition(":")
             text = f"{Path(where).stem if where.endswith('.py') else where}-{fn}"
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "model"
-
-    @property
-    def stage_of(self) -> Callable[[str], str] | None:
-        """The registry entry's stage grouping (None: the engine derives stages from the module tree)."""
-        return model_spec(self.name).stage_of if self.kind == "registry" else None
 
     def build(self, *, num_classes: int, in_channels: int = 3) -> nn.Module:
         """An untrained model with ``num_classes`` outputs (``in_channels`` for registry and timm

@@ -1,4 +1,5 @@
-"""torchvision's definitions, adapted to 32x32 inputs: a 3x3 stride-1 stem and no early pooling."""
+"""The registry's VGG16-BN, ResNet50 and DenseNet121: torchvision's definitions adapted to 32x32 inputs (a 3x3
+stride-1 stem and no early pooling). Not the ``torchvision:<arch>`` source, which builds torchvision's own."""
 from __future__ import annotations
 
 import re
@@ -73,9 +74,6 @@ def _densenet_stage(unit: str) -> str:
     return f"{match.group(1)}.{match.group(2)}" if match else unit.removeprefix("features.")
 
 
-register_model(ModelSpec(name="vgg16", build=vgg16, classifier="classifier.6", units=15, params_m=15.25,
-                         stage_of=_vgg_stage))
-register_model(ModelSpec(name="resnet50", build=resnet50, classifier="fc", units=37, params_m=23.5,
-                         stage_of=_resnet_stage))
-register_model(ModelSpec(name="densenet121", build=densenet121, classifier="classifier", units=120,
-                         params_m=6.96, stage_of=_densenet_stage))
+register_model(ModelSpec(name="vgg16", build=vgg16, stage_of=_vgg_stage))
+register_model(ModelSpec(name="resnet50", build=resnet50, stage_of=_resnet_stage))
+register_model(ModelSpec(name="densenet121", build=densenet121, stage_of=_densenet_stage))
