@@ -3,6 +3,7 @@ batch 1 and 64 with the speed-up's spread from interleaved repeats; QDQ against 
 round_to 4 / 8 / 16 at equal size: FP32 and INT8 latency, and accuracy from a trained checkpoint.
 
     python bench/int8.py [--models lenet5 vgg16] [--vgg-steps 150] [--round-to [--checkpoint vgg16.pt]]
+    python bench/int8.py --models --study studies/vgg16-fashion-mnist-cpu [--study-model vgg16 --study-budget cpu]
 
 LeNet5 is trained 3 epochs on Fashion-MNIST, pruned 50 % uniform (L1) and fine-tuned 1 epoch; VGG16-BN
 is trained --vgg-steps steps (a CPU cannot afford its study here: its accuracy figures show what INT8
@@ -127,6 +128,37 @@ def round_to_effect(data, tmp: Path, checkpoint: str | None, steps: int, ratio: 
               f"{100 * row['int8_val']:.2f} / {100 * row['int8_test']:.2f} | {speed} |")
 
 
+def headline_of(study: Path, model: str, budget: str, tmp: Path) -> None:
+    """A finished study's headline as a user ships it: ``search.pick --max-drop <the report's bar>
+    --export onnx --int8`` into a temporary folder; its INT8 block, and the unpruned baseline's FP32
+    file against the pruned FP32 and INT8 ones (interleaved repeats)."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    bar = (yaml.safe_load((study / "config.resolved.yaml").read_text()).get("report") or {}).get("headline_max_drop", 1.0)
+    save = tmp / "headline.pt"
+    subprocess.run([sys.executable, "-m", "search.pick", "--model", model, "--budget", budget, "--out", str(study),
+                    "--max-drop", str(bar), "--save", str(save), "--export", "onnx", "--int8"], check=True,
+                   cwd=_common.REPO, stdout=subprocess.DEVNULL)
+    side = json.loads(save.with_suffix(".json").read_text())
+    block = side["int8"]
+    base = load_checkpoint(study / "baseline.pt", expect_model=model).model.float().cpu().eval()
+    x = torch.randn(64, *side["input"]["shape"][1:])
+    full = export_onnx(base, tmp / "baseline.onnx", x)
+    print(f"\n## {model} `{budget}` headline of {study} (pick --max-drop {bar} --export onnx --int8)")
+    print(int8_table(block))
+    files = {"unpruned FP32": full, "pruned FP32": save.with_suffix(".onnx"), "pruned INT8": tmp / "headline.int8.onnx"}
+    print(f"sizes MB: " + ", ".join(f"{k} {p.stat().st_size / 1e6:.2f}" for k, p in files.items()))
+    for b in (1, 64):
+        for name in ("pruned FP32", "pruned INT8"):
+            runs = [ort_timer(ort_session(files[k], 1), x[:b].numpy()) for k in ("unpruned FP32", name)]
+            s = interleaved_speedup(*runs, repeats=5)
+            print(f"{name} vs unpruned FP32, batch {b}: {s.median:.2f}x ({s.low:.2f}-{s.high:.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="*", default=["lenet5", "vgg16"], help="none: only --round-to")
@@ -134,6 +166,11 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=["qdq", "qoperator"])
     parser.add_argument("--round-to", action="store_true")
     parser.add_argument("--checkpoint", help="a trained VGG16 (e.g. a cpu study's baseline.pt) for round_to's accuracy")
+    parser.add_argument("--study", nargs="+", default=[], help="finished study folders: their headline as INT8")
+    parser.add_argument("--study-model", default="vgg16")
+    parser.add_argument("--study-budget", default="cpu")
+    parser.add_argument("--round-to-ratio", type=float, default=0.4,
+                        help="the uniform ratio (0.5 halves VGG16's widths, all multiples of 16 already)")
     parser.add_argument("--round-to-steps", type=int, default=100, help="fine-tune steps after pruning (the cpu budget's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -150,8 +187,10 @@ def main() -> None:
                 print(f"unpruned FP32: {block['unpruned_size_mb']:.3f} MB, {block['unpruned_ms'][1]:.3f} / "
                       f"{block['unpruned_ms'][64]:.2f} ms; pruned INT8 vs unpruned FP32: "
                       + ", ".join(f"batch {b} {s.median:.2f}x ({s.low:.2f}-{s.high:.2f})" for b, s in v.items()))
+        for study in args.study:
+            headline_of(Path(study), args.study_model, args.study_budget, Path(folder))
         if args.round_to:
-            round_to_effect(data, Path(folder), args.checkpoint, args.round_to_steps)
+            round_to_effect(data, Path(folder), args.checkpoint, args.round_to_steps, args.round_to_ratio)
     print(f"# load average at end {os.getloadavg()}")
 
 

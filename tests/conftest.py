@@ -65,6 +65,30 @@ def one_thread_each() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def without_faults() -> dict:
+    """The environment of a command a test starts, without a fault point set by the test's own run."""
+    from search.config import ENV
+
+    return {k: v for k, v in os.environ.items() if k != ENV}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """The synthetic dataset (no files: the tests that need no real images)."""
+    return load_dataset("synthetic", seed=0)
+
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def check_finished(study: optuna.Study, total: int) -> None:
+    """``total`` trials finished, none left running, no trial number twice."""
+    assert len(study.get_trials(states=FINISHED)) == total
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
@@ -80,6 +104,11 @@ def merged(base: dict, **sections: dict) -> dict:
 
 def smoke_budget(**changes) -> dict:
     return {"smoke": {**TINY_LENET["budgets"]["smoke"], **changes}}
+
+
+def slow_config(tmp_path: Path, steps: int = 300) -> Path:
+    """The tiny config with trials long enough that a second process (or a kill) lands inside one."""
+    return write_config(tmp_path / "slow.yaml", merged(TINY_LENET, budgets=smoke_budget(finetune_steps=steps)))
 
 
 @pytest.fixture

@@ -11,17 +11,12 @@ import torch
 from torch import nn
 
 from models import create_model
-from pruning import TrainConfig, evaluate, load_dataset, recalibrate_bn, train
+from pruning import TrainConfig, evaluate, recalibrate_bn, train
 from pruning import _train
 from pruning import SpeedUp, interleaved_speedup
 from pruning import resolve_precision
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    return load_dataset("synthetic", seed=0)
 
 
 def _wide() -> nn.Module:

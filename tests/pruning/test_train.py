@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from models import create_model
-from pruning import (TrainConfig, TrainHooks, TrainingDiverged, apply_plan, evaluate, finetune, load_dataset,
+from pruning import (TrainConfig, TrainHooks, TrainingDiverged, apply_plan, evaluate, finetune,
                      recalibrate_bn, train, train_batches)
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    return load_dataset("synthetic", seed=0)
 
 
 def test_lenet5_one_epoch_on_fashion_mnist(fashion_mnist):

@@ -19,17 +19,15 @@ from pruning import load_checkpoint
 from search import pick, report, run
 from search.config import ENV
 from search.storage import TrialRecord
-from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, cli, folder_hash, has_study, merged, smoke_budget,
-                            study_of, write_config)
+from tests.conftest import (FINISHED, PYTHON, REPO, TINY_LENET, base_args, check_finished, cli, folder_hash, has_study,
+                            merged, slow_config, study_of, without_faults, write_config)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def check_study(out, total: int) -> optuna.Study:
     """The invariants every fault must leave intact."""
     study = study_of(out)
-    assert len(study.get_trials(states=FINISHED)) == total
-    assert not study.get_trials(states=(TrialState.RUNNING,))
+    check_finished(study, total)
     evaluated = [tuple(sorted(t.params.items())) for t in study.get_trials(states=FINISHED)
                  if not TrialRecord.read(t).reference]
     assert len(evaluated) == len(set(evaluated)), "a plan was evaluated twice"
@@ -41,10 +39,6 @@ def check_study(out, total: int) -> optuna.Study:
         assert sorted(pd.read_csv(out / "pareto.csv")["trial"]) == sorted(
             t.number for t in study.best_trials if TrialRecord.read(t).checkpoint)
     return study
-
-
-def _slow(tmp_path, steps: int = 300):
-    return write_config(tmp_path / "slow.yaml", merged(TINY_LENET, budgets=smoke_budget(finetune_steps=steps)))
 
 
 def _cmd(config, out, *extra) -> list[str]:
@@ -85,7 +79,7 @@ def _wait_for(predicate, timeout: float = 1800.0) -> bool:  # generous: a loaded
 def test_kill_at_trial_creation_is_failed_and_the_study_completes(tmp_path, tiny_config, fashion_mnist):
     out = tmp_path / "out"
     assert run.main(base_args(tiny_config, out) + ["--quiet", "--trials", "2", "--no-report"]) == 0
-    killed = subprocess.run(_cmd(tiny_config, out, "--trials", "4"), cwd=REPO, env={**_env(), ENV: "after_ask"},
+    killed = subprocess.run(_cmd(tiny_config, out, "--trials", "4"), cwd=REPO, env={**without_faults(), ENV: "after_ask"},
                             capture_output=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     orphan = [t for t in study_of(out).get_trials(states=(TrialState.RUNNING,)) if not t.user_attrs.get("worker")]
@@ -98,14 +92,9 @@ def test_kill_at_trial_creation_is_failed_and_the_study_completes(tmp_path, tiny
     assert TrialRecord.read(study.trials[orphan[0].number]).fail_reason == "its worker died while creating it"
 
 
-def _env() -> dict:
-    import os
-    return {k: v for k, v in os.environ.items() if k != ENV}
-
-
 @pytest.mark.slow
 def test_a_killed_worker_child_does_not_hang_its_parent(tmp_path, fashion_mnist):
-    config, out = _slow(tmp_path), tmp_path / "out"
+    config, out = slow_config(tmp_path), tmp_path / "out"
     err_file = tmp_path / "stderr.txt"
     parent = subprocess.Popen(_cmd(config, out, "--trials", "6", "--workers", "2", "--no-early-stop"), cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=err_file.open("w"))
@@ -138,7 +127,7 @@ def test_a_killed_worker_child_does_not_hang_its_parent(tmp_path, fashion_mnist)
 
 @pytest.mark.slow
 def test_random_kills_of_a_run_lose_and_duplicate_nothing(tmp_path, fashion_mnist):
-    config, out = _slow(tmp_path, steps=120), tmp_path / "out"
+    config, out = slow_config(tmp_path, steps=120), tmp_path / "out"
     rng, total = random.Random(7), 7
     for _ in range(4):
         proc = subprocess.Popen(_cmd(config, out, "--trials", str(total)), cwd=REPO, stdout=subprocess.DEVNULL,

@@ -15,7 +15,8 @@ from search import run, train
 from search.config import ENV
 from search.storage import recoveries
 from search.results._report import headline
-from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, cli, merged, smoke_budget, study_of, write_config
+from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, cli, merged, smoke_budget, study_of, without_faults,
+                            write_config)
 
 REF = BaselineFigures(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.90, test_accuracy=0.90)
 
@@ -66,7 +67,7 @@ def _recovered_uploads(out) -> dict[str, int]:
 def test_recovery_resumes_after_a_kill_and_never_recovers_twice(searched):
     config, out = searched
     cmd = [PYTHON, "-m", "search.recover"] + base_args(config, out) + ["--quiet"]
-    killed = subprocess.run(cmd, cwd=REPO, env={**_env(), ENV: "between_recoveries"}, capture_output=True,
+    killed = subprocess.run(cmd, cwd=REPO, env={**without_faults(), ENV: "between_recoveries"}, capture_output=True,
                             timeout=600)
     assert killed.returncode < 0
     assert len(recoveries(study_of(out))) == 1  # the first point was recorded before the kill
@@ -86,11 +87,6 @@ def test_recovery_resumes_after_a_kill_and_never_recovers_twice(searched):
         assert ckpt.meta.provenance["recovered"] and ckpt.meta.metrics["val_accuracy"] == row["recovered_val_accuracy"]
 
 
-def _env() -> dict:
-    import os
-    return {k: v for k, v in os.environ.items() if k != ENV}
-
-
 def test_a_small_dataset_gets_the_step_floor(tmp_path, capsys):
     config = write_config(tmp_path / "small.yaml", merged(
         TINY_LENET, dataset="synthetic", baseline={"epochs": 1, "min_steps": 120, "batch_size": 64},
@@ -107,7 +103,7 @@ def test_an_interrupted_baseline_resumes_at_its_last_epoch(tmp_path):
     config = write_config(tmp_path / "b.yaml", merged(TINY_LENET, budgets=smoke_budget(baseline_epochs=3)))
     out, plain = tmp_path / "out", tmp_path / "plain"
     cmd = [PYTHON, "-m", "search.train"] + base_args(config, out)
-    killed = subprocess.run(cmd, cwd=REPO, env={**_env(), ENV: "after_baseline_epoch"}, capture_output=True,
+    killed = subprocess.run(cmd, cwd=REPO, env={**without_faults(), ENV: "after_baseline_epoch"}, capture_output=True,
                             timeout=600)
     assert killed.returncode < 0 and (out / ".baseline.partial.pt").exists() and not (out / "baseline.pt").exists()
     resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -18,12 +18,11 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from search.storage import TrialRecord
-from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, merged, one_thread_each, smoke_budget, study_of,
-                            write_config)
+from tests.conftest import (FINISHED, PYTHON, REPO, TINY_LENET, base_args, check_finished, merged, one_thread_each,
+                            slow_config, study_of, write_config)
 
 pytestmark = pytest.mark.slow
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _run(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -38,26 +37,14 @@ def _untouched_home(home: Path) -> dict:
     return {**env, "HOME": str(home)}
 
 
-def _check_finished(study: optuna.Study, total: int) -> None:
-    finished = study.get_trials(states=FINISHED)
-    assert len(finished) == total
-    numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers))
-    assert not study.get_trials(states=(TrialState.RUNNING,))
-
-
-def _slow_config(tmp_path, steps: int = 300):
-    return write_config(tmp_path / "slow.yaml", merged(TINY_LENET, budgets=smoke_budget(finetune_steps=steps)))
-
-
 def test_workers_flag_shares_one_journal(tmp_path, fashion_mnist):
     out = tmp_path / "out"
-    config = _slow_config(tmp_path)  # trials long enough that the second process joins in
+    config = slow_config(tmp_path)  # trials long enough that the second process joins in
     result = _run(["search.run"] + base_args(config, out) + ["--quiet", "--trials", "5", "--workers", "2",
                                                             "--no-early-stop"])
     assert result.returncode == 0, result.stderr[-2000:]
     study = study_of(out)
-    _check_finished(study, 5)
+    check_finished(study, 5)
     assert not study.get_trials(states=(TrialState.FAIL,))
     workers = {TrialRecord.read(t).worker for t in study.get_trials(states=FINISHED)}
     assert len(workers) == 2, f"both processes should have run trials: {workers}"
@@ -73,7 +60,7 @@ def test_independent_commands_cooperate(tmp_path, tiny_config, fashion_mnist):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
     study = study_of(out)
-    _check_finished(study, 6)
+    check_finished(study, 6)
     refs = [TrialRecord.read(t).reference_ratio for t in study.trials if TrialRecord.read(t).reference]
     assert sorted(refs) == [0.2, 0.5, 0.8]  # each reference enqueued once
     params = [tuple(sorted(t.params.items())) for t in study.trials]
@@ -100,7 +87,7 @@ def test_ray_backend_runs_the_study(tmp_path, fashion_mnist):
                   env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     study = study_of(out)
-    _check_finished(study, 6)
+    check_finished(study, 6)
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert pruned and all(TrialRecord.read(t).stop_reason for t in pruned)
     assert not {t.number for t in pruned} & {t.number for t in study.best_trials}
@@ -177,7 +164,7 @@ def postgres_url(postgres_server):
 
 
 def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, fashion_mnist):
-    config = _slow_config(tmp_path)
+    config = slow_config(tmp_path)
     out = tmp_path / "out"
     trained = _run(["search.train"] + base_args(config, out) + ["--epochs", "1"])
     assert trained.returncode == 0, trained.stderr[-2000:]
@@ -208,7 +195,7 @@ def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, f
             if p.poll() is None:
                 p.kill()
     study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
-    _check_finished(study, 6)
+    check_finished(study, 6)
     assert study.trials[killed].state == TrialState.FAIL
     retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == killed]
     assert len(retries) == 1 and retries[0].state in FINISHED
@@ -220,7 +207,7 @@ def test_a_killed_postgres_server_stops_the_run_in_one_line_and_the_study_resume
     """The server dies mid-study (a trial finished, another running): the run stops with one line,
     exit 2; once the server is back the same command resumes, and no trial is lost or counted twice
     (the one running at the kill is failed by its stale heartbeat and retried)."""
-    config = _slow_config(tmp_path)
+    config = slow_config(tmp_path)
     out = tmp_path / "out"
     trained = _run(["search.train"] + base_args(config, out) + ["--epochs", "1"])
     assert trained.returncode == 0, trained.stderr[-2000:]
@@ -252,7 +239,7 @@ def test_a_killed_postgres_server_stops_the_run_in_one_line_and_the_study_resume
     resumed = _run(cmd, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=optuna.storages.RDBStorage(postgres_server.url))
-    _check_finished(study, 5)
+    check_finished(study, 5)
     assert len(study.get_trials(states=FINISHED)) >= done_before
     failed = study.get_trials(states=(TrialState.FAIL,))
     for t in failed:  # each trial cut by the kill was retried once, with its own plan
@@ -365,7 +352,7 @@ def test_a_ray_cluster_loses_a_node_mid_trial_and_the_study_finishes(tmp_path, p
     """Two Ray worker nodes, PostgreSQL storage: the raylet of the node running a trial is SIGKILLed
     once another trial has finished; that trial is failed and its plan retried, none lost or counted
     twice, and the study finishes on the other node, so trials ran on both."""
-    config = _slow_config(tmp_path)
+    config = slow_config(tmp_path)
     out = tmp_path / "out"
     trained = _run(["search.train"] + base_args(config, out) + ["--epochs", "1"])
     assert trained.returncode == 0, trained.stderr[-2000:]
@@ -406,7 +393,7 @@ def test_a_ray_cluster_loses_a_node_mid_trial_and_the_study_finishes(tmp_path, p
             run.kill()
     assert run.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
-    _check_finished(study, 6)
+    check_finished(study, 6)
     assert study.trials[killed].state == TrialState.FAIL
     retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == killed]
     assert len(retries) == 1 and retries[0].state in FINISHED and retries[0].params == study.trials[killed].params
