@@ -182,8 +182,10 @@ def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, f
                 study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
             except KeyError:
                 continue
+            # a trial whose plan is written: all its ratios sampled (a kill between two suggest calls leaves a
+            # trial with part of its parameters, and its retry samples the rest)
             mine = [t for t in study.get_trials(states=(TrialState.RUNNING,))
-                    if (t.user_attrs.get("worker") or "").endswith(f":{victim.pid}")]
+                    if (t.user_attrs.get("worker") or "").endswith(f":{victim.pid}") and "plan" in t.user_attrs]
             if mine and study.get_trials(states=FINISHED):
                 victim.send_signal(signal.SIGKILL)
                 killed = mine[0].number
