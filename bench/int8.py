@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repository on the path)
+import _common  # puts the repository on the path; cpu_model
 import torch
 
 from models import create_model
@@ -27,13 +27,6 @@ from pruning import (TrainConfig, apply_plan, evaluate, export_onnx, interleaved
 from pruning import Int8Settings, ort_session
 from pruning import quantization as quant
 from search.results import int8_figures, int8_table, ort_timer
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def prepared(name: str, data, steps: int, round_to: int | None = 8):
@@ -174,7 +167,7 @@ def main() -> None:
     parser.add_argument("--round-to-steps", type=int, default=100, help="fine-tune steps after pruning (the cpu budget's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"# bench/int8.py {' '.join(os.sys.argv[1:])}\n# CPU: {cpu_model()}, {os.cpu_count()} cores; "
+    print(f"# bench/int8.py {' '.join(os.sys.argv[1:])}\n# CPU: {_common.cpu_model()}, {os.cpu_count()} cores; "
           f"load average at start {os.getloadavg()}")
     data = load_dataset("fashion-mnist", data_dir=_common.REPO / "data", download=False).subset(val=2000, test=2000)
     with tempfile.TemporaryDirectory() as folder:
