@@ -39,7 +39,7 @@ def analyse(out: Path, model: str, budget: str) -> dict:
     args = study_parser("bench", "", "").parse_args(["--model", model, "--budget", budget, "--out", str(out)])
     found = open_existing(*resolve(args))
     study = found.study
-    gaps = reference_gaps(study, study_pairs(found.cfg, found.out, study, found.data, found.start))
+    gaps = reference_gaps(study, study_pairs(found.cfg, found.out, study, found.data))
     done = completed(study)
     base = found.baseline
     searched = [(r.size_mb, r.val_accuracy) for _, r in done if not r.reference]

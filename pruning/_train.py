@@ -138,15 +138,21 @@ def resolve_precision(precision: str, model: nn.Module | None, device: torch.dev
     ``auto``: bf16 on CUDA; on a CPU with native bf16, bf16 for models of at least
     :data:`BF16_MIN_PARAMS` parameters (where it measured faster), fp32 elsewhere.
     """
+    return precision_for(precision, None if model is None else sum(p.numel() for p in model.parameters()), device)
+
+
+def precision_for(precision: str, params: int | None, device: torch.device) -> str:
+    """:func:`resolve_precision` for a model of ``params`` parameters (None: unknown, fp32 on a CPU): a
+    study resolves it once, on its unpruned baseline, and scores every model in it alike."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16"
-    if device.type != "cpu" or model is None or not cpu_has_bf16():
+    if device.type != "cpu" or params is None or not cpu_has_bf16():
         return "fp32"
-    return "bf16" if sum(p.numel() for p in model.parameters()) >= BF16_MIN_PARAMS else "fp32"
+    return "bf16" if params >= BF16_MIN_PARAMS else "fp32"
 
 
 def autocast(device: torch.device, mode: str | None = None):

@@ -15,7 +15,7 @@ from pruning import PruningRecord, evaluate, load_checkpoint, measure, save_prun
 from search.cli import add_int8_flags, add_study_flags, int8_settings, number, open_study, run_cli, study_parser
 from search.config import UsageError, quiet_libraries
 from search.results import check_calibration_count, collect, export_paths, int8_table, selection_accuracy, ship
-from search.storage import check_targets, refuse_other_study, refuse_own_file
+from search.storage import check_targets, precision_of, refuse_other_study, refuse_own_file
 from search.trial import test_accuracy
 
 
@@ -110,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     # (both were checked to lie inside the study's artifact store when the table was made)
     ckpt = load_checkpoint(path, expect_model=cfg.model)
     model = ckpt.model
+    precision = precision_of(found.study, cfg.finetune.precision, data.device)  # the study's, as in its report
     if epochs > 0:
         teacher = start.model if cfg.recovery.kd_weight > 0 else None
-        train(model, data, replace(cfg.recovery_recipe(cfg.seed), epochs=epochs), teacher=teacher,
-              progress=found.opts.progress, desc="pick fine-tune")
+        recipe = replace(cfg.recovery_recipe(cfg.seed), epochs=epochs)
+        train(model, data, replace(recipe, precision=precision if recipe.precision == "auto" else recipe.precision),
+              teacher=teacher, progress=found.opts.progress, desc="pick fine-tune")
     m = measure(model, data.example_input(1))
-    val, test = evaluate(model, data, "val"), test_accuracy(model, data)
+    val, test = evaluate(model, data, "val", precision=precision), test_accuracy(model, data, precision)
     meta = with_metrics(replace(ckpt.meta, provenance={**ckpt.meta.provenance, "study": cfg.study_name,
                                                        "trial": int(row["trial"]), "finetune_epochs": epochs}),
                         val_accuracy=val, params=m.params, macs=m.macs, size_mb=m.size_mb,

@@ -9,7 +9,7 @@ import argparse
 
 from pruning import GRANULARITIES, IMPORTANCES
 from search.cli import add_study_flags, number, path_arg, resolve, run_cli, study_parser
-from search.config import LATENCY_BACKENDS, OBJECTIVES, SAMPLERS, UsageError, quiet_libraries
+from search.config import LATENCY_BACKENDS, OBJECTIVES, SAMPLER_CHOICES, UsageError, quiet_libraries
 from search.study import BACKENDS, finish_study, open_for_run, start_broker
 
 
@@ -29,7 +29,7 @@ def get_args_parser():
                              "onnxruntime on the CPU, or onnxruntime-int8: the candidate's INT8 file on the CPU")
     parser.add_argument("--granularity", dest="search.granularity", choices=GRANULARITIES,
                         help="one ratio per unit, per stage and role, or one everywhere (default: the config's)")
-    parser.add_argument("--sampler", dest="search.sampler", choices=tuple(SAMPLERS),
+    parser.add_argument("--sampler", dest="search.sampler", choices=SAMPLER_CHOICES,
                         help="default: the config's (tpe; tpe-spread for VGG16, MobileNetV2, ResNet50, DenseNet121)")
     parser.add_argument("--importance", dest="search.importance", choices=tuple(IMPORTANCES),
                         help="channel criterion (default: the config's, l1)")

@@ -8,9 +8,9 @@ from search.config._config import (OPTIONS_NAME, RESOLVED_NAME, ConfigError, Run
 from search.config._environment import env_flag, quiet_libraries
 from search.config._errors import UsageError
 from search.config._faults import ENV, fault
-from search.config._tables import LATENCY_BACKENDS, OBJECTIVES, SAMPLERS, SPREAD_SAMPLERS
+from search.config._tables import COMPOSED_SAMPLERS, LATENCY_BACKENDS, OBJECTIVES, SAMPLER_CHOICES, SAMPLERS
 
 __all__ = ["ConfigError", "ENV", "LATENCY_BACKENDS", "OBJECTIVES", "OPTIONS_NAME", "RESOLVED_NAME", "RunOptions",
-           "SAMPLERS", "SPREAD_SAMPLERS", "StudyConfig", "UsageError", "build_config", "config_fields",
+           "SAMPLERS", "SAMPLER_CHOICES", "COMPOSED_SAMPLERS", "StudyConfig", "UsageError", "build_config", "config_fields",
            "config_from_plain", "env_flag", "fault", "fingerprint", "first_difference", "load_config", "option_fields",
            "options_from_plain", "quiet_libraries", "redact"]

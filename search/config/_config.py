@@ -20,7 +20,8 @@ import yaml
 from models import SourceError, model_spec, parse_source
 from pruning import (AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig, bounds, check_fields, from_plain,
                      to_plain)
-from search.config._tables import CENTERS, INT8_CHOICES, LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES, SAMPLERS
+from search.config._tables import (CENTERS, INT8_CHOICES, LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES,
+                                   SAMPLER_CHOICES, SCOPES)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
@@ -61,6 +62,9 @@ class Budget:
     # which front points the report times (all, recovered, none) under this budget: a short CPU study
     # spends minutes timing every front point on onnxruntime; None: report.latency
     latency: str | None = field(default=None, metadata=bounds(choices=LATENCY_CHOICES))
+    # what the budget is for (search.config._tables.SCOPES): smoke, short or full; None: as its name says
+    # (a budget named smoke is one, default and full are full, any other is short). Not fingerprinted.
+    scope: str | None = field(default=None, metadata=bounds(choices=SCOPES))
 
     def __post_init__(self) -> None:
         check_fields(self, "budget")
@@ -87,7 +91,7 @@ class SearchSpace:
     # more measures to minimize beside ``objective`` (e.g. latency: a 3-objective study); none by default
     extra_objectives: tuple[str, ...] = field(default=(), metadata=bounds(choices=tuple(OBJECTIVES)))
     latency_backend: str = field(default="torch", metadata=bounds(choices=LATENCY_BACKENDS))
-    sampler: str = field(default="tpe", metadata=bounds(choices=tuple(SAMPLERS)))
+    sampler: str = field(default="tpe", metadata=bounds(choices=SAMPLER_CHOICES))
     early_stop: bool = True
     eta: int = field(default=3, metadata=bounds(low=2, high=100))
     rungs: tuple[float, ...] = field(default=(0.0, 1 / 9, 1 / 3), metadata=_ratio())
@@ -167,6 +171,15 @@ class StudyConfig:
         return self.budgets[self.budget]
 
     @property
+    def scope(self) -> str:
+        """What the active budget is for: ``smoke``, ``short`` or ``full`` (its ``scope`` field)."""
+        return scope_of(self.budget, self.spend)
+
+    def budget_of_scope(self, scope: str) -> str | None:
+        """The name of the config's first budget of this scope, if any (what a refusal suggests)."""
+        return next((name for name, b in self.budgets.items() if scope_of(name, b) == scope), None)
+
+    @property
     def source(self):
         """The :class:`models.ModelSource` this study prunes."""
         return parse_source(self.model, self.model_kwargs)
@@ -221,6 +234,11 @@ class StudyConfig:
         return header + yaml.safe_dump(plain, sort_keys=False)
 
 
+def scope_of(name: str, budget: Budget) -> str:
+    """A budget's scope: its own field, or for a config that does not say, what its name has always meant."""
+    return budget.scope or {"smoke": "smoke", "default": "full", "full": "full"}.get(name, "short")
+
+
 def fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     """The settings a trial's values depend on, flattened to dotted keys: the config less the report
     section, the other budgets, the budget's trial total and the starting checkpoint's path (its
@@ -228,7 +246,7 @@ def fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     plain = to_plain(cfg)
     plain.pop("report"), plain.pop("from_checkpoint"), plain.pop("weights")  # the weights count by checksum
     active = dict(plain.pop("budgets")[cfg.budget])
-    active.pop("trials")
+    active.pop("trials"), active.pop("scope")  # neither changes what a trial scores
     plain["budgets"] = {cfg.budget: active}
     return dict(_flatten(plain))
 

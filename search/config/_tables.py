@@ -7,13 +7,21 @@ import optuna
 
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
-    # the same TPE, every other trial's level spread from 0 to the largest reference ratio (search.trial.LevelSpread)
-    "tpe-spread": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
     "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
 
-SPREAD_SAMPLERS = frozenset({"tpe-spread"})
+# composed samplers: name -> (inner sampler, wrapper). The wrapper (search.study.SAMPLER_WRAPPERS) changes
+# the inner sampler's proposals; "spread": every other trial's level spread from 0 to the largest
+# reference ratio (search.trial.LevelSpread)
+COMPOSED_SAMPLERS: dict[str, tuple[str, str]] = {"tpe-spread": ("tpe", "spread")}
+
+SAMPLER_CHOICES = (*SAMPLERS, *COMPOSED_SAMPLERS)
+
+# what a budget is for (its ``scope``): ``smoke`` proves the pipeline in minutes (its figures mean nothing;
+# the CPU guard never refuses it; the report says so), ``short`` is a reduced study (the report says its
+# figures are not a full study's), ``full`` a study whose figures are the product's
+SCOPES = ("smoke", "short", "full")
 
 # --objective -> the field of the trial record that the study minimizes (and the dashboard's axis name)
 OBJECTIVES: dict[str, str] = {"size": "size_mb", "params": "params", "macs": "macs", "latency": "latency_ms"}

@@ -101,7 +101,7 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
     lines = [f"# Pruning study: {cfg.model} on {cfg.dataset}", ""]
     if results.verdict:
         lines += [" ".join(results.verdict), ""]
-    if cfg.budget == "smoke":
+    if cfg.scope == "smoke":
         lines += [SMOKE_CAVEAT, ""]
     if results.warning:
         lines += [f"> **Warning:** {results.warning}", ""]
@@ -151,7 +151,7 @@ def _spend_line(cfg: StudyConfig, data) -> str:
         baseline = (f"the baseline trained {base.total_steps(n):,} steps at batch {base.batch_size} "
                     f"({base.epochs:g} epochs)")
     subset = " (the budget's train_subset)" if spend.train_subset else ""
-    short = "" if cfg.budget in ("default", "full") else \
+    short = "" if cfg.scope == "full" else \
         " A short budget: its figures are not those of a `default` study."
     return (f"What budget `{cfg.budget}` trained, on {n:,} training images{subset}: {baseline}; each candidate "
             f"{ft.total_steps(n):,} fine-tuning steps at batch {ft.batch_size} "
@@ -404,7 +404,7 @@ def plot_front(cfg: StudyConfig, study: optuna.Study, results: Results, baseline
                    linewidths=2, zorder=6, label=f"headline (trial {int(h['trial'])})")
     ax.set_xlabel("size (MB of fp32 weights)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{cfg.model} on {cfg.dataset}" + (" (smoke run)" if cfg.budget == "smoke" else ""))
+    ax.set_title(f"{cfg.model} on {cfg.dataset}" + (" (smoke run)" if cfg.scope == "smoke" else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     _latency_panel(lat, results, baseline)

@@ -11,8 +11,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from pruning import (BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, evaluate, load_checkpoint,
-                     resolve_precision)
+from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, evaluate, load_checkpoint
 from search.config import StudyConfig
 from search.results._int8 import front_int8
 from search.results._render import (PROJECTIONS, SENSITIVITY_PNG, Results, pick_command, plot_front, plot_projections,
@@ -20,7 +19,8 @@ from search.results._render import (PROJECTIONS, SENSITIVITY_PNG, Results, pick_
                                     speedup_text)
 from search.results._noise import Paired, trial_hits
 from search.results._verdict import headline_gain, size_gain, verdict
-from search.storage import TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, completed, recoveries, trial_artifact
+from search.storage import (TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, axes, completed, precision_of, recoveries,
+                            trial_artifact)
 from search.trial import MAP_KEY, SECONDS_KEY, SensitivityMap, latencies, setting
 
 LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
@@ -38,11 +38,13 @@ CSV_COLUMNS = ["trial", "headline", "reference", "size_mb", "params", "macs", "p
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Feasible non-dominated trials that were fine-tuned, smallest first."""
     front = [t for t in study.best_trials if TrialRecord.read(t).checkpoint is not None]
-    return sorted(front, key=lambda t: (t.values[1], -t.values[0]))
+    acc, size = axes(study)
+    return sorted(front, key=lambda t: (t.values[size], -t.values[acc]))
 
 
-def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset) -> dict[str, float | None]:
-    """Test accuracy of checkpoints (key -> artifact id), cached in ``test_accuracy.json`` by artifact id."""
+def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset, precision: str) -> dict[str, float | None]:
+    """Test accuracy of checkpoints (key -> artifact id) in the study's precision, cached in
+    ``test_accuracy.json`` by artifact id and precision."""
     cache_file = out / TEST_CACHE
     try:
         cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
@@ -51,15 +53,17 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset)
         cache = {}  # a damaged cache is only a cache
     if not data.has_test:
         return {key: None for key in items}
-    new = [a for a in items.values() if a not in cache]
+    keys = {a: f"{a}@{precision}" for a in items.values()}
+    new = [a for a in items.values() if keys[a] not in cache]
     for artifact in new:
-        cache[artifact] = evaluate(load_checkpoint(artifact_path(out, artifact), expect_model=model).model, data, "test")
+        cache[keys[artifact]] = evaluate(load_checkpoint(artifact_path(out, artifact), expect_model=model).model, data,
+                                         "test", precision=precision)
     if new:
         try:
             atomic_write_text(cache_file, json.dumps(cache, indent=1))
         except OSError:
             pass  # a read-only copy of a study (how results are shared) is read, not cached into
-    return {key: cache[a] for key, a in items.items()}
+    return {key: cache[keys[a]] for key, a in items.items()}
 
 
 def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, baseline: BaselineFigures, start: Checkpoint, *,
@@ -74,7 +78,7 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
         trial_artifact(out, rec.checkpoint, rec.checkpoint_sha256, t.number)
     items = {f"t{t.number}": TrialRecord.read(t).checkpoint for t in front}
     items.update({f"r{n}": r.checkpoint for n, r in recovered.items()})
-    tests = test_accuracies(out, cfg.model, items, data)
+    tests = test_accuracies(out, cfg.model, items, data, precision_of(study, cfg.finetune.precision, data.device))
     timed = [t for t in front if cfg.latency == "all" or t.number in recovered]
     timing = _latencies(cfg, out, timed, data, start, progress) if latency and cfg.latency != "none" else {}
     int8 = {}
@@ -90,7 +94,7 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
         table.loc[table["trial"] == best["trial"], "headline"] = True
         best = table[table["trial"] == best["trial"]].iloc[0]
         widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"], expect_model=cfg.model).model)
-    paired = study_pairs(cfg, out, study, data, start) if noise else None
+    paired = study_pairs(cfg, out, study, data) if noise else None
     failed = {int(k[1:]): v["error"] for k, v in int8.items() if "error" in v}
     return Results(table=table, headline=best, references=reference_gaps(study, paired), int8_failed=failed,
                    warning=undertrained(study, recovered, baseline, cfg.report.undertrained_margin),
@@ -101,10 +105,10 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
                    size_gain=size_gain(completed(study), best, baseline, cfg.report.headline_max_drop))
 
 
-def study_pairs(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, start: Checkpoint) -> Paired:
+def study_pairs(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset) -> Paired:
     """Per-image validation hits of the study's fine-tuned trials, loaded on demand, in the one
-    precision the trials were scored in (resolved on the model the study prunes)."""
-    precision = resolve_precision(cfg.finetune.precision, start.model, data.device)
+    precision the study scores every figure in."""
+    precision = precision_of(study, cfg.finetune.precision, data.device)
     checkpoints = {t.number: (r.checkpoint, r.checkpoint_sha256) for t, r in completed(study) if r.checkpoint}
     return Paired(trial_hits(out, cfg.model, checkpoints, data, precision))
 

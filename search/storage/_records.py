@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from pruning import BaselineFigures, from_plain, to_plain
+from pruning import BaselineFigures, from_plain, precision_for, to_plain
 from search.config import ConfigError
 
 # study user attributes
@@ -24,6 +25,7 @@ DIGEST_KEY = "base_digest"         # checksum of the model the study prunes
 BASELINE_FIGURES_KEY = "reference"        # the unpruned baseline's figures (pruning.BaselineFigures)
 RECOVERED_PREFIX = "recovered:"    # + trial number -> RecoveryRecord
 REPORT_ARTIFACTS_KEY = "report_artifacts"  # file name -> artifact id of the study-level artifacts
+PRECISION_KEY = "precision"        # the one precision (fp32 / bf16) every figure of the study is scored in
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,13 @@ def baseline_of(study: optuna.Study) -> BaselineFigures:
     return from_plain(BaselineFigures, plain, where="the study's baseline figures", error=ConfigError)
 
 
+def precision_of(study: optuna.Study, precision: str, device) -> str:
+    """The precision every figure of the study is computed in (trials, map, recovery, report, pick): the
+    one it recorded when it was made; for a study made before it recorded one, ``precision`` (the config's
+    ``finetune.precision``) resolved on its unpruned baseline, as :func:`search.trial.study_precision` does."""
+    return study.user_attrs.get(PRECISION_KEY) or precision_for(precision, baseline_of(study).params, device)
+
+
 def completed(study: optuna.Study) -> list[tuple[FrozenTrial, TrialRecord]]:
     """Complete trials that were fine-tuned, with their records."""
     out = []
@@ -160,3 +169,10 @@ def fmt_accuracy(value) -> str:
         return "—" if value is None or value != value else f"{float(value):.4f}"
     except (TypeError, ValueError):
         return "—"
+
+
+def axes(study: optuna.Study) -> tuple[int, int]:
+    """Where a trial's values hold the validation accuracy and the size axis (the first minimized
+    objective: size, params, MACs or latency), found by the study's metric names and directions."""
+    size = next(i for i, d in enumerate(study.directions) if d == StudyDirection.MINIMIZE)
+    return study.metric_names.index("val_accuracy"), size

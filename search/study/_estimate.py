@@ -170,16 +170,17 @@ def describe(est: Estimate, device: torch.device) -> str:
 
 
 def refusable(cfg: StudyConfig, opts: RunOptions, device: torch.device) -> bool:
-    """Whether the guard may refuse this study: a CPU run, a budget other than ``smoke``, no ``--yes``."""
-    return device.type == "cpu" and cfg.budget != "smoke" and not opts.yes and not env_flag(YES_ENV)
+    """Whether the guard may refuse this study: a CPU run, a budget whose scope is not ``smoke``, no ``--yes``."""
+    return device.type == "cpu" and cfg.scope != "smoke" and not opts.yes and not env_flag(YES_ENV)
 
 
 def guard(cfg: StudyConfig, opts: RunOptions, est: Estimate, device: torch.device) -> None:
     """Refuse, with one line naming the alternatives, a CPU study estimated at over an hour. The
-    ``smoke`` budget is never refused: it exists to prove the pipeline on any machine."""
+    ``smoke`` scope is never refused: it exists to prove the pipeline on any machine."""
     if est.total_s <= LIMIT_S or not refusable(cfg, opts, device):
         return
-    smoke = "" if cfg.budget == "smoke" else "try --budget smoke (minutes, proves the pipeline), "
+    name = cfg.budget_of_scope("smoke")
+    smoke = f"try --budget {name} (minutes, proves the pipeline), " if name else ""
     raise UsageError(f"{cfg.model} at budget {cfg.budget!r} is estimated at {duration(est.total_s)} on this CPU as "
                      f"busy as it is now (baseline {duration(est.baseline_s)}, trials {duration(est.trials_s)}, "
                      f"recovery {duration(est.recovery_s)}, report {duration(est.report_s)}): this is GPU work; run it on a GPU machine "

@@ -8,6 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from tqdm.auto import tqdm
 
+from search.storage import axes
 from search.study._estimate import duration
 from search.study._study import finished
 
@@ -46,7 +47,8 @@ class Progress:
         front = study.best_trials
         postfix = {"front": len(front)}
         if front:
-            postfix["acc@smallest"] = f"{min(front, key=lambda t: t.values[1]).values[0]:.3f}"
+            acc, size = axes(study)
+            postfix["acc@smallest"] = f"{min(front, key=lambda t: t.values[size]).values[acc]:.3f}"
         done = finished(study)
         per = self.per_trial()
         if per is not None:

@@ -15,11 +15,11 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
-from pruning import (BaselineFigures, Checkpoint, Dataset, PruningRecord, evaluate, load_checkpoint, resolve_precision,
-                     save_pruned, train, with_metrics)
+from pruning import (BaselineFigures, Checkpoint, Dataset, PruningRecord, evaluate, load_checkpoint, save_pruned,
+                     train, with_metrics)
 from search.config import StudyConfig, fault
 from search.results import front_trials
-from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, file_lock, recoveries, save_recovery,
+from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, file_lock, precision_of, recoveries, save_recovery,
                             trial_artifact)
 
 REACH = 3.0  # recovery brings a point up by one to two points: those within 3x the drop are worth a try
@@ -79,15 +79,17 @@ def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, 
                  store: FileSystemArtifactStore, progress: bool) -> RecoveryRecord:
     rec = TrialRecord.read(study.trials[number])
     ckpt = load_checkpoint(trial_artifact(out, rec.checkpoint, rec.checkpoint_sha256, number), expect_model=cfg.model)
-    # resolved on the model pruned from, as in the search, so every recovered point trains alike
-    recipe = replace(cfg.recovery_recipe(cfg.seed + number),
-                     precision=resolve_precision(cfg.recovery.precision, start.model, data.device))
+    # the study's one precision, as in the search (a recovery recipe's own explicit precision trains in it,
+    # but every figure is scored in the study's)
+    precision = precision_of(study, cfg.finetune.precision, data.device)
+    recipe = cfg.recovery_recipe(cfg.seed + number)
+    recipe = replace(recipe, precision=precision if recipe.precision == "auto" else recipe.precision)
     teacher = start.model if recipe.kd_weight > 0 else None
     began = time.perf_counter()
     train(ckpt.model, data, recipe, teacher=teacher, progress=progress, desc=f"recover trial {number}")
     seconds = time.perf_counter() - began
-    val = evaluate(ckpt.model, data, "val", precision=recipe.precision)
-    test = evaluate(ckpt.model, data, "test", precision=recipe.precision) if data.has_test else None
+    val = evaluate(ckpt.model, data, "val", precision=precision)
+    test = evaluate(ckpt.model, data, "test", precision=precision) if data.has_test else None
     meta = with_metrics(replace(ckpt.meta, provenance={**ckpt.meta.provenance, "recovered": True,
                                                        "recovery_epochs": recipe.epochs}),
                         val_accuracy=val, **({} if test is None else {"test_accuracy": test}))

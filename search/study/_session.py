@@ -13,7 +13,8 @@ from optuna.storages import BaseStorage
 
 from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write_text, read_meta
 from search.config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig, UsageError
-from search.storage import BASELINE, JOURNAL, baseline_of, check_writable, dashboard_command, open_storage, study_lock
+from search.storage import (BASELINE, JOURNAL, baseline_of, check_writable, dashboard_command, open_storage, precision_of,
+                            study_lock)
 from search.study._backends import Job
 from search.study._estimate import Estimate, describe, duration, estimate, guard
 from search.study._references import reference_plans
@@ -79,8 +80,9 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
                 train_baseline(cfg, out, data, progress=opts.progress, then=after)
         ctx = build_context(cfg, opts, out, data=data, start=start)
         if study is None:
-            study = create_study(storage, cfg, digest=ctx.start.checksum, baseline=ctx.baseline)
+            study = create_study(storage, cfg, digest=ctx.start.checksum, baseline=ctx.baseline, precision=ctx.precision)
             atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
+        ctx.precision = precision_of(study, cfg.finetune.precision, data.device)  # a resumed study keeps its own
         smap = prepare_map(ctx, study, progress=opts.progress)
         plans = reference_plans(cfg, ctx.units, ctx.keys, ctx.start.model, ctx.example, opts.total_trials(cfg),
                                 keep=ctx.keep, center=ctx.center,

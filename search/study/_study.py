@@ -5,19 +5,26 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from pruning import BaselineFigures, CheckpointError, read_meta, to_plain
-from search.config import (RESOLVED_NAME, SAMPLERS, SPREAD_SAMPLERS, RunOptions, StudyConfig, UsageError,
+from search.config import (COMPOSED_SAMPLERS, RESOLVED_NAME, SAMPLERS, RunOptions, StudyConfig, UsageError,
                            config_from_plain, fingerprint, first_difference, quiet_libraries)
-from search.storage import (BASE_KEY, BASELINE_FIGURES_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, SETTINGS_KEY, TrialRecord,
-                            baseline_path, open_storage)
+from search.storage import (BASE_KEY, BASELINE_FIGURES_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, PRECISION_KEY, SETTINGS_KEY,
+                            TrialRecord, baseline_path, open_storage, precision_of)
 from search.trial import LevelSpread, SearchContext, build_context, stored_center
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# the wrappers of search.config.COMPOSED_SAMPLERS: (inner sampler, config) -> the composed sampler
+SAMPLER_WRAPPERS: dict[str, Callable[[optuna.samplers.BaseSampler, StudyConfig], optuna.samplers.BaseSampler]] = {
+    "spread": lambda inner, cfg: LevelSpread(inner, 0.0, max(cfg.reference_ratios)),  # levels 0 .. largest reference
+}
 
 
 def sampler_for(cfg: StudyConfig, salt: int) -> optuna.samplers.BaseSampler:
@@ -25,10 +32,9 @@ def sampler_for(cfg: StudyConfig, salt: int) -> optuna.samplers.BaseSampler:
     ``seed``; every other process (a worker, a resume, an extension) mixes in its own salt, so two
     processes never draw the same candidates."""
     seed = cfg.seed if salt == 0 else zlib.crc32(f"{cfg.seed}:{salt}".encode()) & 0x7FFFFFFF
-    sampler = SAMPLERS[cfg.search.sampler](seed)
-    if cfg.search.sampler in SPREAD_SAMPLERS:  # the levels spread from 0 to the largest reference ratio
-        return LevelSpread(sampler, 0.0, max(cfg.reference_ratios))
-    return sampler
+    inner, wrapper = COMPOSED_SAMPLERS.get(cfg.search.sampler, (cfg.search.sampler, None))
+    sampler = SAMPLERS[inner](seed)
+    return SAMPLER_WRAPPERS[wrapper](sampler, cfg) if wrapper else sampler
 
 
 def find_study(storage: BaseStorage, name: str) -> bool:
@@ -78,8 +84,10 @@ def check_resume(study: optuna.Study, cfg: StudyConfig, out: Path) -> None:
                              f"{current[:12]}... instead of {digest[:12]}...); restore it or use another --out")
 
 
-def create_study(storage: BaseStorage, cfg: StudyConfig, *, digest: str, baseline: BaselineFigures) -> optuna.Study:
-    """A new study holding its config, fingerprint, base model's digest and baseline figures."""
+def create_study(storage: BaseStorage, cfg: StudyConfig, *, digest: str, baseline: BaselineFigures,
+                 precision: str) -> optuna.Study:
+    """A new study holding its config, fingerprint, base model's digest, baseline figures and the one
+    precision its figures are scored in."""
     study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=sampler_for(cfg, 0),
                                 directions=[d for _, d in cfg.search.objectives()])
     study.set_user_attr(CONFIG_KEY, to_plain(cfg))
@@ -87,6 +95,7 @@ def create_study(storage: BaseStorage, cfg: StudyConfig, *, digest: str, baselin
     study.set_user_attr(BASE_KEY, base_label(cfg))
     study.set_user_attr(DIGEST_KEY, digest)
     study.set_user_attr(BASELINE_FIGURES_KEY, to_plain(baseline))
+    study.set_user_attr(PRECISION_KEY, precision)
     study.set_metric_names([name for name, _ in cfg.search.objectives()])
     return study
 
@@ -154,4 +163,5 @@ def join_study(cfg: StudyConfig, opts: RunOptions, out: Path) -> Joined:
     study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
     ctx = build_context(cfg, opts, out)
     ctx.center = stored_center(study)  # the centre the first process stored under the lock
+    ctx.precision = precision_of(study, cfg.finetune.precision, ctx.data.device)
     return Joined(storage, study, ctx)

@@ -14,7 +14,7 @@ from torch import nn
 from models import fit_weights, list_models, read_state_dict
 from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, ImageSpec, PlanError, PruningError,
                      BaselineFigures, TrainHooks, TrainState, Unit, atomic_write, evaluate, load_checkpoint, load_dataset,
-                     measure, plan_keys, prepare, prunable_safely, save_pruned, to_plain, train, train_batches)
+                     measure, plan_keys, precision_for, prepare, prunable_safely, save_pruned, to_plain, train, train_batches)
 from search.config import ConfigError, RunOptions, StudyConfig, UsageError, fault
 from search.storage import BASELINE_PARTIAL, artifact_dir, baseline_path
 
@@ -160,24 +160,34 @@ def train_baseline(cfg: StudyConfig, out: Path, data: Dataset, *, epochs: float 
     meta = CheckpointMeta(
         model=cfg.model, model_kwargs=dict(cfg.model_kwargs), num_classes=data.num_classes,
         in_channels=data.in_channels, dataset=cfg.dataset, preprocessing=data.preprocessing,
-        metrics={**split_accuracies(model, data), "train_seconds": result.seconds, "images_per_s": result.images_per_s},
+        metrics={**split_accuracies(model, data, cfg), "train_seconds": result.seconds, "images_per_s": result.images_per_s},
         provenance={"recipe": to_plain(recipe), "steps": result.steps, "budget": cfg.budget, "seed": cfg.seed})
     save_pruned(baseline_path(out), model, None, meta)
     partial.unlink(missing_ok=True)
     return load_checkpoint(baseline_path(out), expect_model=cfg.model)
 
 
-def test_accuracy(model: nn.Module, data: Dataset) -> float | None:
-    """Test accuracy (a fraction), or None where the dataset has no test split."""
-    return evaluate(model, data, "test") if data.has_test else None
+def test_accuracy(model: nn.Module, data: Dataset, precision: str) -> float | None:
+    """Test accuracy (a fraction) under ``precision``, or None where the dataset has no test split."""
+    return evaluate(model, data, "test", precision=precision) if data.has_test else None
 
 
-def split_accuracies(model: nn.Module, data: Dataset) -> dict[str, float]:
-    """Validation accuracy, and test accuracy where the dataset has a test split (fractions)."""
-    out = {"val_accuracy": evaluate(model, data, "val")}
+def split_accuracies(model: nn.Module, data: Dataset, cfg: StudyConfig) -> dict[str, float]:
+    """An unpruned baseline's validation accuracy, and test accuracy where the dataset has a test split
+    (fractions), in the precision its study will score every model in (:func:`study_precision`)."""
+    precision = precision_for(cfg.finetune.precision, sum(p.numel() for p in model.parameters()), data.device)
+    out = {"val_accuracy": evaluate(model, data, "val", precision=precision)}
     if data.has_test:
-        out["test_accuracy"] = evaluate(model, data, "test")
+        out["test_accuracy"] = evaluate(model, data, "test", precision=precision)
     return out
+
+
+def study_precision(cfg: StudyConfig, baseline: BaselineFigures, device: torch.device) -> str:
+    """The one precision a study scores every model in: ``finetune.precision`` resolved once, on the
+    unpruned baseline (bf16 where it pays for the baseline, :func:`pruning.resolve_precision`), never
+    on the smaller model in hand, so a pruned point and its baseline are compared in the same arithmetic.
+    The study records it when it is made (:data:`search.storage.PRECISION_KEY`)."""
+    return precision_for(cfg.finetune.precision, baseline.params, device)
 
 
 def preflight(cfg: StudyConfig, data: Dataset, *, accept: bool = False) -> tuple[nn.Module, dict] | None:
@@ -194,7 +204,7 @@ def preflight(cfg: StudyConfig, data: Dataset, *, accept: bool = False) -> tuple
         return None
     fit_weights(cfg.source, model, read_state_dict(cfg.weights), num_classes=data.num_classes)
     model = prepare(model, data.device)
-    metrics = split_accuracies(model, data)
+    metrics = split_accuracies(model, data, cfg)
     _refuse_chance(metrics["val_accuracy"], data, accept)
     return model, metrics
 
@@ -291,6 +301,7 @@ class SearchContext:
     keep: tuple[str, ...]      # layers whose outputs are kept: the config's, plus units found unsafe to prune
     artifacts: FileSystemArtifactStore
     calibration: list          # fixed training batches: BN recalibration and Taylor importance
+    precision: str = "fp32"    # the study's one precision (study_precision; a resumed study's recorded one)
     center: list | None = None  # the sensitivity map's cost-aware plan per level, when the space is centred on it
 
 
@@ -306,8 +317,9 @@ def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Datase
     batch = cfg.finetune_recipe(0).batch_size
     calibration = list(itertools.islice(train_batches(data, batch, torch.Generator().manual_seed(cfg.seed)),
                                         cfg.spend.bn_batches))
-    return SearchContext(cfg=cfg, opts=opts, out=out, data=data, start=start,
-                         baseline=measured_baseline(start, example),
+    baseline = measured_baseline(start, example)
+    return SearchContext(cfg=cfg, opts=opts, out=out, data=data, start=start, baseline=baseline,
+                         precision=study_precision(cfg, baseline, data.device),
                          units=units, keys=plan_keys(units, cfg.search.granularity), example=example, keep=keep,
                          artifacts=FileSystemArtifactStore(str(artifact_dir(out))), calibration=calibration)
 

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from pruning import (CheckpointMeta, Measurement, TrainHooks, TrainingDiverged, apply_plan, evaluate, expand_plan,
-                     measure, recalibrate_bn, resolve_precision, save_pruned, train)
+                     measure, recalibrate_bn, save_pruned, train)
 from search.config import OBJECTIVES
 from search.storage import Rung, TrialRecord, file_sha256, record_value
 from search.trial._context import SearchContext
@@ -109,8 +109,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
              plan={k: round(v, 4) for k, v in surgery.plan.items()})
     if m.latency_ms:
         io.write(latency_ms=m.latency_ms[1])
-    # one precision for the whole study, resolved on the model it prunes, so candidates compare alike
-    precision = resolve_precision(cfg.finetune.precision, ctx.start.model, ctx.data.device)
+    precision = ctx.precision  # the study's one precision: candidates and baseline compare alike
     recalibrate_bn(pruned, ctx.calibration, precision=precision)
     proxy = evaluate(pruned, ctx.data, "val", precision=precision)
     io.write(proxy_accuracy=proxy)

@@ -15,7 +15,7 @@ import time
 import optuna
 from tqdm.auto import tqdm
 
-from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn, resolve_precision
+from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn
 from search.config import fault
 from search.trial._allocation import SensitivityMap, additive_saving, bisect, costaware_plan, threshold_plan
 from search.trial._context import SearchContext
@@ -73,7 +73,7 @@ def ensure_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = Fals
         return SensitivityMap.from_plain(stored)
     space = ctx.cfg.search
     ratios = tuple(r for r in space.sensitivity_ratios if r <= space.max_ratio)
-    precision = resolve_precision(ctx.cfg.finetune.precision, ctx.start.model, ctx.data.device)
+    precision = ctx.precision
     images = ctx.data.subset(val=space.rung_val_images)
     started = time.perf_counter()
     base = study.user_attrs.get(BASE_ROW_KEY)

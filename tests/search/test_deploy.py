@@ -116,6 +116,36 @@ def test_the_cpu_guard(model, budget, refused, monkeypatch, fashion_mnist):
         assert model != "lenet5" or est.total_s < 3600
 
 
+def test_what_a_budget_is_for_is_its_scope_not_its_name(monkeypatch, fashion_mnist):
+    """The guard and the report read the budget's ``scope`` field: a budget named anything with scope
+    ``smoke`` is never refused and is the one a refusal suggests; one named ``smoke`` but scoped ``full``
+    is refused like any other. A budget without the field means what its name always meant, and the field
+    is not fingerprinted (a study made before it resumes)."""
+    import dataclasses
+
+    import search.study._estimate as est_mod
+    from search.config import fingerprint
+    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: QUIET_RATE_S["densenet121"])
+    cfg = load_config("densenet121", overrides={"budget": "default"})
+    budgets = dict(cfg.budgets, quick=dataclasses.replace(cfg.budgets["smoke"], scope="smoke"),
+                   smoke=dataclasses.replace(cfg.budgets["default"], scope="full"))
+    opts = RunOptions(data_dir=str(REPO / "data"), device="cpu")
+    for name, refused in (("quick", False), ("smoke", True), ("default", True)):
+        named = dataclasses.replace(cfg, budgets=budgets, budget=name)
+        assert named.scope == ("smoke" if name == "quick" else "full")
+        est = estimate(named, opts, fashion_mnist, baseline_exists=False, trials_left=named.spend.trials)
+        if refused:
+            with pytest.raises(UsageError, match="this is GPU work.*--budget quick "):
+                guard(named, opts, est, torch.device("cpu"))
+        else:
+            guard(named, opts, est, torch.device("cpu"))
+    assert [load_config("lenet5", overrides={"budget": b}).scope for b in ("smoke", "default", "full")] == \
+        ["smoke", "full", "full"]
+    assert load_config("vgg16", overrides={"budget": "cpu"}).scope == "short"
+    scoped = dataclasses.replace(cfg, budgets=dict(cfg.budgets, default=dataclasses.replace(cfg.spend, scope="short")))
+    assert fingerprint(scoped) == fingerprint(cfg)
+
+
 @pytest.mark.parametrize("rough_s, shown, measured", [(1e-4, False, False), (1e-4, True, True), (1.0, False, True)])
 def test_the_estimate_is_measured_when_shown_or_over_the_limit(rough_s, shown, measured, monkeypatch, fashion_mnist):
     import search.study._estimate as est_mod

@@ -134,6 +134,7 @@ def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
     cfg = build_config(plain, where="t", overrides={"budget": "smoke"})
     sampler = sampler_for(cfg, 0)
     assert isinstance(sampler, LevelSpread) and (sampler.low, sampler.high) == (0.0, 0.7)
+    assert isinstance(sampler.inner, optuna.samplers.TPESampler)  # composed: the wrapper around the tpe entry
     plain_tpe = build_config(merged(plain, search={"sampler": "tpe"}), where="t", overrides={"budget": "smoke"})
     assert not isinstance(sampler_for(plain_tpe, 0), LevelSpread)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
@@ -150,3 +151,18 @@ def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
         [0.35, 0.175, 0.525, 0.0875, 0.4375, 0.2625, 0.6125, 0.04375])
     assert len({round(levels[n], 6) for n in range(2, 16, 2)}) == 7  # TPE's own, not spread
     assert [sampler_for(cfg, 7).level(n) for n in (1, 3)] == [sampler.level(1), sampler.level(3)]
+
+
+def test_objectives_are_read_by_name_not_position():
+    """The report's front order and the progress bar find accuracy and the size axis by the study's metric
+    names and directions, so a study whose values are in another order reads the same."""
+    import optuna
+
+    from search.storage import axes
+    for names, directions in ((["val_accuracy", "size_mb"], ["maximize", "minimize"]),
+                              (["size_mb", "val_accuracy"], ["minimize", "maximize"]),
+                              (["latency_ms", "val_accuracy", "size_mb"], ["minimize", "maximize", "minimize"])):
+        study = optuna.create_study(directions=directions)
+        study.set_metric_names(names)
+        acc, size = axes(study)
+        assert names[acc] == "val_accuracy" and names[size] == names[directions.index("minimize")]
