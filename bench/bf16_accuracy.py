@@ -33,12 +33,6 @@ def one_run(name: str, data, precision: str, seed: int, steps: int) -> tuple[flo
     return evaluate(model, data, "val", precision=precision), time.perf_counter() - start
 
 
-def subset(data, n: int):
-    """The first ``n`` training images (the split is already a random draw)."""
-    from dataclasses import replace
-    return replace(data, train_x=data.train_x[:n], train_y=data.train_y[:n])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=["lenet5"])
@@ -49,7 +43,7 @@ def main() -> None:
     _common.header("bf16 autocast vs fp32: validation accuracy after a short run", torch.device("cpu"))
     data = load_dataset("fashion-mnist", download=False)
     if args.train_subset:
-        data = subset(data, args.train_subset)
+        data = data.subset(train=args.train_subset)  # every class in proportion
     for name in args.models:
         acc: dict[str, list[float]] = {"fp32": [], "bf16": []}
         secs: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -64,7 +58,7 @@ def main() -> None:
             print(f"{name:<10} {precision}: val acc % {_common.spread(acc[precision])}, "
                   f"s/run {_common.spread(secs[precision])}", flush=True)
         print(f"{name:<10} bf16 median {'inside' if inside else 'OUTSIDE'} the fp32 seed spread; "
-              f"{args.steps} steps, {data.train_x.shape[0]} training images; load {load}", flush=True)
+              f"{args.steps} steps, {data.count('train')} training images; load {load}", flush=True)
 
 
 if __name__ == "__main__":

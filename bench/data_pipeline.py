@@ -29,11 +29,12 @@ def write_folder(root: Path, images: int) -> Path:
 
     fm = load_dataset("fashion-mnist", download=False)
     per_class = images // 10
+    train_x, train_y = fm.split("train")
     for c in range(10):
         folder = root / "train" / f"c{c}"
         folder.mkdir(parents=True)
-        for i in torch.nonzero(fm.train_y == c).flatten()[:per_class].tolist():
-            Image.fromarray(fm.train_x[i, 0].numpy()).convert("RGB").resize((80, 88)).save(folder / f"{i}.png")
+        for i in torch.nonzero(train_y == c).flatten()[:per_class].tolist():
+            Image.fromarray(train_x[i, 0].numpy()).convert("RGB").resize((80, 88)).save(folder / f"{i}.png")
     return root
 
 

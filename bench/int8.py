@@ -39,13 +39,13 @@ def prepared(name: str, data, steps: int, round_to: int | None = 8):
     if name == "lenet5":
         train(pruned, data, TrainConfig(epochs=1, lr=0.01), progress=False)
     else:
-        recalibrate_bn(pruned, [data.normalize(data.train_x[i * 64:(i + 1) * 64]) for i in range(20)])
+        recalibrate_bn(pruned, [data.inputs("train", 64, i * 64) for i in range(20)])
     return model.eval(), pruned.eval()
 
 
 def shipped(name: str, data, tmp: Path, steps: int, fmt: str) -> dict:
     base, pruned = prepared(name, data, steps)
-    x = data.normalize(data.val_x[:64]).cpu()
+    x = data.inputs("val", 64).cpu()
     full, small = export_onnx(base, tmp / f"{name}-full.onnx", x), export_onnx(pruned, tmp / f"{name}.onnx", x)
     quant.QUANT_FORMAT = fmt
     start = time.perf_counter()
@@ -82,7 +82,7 @@ def round_to_effect(data, tmp: Path, checkpoint: str | None, steps: int, ratio: 
     """round_to None / 4 / 8 / 16 on VGG16-BN at equal size: FP32 and INT8 latency against the
     unrounded plan (interleaved repeats), and, from a trained checkpoint, accuracy after the same
     BatchNorm recalibration and ``steps``-step fine-tune."""
-    x = data.normalize(data.val_x[:64]).cpu()
+    x = data.inputs("val", 64).cpu()
     torch.manual_seed(0)
     model = load_checkpoint(checkpoint, expect_model="vgg16").model.float().cpu().eval() if checkpoint else \
         create_model("vgg16", num_classes=10, in_channels=1).eval()
@@ -94,7 +94,7 @@ def round_to_effect(data, tmp: Path, checkpoint: str | None, steps: int, ratio: 
     files, rows = {}, {}
     for r in (None, 4, 8, 16):
         pruned, n, q = (first, target, ratio) if r is None else _equal_size(model, units, x, target, r, ratio)
-        train_x = data.normalize(data.train_x[:20 * 64])
+        train_x = data.inputs("train", 20 * 64)
         recalibrate_bn(pruned, [train_x[i * 64:(i + 1) * 64] for i in range(20)], precision="fp32")
         row = {"params": n, "ratio": q}
         if checkpoint:

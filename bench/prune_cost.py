@@ -27,7 +27,7 @@ CPU_SECONDS = 6.0  # on the CPU, BN batches and fine-tune steps are cut to about
 
 def cpu_limits(model, data, batch: int) -> tuple[int, int]:
     """BN batches and fine-tune steps that fit in about CPU_SECONDS each on this CPU."""
-    x = data.normalize(data.train_x[:batch])
+    x = data.inputs("train", batch)
     start = time.perf_counter()
     with torch.no_grad():
         model.train()(x)
@@ -63,7 +63,7 @@ def main() -> None:
         ft_steps = args.finetune_steps or cpu_ft or per_epoch
         x = data.example_input(1)
         plan = {u.name: 0.5 for u in prunable_units(model, x)}
-        batches = [data.normalize(data.train_x[i * batch:(i + 1) * batch]) for i in range(min(bn_k, 64))]
+        batches = [data.inputs("train", batch, i * batch) for i in range(min(bn_k, 64))]
         batches = (batches * (bn_k // len(batches) + 1))[:bn_k]
         apply_s, overhead_s, bn_s, ft_s = [], [], [], []
         build = CheckpointMeta(model=name, num_classes=10, in_channels=1)

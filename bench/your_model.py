@@ -29,8 +29,8 @@ def write_folder(root: Path, per_class: int) -> None:
     from PIL import Image
 
     fm = load_dataset("fashion-mnist", download=False)
-    for split, (x, y, n) in {"train": (fm.train_x, fm.train_y, per_class),
-                             "test": (fm.test_x, fm.test_y, max(50, per_class // 5))}.items():
+    for split, (x, y, n) in {"train": (*fm.split("train"), per_class),
+                             "test": (*fm.split("test"), max(50, per_class // 5))}.items():
         for c in range(10):
             folder = root / split / f"{c}-{fm.class_names[c].replace('/', '_')}"
             folder.mkdir(parents=True, exist_ok=True)

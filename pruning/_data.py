@@ -216,9 +216,25 @@ class Dataset:
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A normalized batch of training images, for tracing and measuring."""
-        return self.normalize(self.train_x[:batch])
+        return self.inputs("train", batch)
+
+    def inputs(self, split: str, n: int, start: int = 0) -> torch.Tensor:
+        """Images ``start`` to ``start + n`` of ``split``, normalized at the model's input size: for
+        tracing, calibrating, verifying an export (cached or streamed alike)."""
+        return self.normalize(self.split(split)[0][start:start + n])
+
+    def count(self, split: str) -> int:
+        """How many examples ``split`` holds (0: no test split)."""
+        return int(self.split(split)[1].shape[0])
+
+    def labels(self, split: str) -> torch.Tensor:
+        """The int64 labels of ``split``, in the order :func:`eval_batches` yields its images."""
+        return self.split(split)[1]
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw uint8 images (a tensor or :class:`StreamedImages`) and labels of ``name``: what the
+        data seam's own code reads; everything else asks :meth:`inputs`, :meth:`count`, :meth:`labels`
+        or the batch iterators."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}; choose train, val or test")
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")

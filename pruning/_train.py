@@ -209,7 +209,7 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Mod
     model = prepare(model, device, mode)
     if teacher is not None:
         teacher = prepare(teacher, device, mode).eval()
-    n_train = data.train_x.shape[0]
+    n_train = data.count("train")
     total, per_epoch = cfg.total_steps(n_train), steps_per_epoch(n_train, cfg.batch_size)
     opt = _optimizer(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)

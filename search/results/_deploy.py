@@ -66,7 +66,7 @@ def ship(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx
 
 def _make(model: nn.Module, meta: CheckpointMeta, plan: dict, data: Dataset, onnx: Path, *,
           int8: Int8Settings | None, progress: bool) -> dict:
-    batch = data.normalize(data.val_x[:VERIFY_BATCH]).cpu()
+    batch = data.inputs("val", VERIFY_BATCH).cpu()
     model = model.float().cpu().eval()
     export_onnx(model, onnx, batch)
     check = verify_standalone(onnx, model, batch)

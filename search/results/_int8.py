@@ -29,7 +29,7 @@ INT8_CACHE = "int8.json"  # the report's INT8 figures, by artifact id and settin
 
 def check_calibration_count(settings: Int8Settings, data: Dataset) -> None:
     """One line before anything is written when the calibration draw cannot be made."""
-    available = int(data.train_y.shape[0])
+    available = data.count("train")
     if not 1 <= settings.calibration_images <= available:
         raise UsageError(f"--calibration-images {settings.calibration_images} must be between 1 and the "
                          f"{available} training images of the study's split; e.g. --calibration-images "
@@ -132,7 +132,7 @@ def int8_table(block: dict) -> str:
 def report_settings(data: Dataset) -> Int8Settings:
     """What ``pick --export onnx --int8`` uses by default, with the calibration draw capped at the
     study's training split (a smoke budget's subset may hold fewer than 512 images)."""
-    return Int8Settings(calibration_images=min(Int8Settings.calibration_images, int(data.train_y.shape[0])))
+    return Int8Settings(calibration_images=min(Int8Settings.calibration_images, data.count("train")))
 
 
 def _cache_key(artifact: str, settings: Int8Settings) -> str:

@@ -131,17 +131,17 @@ def _data_line(data) -> str:
     bring = (f"shorter side resized to {pre.resize_size} ({pre.resize}), centre {pre.input_size}x{pre.input_size} "
              f"crop" if pre.resize_size else f"{pre.input_size}x{pre.input_size}" +
              (f" ({pre.resize} resize)" if pre.resize != "none" else ""))
-    test = f"{data.test_y.shape[0]:,} test" if data.has_test else "no test split"
+    test = f"{data.count('test'):,} test" if data.has_test else "no test split"
     return (f"Data: `{data.name}`{f' from {data.root}' if data.root else ''}, {pre.channels} channel(s), {bring}; "
             f"mean {tuple(round(m, 4) for m in pre.mean)}, std {tuple(round(s, 4) for s in pre.std)}; training "
-            f"augmentation `{data.augment}`; {data.train_y.shape[0]:,} training, {data.val_y.shape[0]:,} validation, "
+            f"augmentation `{data.augment}`; {data.count('train'):,} training, {data.count('val'):,} validation, "
             f"{test} images.")
 
 
 def _spend_line(cfg: StudyConfig, data) -> str:
     """What the budget paid for in training, in steps and images, so a short study (``cpu``,
     ``smoke``) is never mistaken for a full one."""
-    n = int(data.train_y.shape[0])
+    n = data.count("train")
     spend, base, ft, rec = cfg.spend, cfg.baseline_recipe(), cfg.finetune_recipe(0), cfg.recovery_recipe(0)
     if cfg.weights:
         baseline = "the baseline is your weights (evaluated, not retrained)"

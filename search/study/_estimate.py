@@ -44,7 +44,7 @@ def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) 
     Either way the figure is the difference of a long and a one-step run, so what a training call
     costs once (building the optimizer, the first batch) is never spread over a few images."""
     model = build_model(cfg, data)
-    n = data.train_x.shape[0]
+    n = data.count("train")
 
     def run(k: int, batch: int) -> float:
         return train(model, data, TrainConfig(steps=k, batch_size=batch, lr=0.01), progress=False).seconds
@@ -92,14 +92,14 @@ def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float) -> float:
     model = build_model(cfg, data)
     keys = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules()) - 1  # not the classifier
     images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + min(
-        data.val_x.shape[0], space.rung_val_images or data.val_x.shape[0])
+        data.count("val"), space.rung_val_images or data.count("val"))
     ratios = sum(r <= space.max_ratio for r in space.sensitivity_ratios)
     return max(1, keys) * ratios * images * per_image / 3
 
 
 def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float, *, baseline_exists: bool,
               trials_left: int, map_pending: bool) -> Estimate:
-    n_train, n_val = data.train_x.shape[0], data.val_x.shape[0]
+    n_train, n_val = data.count("train"), data.count("val")
     base = cfg.baseline_recipe()
     baseline = 0.0 if baseline_exists else base.total_steps(n_train) * base.batch_size * per_image
     ft = cfg.finetune_recipe(0)
@@ -130,7 +130,7 @@ def report_seconds(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image:
         return 0.0
     forward = per_image / 3
     points = FRONT_PER_RECOVERED * cfg.report.recover_points
-    tests = points * int(data.test_x.shape[0]) * forward
+    tests = points * data.count("test") * forward
     if cfg.latency == "none":
         return tests
     timed = points if cfg.latency == "all" else cfg.report.recover_points
@@ -149,7 +149,7 @@ def int8_seconds(cfg: StudyConfig, data: Dataset, forward: float, blocks: float,
 
     if cfg.report.int8 == "none" or cfg.latency == "none":
         return 0.0
-    scored = min(512, int(data.train_y.shape[0])) + 2 * (int(data.val_y.shape[0]) + int(data.test_x.shape[0]))
+    scored = min(512, data.count("train")) + 2 * (data.count("val") + data.count("test"))
     return cfg.report.recover_points * (scored * forward + 2 * SPEEDUP_REPEATS * blocks + 2 * 60 * sum(calls))
 
 

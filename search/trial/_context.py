@@ -223,7 +223,7 @@ def adopt_weights(cfg: StudyConfig, out: Path, data: Dataset, adopted: tuple[nn.
 
 def _refuse_chance(val: float, data: Dataset, accept: bool) -> None:
     """Chance level: not above the majority class's share of the validation split by 3 standard errors."""
-    counts = data.val_y.bincount(minlength=data.num_classes).float()
+    counts = data.labels("val").bincount(minlength=data.num_classes).float()
     n = float(counts.sum())
     p = float(counts.max()) / max(n, 1.0)
     bar = p + 3 * (p * (1 - p) / max(n, 1.0)) ** 0.5

@@ -119,7 +119,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
         _constrain(ctx, trial, m, proxy)
         return Outcome(TrialState.COMPLETE, (proxy, *measures))
     recipe = replace(cfg.finetune_recipe(cfg.seed + trial.number), precision=precision)
-    total = recipe.total_steps(ctx.data.train_x.shape[0])
+    total = recipe.total_steps(ctx.data.count("train"))
     rungs = rung_steps(total, space.rungs) if cfg.early_stop else []
     halving = _Halving(ctx, io, measures, protected=rec.reference is not None, steps=rungs)
     if rungs and rungs[0] == 0:

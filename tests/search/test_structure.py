@@ -9,7 +9,10 @@
   look inside the package its folder tests (``tests/pruning`` into ``pruning._data``), never into
   another;
 - every public name a package lists in ``__all__`` exists;
-- only the Ray backend imports Ray."""
+- only the Ray backend imports Ray;
+- the data seam: outside ``pruning/_data.py`` nothing reads a dataset's split tensors
+  (``train_x`` ... ``test_y``) or asks whether its images are streamed; code asks the ``Dataset`` for
+  ``inputs``, ``count``, ``labels`` or batches, so a new image pipeline is one class behind it."""
 from __future__ import annotations
 
 import ast
@@ -134,3 +137,19 @@ def test_ray_is_imported_only_by_its_backend():
         text = path.read_text()
         if path.name != "_ray.py":
             assert "import ray" not in text and "from ray" not in text, path.name
+
+
+SPLIT_FIELDS = {f"{split}_{part}" for split in ("train", "val", "test") for part in "xy"}
+
+
+def test_nothing_reaches_past_the_data_seam():
+    wrong = []
+    for path in _files("search", "pruning", "models", "bench"):
+        if path == REPO / "pruning" / "_data.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and (node.attr in SPLIT_FIELDS or node.attr == "streamed"):
+                wrong.append(f"{path.relative_to(REPO)}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.Name) and node.id == "StreamedImages":
+                wrong.append(f"{path.relative_to(REPO)}:{node.lineno} StreamedImages")
+    assert not wrong, "reaches past the data interface: " + "; ".join(wrong)
