@@ -16,7 +16,7 @@ from search.cli import add_int8_flags, add_study_flags, int8_settings, number, o
 from search.config import UsageError, quiet_libraries
 from search.results import check_calibration_count, collect, export_paths, int8_table, selection_accuracy, ship
 from search.storage import check_targets, precision_of, refuse_other_study, refuse_own_file
-from search.trial import test_accuracy
+from search.trial import in_precision, test_accuracy
 
 
 def get_args_parser():
@@ -113,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     precision = precision_of(found.study, cfg.finetune.precision, data.device)  # the study's, as in its report
     if epochs > 0:
         teacher = start.model if cfg.recovery.kd_weight > 0 else None
-        recipe = replace(cfg.recovery_recipe(cfg.seed), epochs=epochs)
-        train(model, data, replace(recipe, precision=precision if recipe.precision == "auto" else recipe.precision),
-              teacher=teacher, progress=found.opts.progress, desc="pick fine-tune")
+        recipe = in_precision(replace(cfg.recovery_recipe(cfg.seed), epochs=epochs), precision)
+        train(model, data, recipe, teacher=teacher, progress=found.opts.progress, desc="pick fine-tune")
     m = measure(model, data.example_input(1))
     val, test = evaluate(model, data, "val", precision=precision), test_accuracy(model, data, precision)
     meta = with_metrics(replace(ckpt.meta, provenance={**ckpt.meta.provenance, "study": cfg.study_name,

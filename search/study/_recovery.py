@@ -21,6 +21,7 @@ from search.config import StudyConfig, fault
 from search.results import front_trials
 from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, file_lock, precision_of, recoveries, save_recovery,
                             trial_artifact)
+from search.trial import in_precision
 
 REACH = 3.0  # recovery brings a point up by one to two points: those within 3x the drop are worth a try
 
@@ -82,8 +83,7 @@ def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, 
     # the study's one precision, as in the search (a recovery recipe's own explicit precision trains in it,
     # but every figure is scored in the study's)
     precision = precision_of(study, cfg.finetune.precision, data.device)
-    recipe = cfg.recovery_recipe(cfg.seed + number)
-    recipe = replace(recipe, precision=precision if recipe.precision == "auto" else recipe.precision)
+    recipe = in_precision(cfg.recovery_recipe(cfg.seed + number), precision)
     teacher = start.model if recipe.kd_weight > 0 else None
     began = time.perf_counter()
     train(ckpt.model, data, recipe, teacher=teacher, progress=progress, desc=f"recover trial {number}")

@@ -4,7 +4,7 @@ a plan, and latency measurement."""
 from __future__ import annotations
 
 from search.trial._context import (VAL_SPLIT_SEED, SearchContext, adopt_weights, build_context, build_model,
-                                   check_input_size, image_spec, load_data,
+                                   check_input_size, image_spec, in_precision, load_data,
                                    preflight, safe_units, start_checkpoint, test_accuracy, train_baseline)
 from search.trial._latency import BATCHES, ORT_THREADS, SPEEDUP_REPEATS, latencies, setting
 from search.trial._objective import Outcome, rung_population, run_trial
@@ -14,6 +14,6 @@ from search.trial._space import LevelSpread, params_for, sample
 
 __all__ = ["BATCHES", "LevelSpread", "MAP_KEY", "ORT_THREADS", "Outcome", "SECONDS_KEY", "SPEEDUP_REPEATS",
            "SearchContext", "SensitivityMap", "VAL_SPLIT_SEED", "adopt_weights", "build_context", "build_model",
-           "check_input_size", "image_spec", "latencies", "load_data", "params_for", "preflight", "prepare_map", "rung_population",
+           "check_input_size", "image_spec", "in_precision", "latencies", "load_data", "params_for", "preflight", "prepare_map", "rung_population",
            "run_trial", "safe_units", "sample", "sensitivity_plans", "setting", "start_checkpoint", "stored_center",
            "test_accuracy", "train_baseline"]

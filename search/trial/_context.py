@@ -14,7 +14,8 @@ from torch import nn
 from models import fit_weights, list_models, read_state_dict
 from pruning import (Checkpoint, CheckpointError, CheckpointMeta, Dataset, ImageSpec, PlanError, PruningError,
                      BaselineFigures, TrainHooks, TrainState, Unit, atomic_write, evaluate, load_checkpoint, load_dataset,
-                     measure, plan_keys, precision_for, prepare, prunable_safely, save_pruned, to_plain, train, train_batches)
+                     TrainConfig, measure, plan_keys, precision_for, prepare, prunable_safely, save_pruned, to_plain, train,
+                     train_batches)
 from search.config import ConfigError, RunOptions, StudyConfig, UsageError, fault
 from search.storage import BASELINE_PARTIAL, artifact_dir, baseline_path
 
@@ -175,19 +176,26 @@ def test_accuracy(model: nn.Module, data: Dataset, precision: str) -> float | No
 def split_accuracies(model: nn.Module, data: Dataset, cfg: StudyConfig) -> dict[str, float]:
     """An unpruned baseline's validation accuracy, and test accuracy where the dataset has a test split
     (fractions), in the precision its study will score every model in (:func:`study_precision`)."""
-    precision = precision_for(cfg.finetune.precision, sum(p.numel() for p in model.parameters()), data.device)
+    precision = study_precision(cfg, sum(p.numel() for p in model.parameters()), data.device)
     out = {"val_accuracy": evaluate(model, data, "val", precision=precision)}
     if data.has_test:
         out["test_accuracy"] = evaluate(model, data, "test", precision=precision)
     return out
 
 
-def study_precision(cfg: StudyConfig, baseline: BaselineFigures, device: torch.device) -> str:
+def study_precision(cfg: StudyConfig, baseline_params: int, device: torch.device) -> str:
     """The one precision a study scores every model in: ``finetune.precision`` resolved once, on the
-    unpruned baseline (bf16 where it pays for the baseline, :func:`pruning.resolve_precision`), never
-    on the smaller model in hand, so a pruned point and its baseline are compared in the same arithmetic.
-    The study records it when it is made (:data:`search.storage.PRECISION_KEY`)."""
-    return precision_for(cfg.finetune.precision, baseline.params, device)
+    unpruned baseline's ``baseline_params`` (bf16 where it pays for the baseline,
+    :func:`pruning.resolve_precision`), never on the smaller model in hand, so a pruned point and its
+    baseline are compared in the same arithmetic. The study records it when it is made
+    (:data:`search.storage.PRECISION_KEY`)."""
+    return precision_for(cfg.finetune.precision, baseline_params, device)
+
+
+def in_precision(recipe: TrainConfig, precision: str) -> TrainConfig:
+    """``recipe`` training in the study's ``precision`` where it says ``auto``; a recipe's explicit
+    precision is kept for training (every figure is still scored in the study's)."""
+    return replace(recipe, precision=precision) if recipe.precision == "auto" else recipe
 
 
 def preflight(cfg: StudyConfig, data: Dataset, *, accept: bool = False) -> tuple[nn.Module, dict] | None:
@@ -319,7 +327,7 @@ def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Datase
                                         cfg.spend.bn_batches))
     baseline = measured_baseline(start, example)
     return SearchContext(cfg=cfg, opts=opts, out=out, data=data, start=start, baseline=baseline,
-                         precision=study_precision(cfg, baseline, data.device),
+                         precision=study_precision(cfg, baseline.params, data.device),
                          units=units, keys=plan_keys(units, cfg.search.granularity), example=example, keep=keep,
                          artifacts=FileSystemArtifactStore(str(artifact_dir(out))), calibration=calibration)
 
