@@ -84,14 +84,18 @@ KEY_FIELDS = ("val_accuracy", "size_mb", "pruned_pct")  # written first so the d
 
 
 def inputs_of(rec: TrialRecord) -> dict[str, Any]:
-    """What a trial is asked to evaluate (its reference kind, and a global reference's exact plan):
-    the attributes a retry or a re-enqueued reference starts from. Everything else is an output."""
+    """What a trial is asked to evaluate (its reference kind, and a reference's exact plan): the
+    attributes a retry or a re-enqueued reference starts from. Everything else is an output.
+
+    Every reference keeps its plan: its sampler parameters only approximate it (around a map's
+    centre a shape moves a key's ratio by at most ``OFFSET``), and a "uniform 0.5" that pruned
+    LeNet5's conv1 at 0.25 would not be the allocation the report names."""
     attrs = {k: None for k in KEY_FIELDS}
     if rec.reference:
         attrs.update(reference=rec.reference, reference_ratio=rec.reference_ratio)
         if rec.enqueued:
             attrs["enqueued"] = dict(rec.enqueued)
-        if rec.reference == "global" and rec.plan:
+        if rec.plan:
             attrs["plan"] = dict(rec.plan)
     return attrs
 
