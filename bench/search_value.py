@@ -65,7 +65,8 @@ def analyse(out: Path, model: str, budget: str) -> dict:
             "stopped": sum(1 for r in every if r.stop_rung is not None), "trials": len(every)}
 
 
-def run_seed(root: Path, model: str, budget: str, seed: int, baseline: Path | None) -> tuple[Path, float]:
+def run_seed(root: Path, model: str, budget: str, seed: int, baseline: Path | None,
+             sampler: str | None = None) -> tuple[Path, float]:
     out = root / f"seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -73,7 +74,8 @@ def run_seed(root: Path, model: str, budget: str, seed: int, baseline: Path | No
         shutil.copy(baseline, out / "baseline.pt")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "search.run", "--model", model, "--budget", budget, "--seed", str(seed),
-                    "--out", str(out), "--yes", "--quiet"], check=True, cwd=_common.REPO)
+                    "--out", str(out), "--yes", "--quiet", *(["--sampler", sampler] if sampler else [])],
+                   check=True, cwd=_common.REPO)
     return out, time.perf_counter() - start
 
 
@@ -104,6 +106,7 @@ def main() -> None:
     parser.add_argument("--budget", default="default")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="studies/bench-search-value")
+    parser.add_argument("--sampler", help="the study's --sampler (default: the config's)")
     parser.add_argument("--existing", nargs="+", help="finished study folders to analyse (no run)")
     parser.add_argument("--baseline", help="a trained baseline.pt to copy into every seed's folder (default: the "
                                             "first seed's study trains one and the others copy it)")
@@ -122,7 +125,7 @@ def main() -> None:
     else:
         root, baseline = Path(args.out), Path(args.baseline) if args.baseline else None
         for seed in args.seeds:
-            out, wall = run_seed(root, args.model, args.budget, seed, baseline)
+            out, wall = run_seed(root, args.model, args.budget, seed, baseline, args.sampler)
             baseline = baseline or out / "baseline.pt"
             r = analyse(out, args.model, args.budget) | {"wall_s": wall, "seed": seed}
             results.append(r)

@@ -13,8 +13,9 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
 
 # composed samplers: name -> (inner sampler, wrapper). The wrapper (search.study.SAMPLER_WRAPPERS) changes
 # the inner sampler's proposals; "spread": every other trial's level spread from 0 to the largest
-# reference ratio (search.trial.LevelSpread)
-COMPOSED_SAMPLERS: dict[str, tuple[str, str]] = {"tpe-spread": ("tpe", "spread")}
+# reference ratio (search.trial.LevelSpread); "aim": every other trial's level solved so that its plan lands just
+# under a reference plan's size, the references in turn (search.trial.AimedSpread)
+COMPOSED_SAMPLERS: dict[str, tuple[str, str]] = {"tpe-spread": ("tpe", "spread"), "tpe-aim": ("tpe", "aim")}
 
 SAMPLER_CHOICES = (*SAMPLERS, *COMPOSED_SAMPLERS)
 

@@ -20,8 +20,8 @@ from search.study._estimate import Estimate, describe, duration, estimate, guard
 from search.study._references import reference_plans
 from search.study._broker import TrialBroker
 from search.study._study import check_resume, create_study, find_study, finished, load_existing, seed_references
-from search.trial import (SearchContext, adopt_weights, build_context, load_data, preflight, prepare_map,
-                          sensitivity_plans, start_checkpoint, train_baseline)
+from search.trial import (AimedSpread, SearchContext, adopt_weights, aim_spread, aim_targets, build_context, load_data,
+                          preflight, prepare_map, sensitivity_plans, start_checkpoint, train_baseline)
 
 
 @dataclass
@@ -88,6 +88,9 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
                                 keep=ctx.keep, center=ctx.center,
                                 sensitivity=None if smap is None else (lambda ratios: sensitivity_plans(ctx, study, smap, ratios)))
         seed_references(study, ctx.keys, plans)
+        if isinstance(study.sampler, AimedSpread):
+            aim_targets(ctx, study, [plan for _, plan in plans.values()])
+            aim_spread(ctx, study)
         session = Session(cfg=cfg, opts=opts, out=out, storage=storage, study=study, ctx=ctx, estimate=est)
     atomic_write_text(out / OPTIONS_NAME, opts.to_yaml())
     return session

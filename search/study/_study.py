@@ -16,7 +16,7 @@ from search.config import (COMPOSED_SAMPLERS, RESOLVED_NAME, SAMPLERS, RunOption
                            config_from_plain, fingerprint, first_difference, quiet_libraries)
 from search.storage import (BASE_KEY, BASELINE_FIGURES_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, PRECISION_KEY, SETTINGS_KEY,
                             TrialRecord, baseline_path, open_storage, precision_of)
-from search.trial import LevelSpread, SearchContext, build_context, stored_center
+from search.trial import AimedSpread, LevelSpread, SearchContext, aim_spread, build_context, stored_center
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -24,6 +24,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # the wrappers of search.config.COMPOSED_SAMPLERS: (inner sampler, config) -> the composed sampler
 SAMPLER_WRAPPERS: dict[str, Callable[[optuna.samplers.BaseSampler, StudyConfig], optuna.samplers.BaseSampler]] = {
     "spread": lambda inner, cfg: LevelSpread(inner, 0.0, max(cfg.reference_ratios)),  # levels 0 .. largest reference
+    "aim": lambda inner, cfg: AimedSpread(inner, 0.0, max(cfg.reference_ratios)),     # under each reference's size
 }
 
 
@@ -164,4 +165,5 @@ def join_study(cfg: StudyConfig, opts: RunOptions, out: Path) -> Joined:
     ctx = build_context(cfg, opts, out)
     ctx.center = stored_center(study)  # the centre the first process stored under the lock
     ctx.precision = precision_of(study, cfg.finetune.precision, ctx.data.device)
+    aim_spread(ctx, study)  # the aim targets the first process stored
     return Joined(storage, study, ctx)

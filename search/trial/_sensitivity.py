@@ -19,6 +19,7 @@ from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn
 from search.config import fault
 from search.trial._allocation import SensitivityMap, additive_saving, bisect, costaware_plan, threshold_plan
 from search.trial._context import SearchContext
+from search.trial._space import LEVEL, AimedSpread, ratios as plan_ratios
 
 MAP_KEY = "sensitivity_map"          # study attribute: the whole map, plain (SensitivityMap.to_plain)
 ROW_PREFIX = "sensitivity_row:"      # + plan key -> that key's row, written as each key finishes
@@ -26,6 +27,8 @@ BASE_ROW_KEY = "sensitivity_base"    # the unpruned model's accuracy and measure
 CENTER_KEY = "sensitivity_center"    # the cost-aware plan per level: [[level, {key: ratio}], ...]
 PLANS_KEY = "sensitivity_plans"      # the sensitivity reference's plan per uniform ratio ("0.4" -> {key: ratio})
 SECONDS_KEY = "sensitivity_seconds"  # what computing the map cost (summed over the runs that did)
+TARGETS_KEY = "aim_targets"          # the reference plans' matched measures, smallest first (AimedSpread)
+AIM_STEPS = 12                       # bisection steps of an aimed level: 0.9 / 2**12 ~ 0.0002
 CENTER_STEP = 0.05                   # levels of the centre table; ratios between them are interpolated
 
 # the measure a plan is matched on: the study's size measure, MACs for latency (a timed latency is too
@@ -38,10 +41,12 @@ def uses_map(ctx: SearchContext) -> bool:
     return space.center == "sensitivity" or "sensitivity" in space.references
 
 
-def _pruned(ctx: SearchContext, plan: dict[str, float], importance: str):
-    """A copy of the study's model pruned by a per-key plan, with the study's settings."""
+def _pruned(ctx: SearchContext, plan: dict[str, float], importance: str, *, per_unit: bool = False):
+    """A copy of the study's model pruned by a per-key plan (``per_unit``: an exact per-unit plan),
+    with the study's settings."""
     space = ctx.cfg.search
-    pruned, _ = apply_plan(ctx.start.model, expand_plan(ctx.units, space.granularity, plan), example_input=ctx.example,
+    plan = plan if per_unit else expand_plan(ctx.units, space.granularity, plan)
+    pruned, _ = apply_plan(ctx.start.model, plan, example_input=ctx.example,
                            importance=importance, round_to=space.round_to, history=ctx.start.history,
                            max_ratio=space.max_ratio, seed=ctx.cfg.seed, keep=ctx.keep,
                            calibration=ctx.calibration if importance == "taylor" else None)
@@ -151,3 +156,59 @@ def prepare_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = Fal
     if ctx.cfg.search.center == "sensitivity":
         ctx.center = center_table(ctx, study, smap)
     return smap
+
+
+def aim_targets(ctx: SearchContext, study: optuna.Study, unit_plans: list[dict[str, float]]) -> list[float]:
+    """The distinct matched measures of the study's reference plans (exact per-unit plans), smallest
+    first: what an aimed spread lands its odd trials under. Stored in the study, so every process
+    and a resume aim alike and none measures them again."""
+    stored = study.user_attrs.get(TARGETS_KEY)
+    if stored is None:
+        stored = sorted({round(_matched(ctx, _pruned(ctx, p, "l1", per_unit=True)), 9) for p in unit_plans if p})
+        study.set_user_attr(TARGETS_KEY, stored)
+    return [float(t) for t in stored]
+
+
+def aim_spread(ctx: SearchContext, study: optuna.Study) -> None:
+    """Attach the level solver to the study's sampler when it is an :class:`AimedSpread` (the process
+    that samples the study calls this once its context and centre are set)."""
+    sampler = study.sampler
+    targets = study.user_attrs.get(TARGETS_KEY) or []
+    if not isinstance(sampler, AimedSpread) or not targets or ctx.cfg.search.granularity == "global":
+        return
+    order = _spread_order(len(targets))
+    space = ctx.cfg.search
+
+    def aim(number: int, shape: dict[str, float]) -> float | None:
+        if set(shape) != set(ctx.keys):
+            return None
+        target = float(targets[order[(number // 2) % len(targets)]])
+        size = lambda level: _measure_of(ctx, plan_ratios({LEVEL: level, **shape}, ctx.keys, space.granularity,  # noqa: E731
+                                                          space.max_ratio, ctx.center))
+        low, high = 0.0, space.max_ratio
+        if size(low) <= target:
+            return low
+        if size(high) > target:
+            return high  # the shape cannot get that small: its heaviest plan
+        for _ in range(AIM_STEPS):
+            mid = (low + high) / 2
+            if size(mid) <= target:
+                high = mid
+            else:
+                low = mid
+        return high
+
+    sampler.aim = aim
+
+
+def _spread_order(n: int) -> list[int]:
+    """0..n-1 in bit-reversed (van der Corput) order: consecutive trials aim at sizes far apart, and
+    any ``n`` consecutive odd trials aim at every target once."""
+    def vdc(i: int) -> float:
+        x, digit = 0.0, 1.0
+        while i:
+            digit /= 2
+            x += digit * (i & 1)
+            i >>= 1
+        return x
+    return sorted(range(n), key=vdc)

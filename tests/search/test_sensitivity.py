@@ -117,6 +117,10 @@ def test_a_sensitivity_reference_is_no_larger_than_its_uniform_twin(tmp_path, fa
     assert run.main(base_args(config, out) + ["--quiet", "--trials", "5", "--no-recover"]) == 0
     done = {(t.user_attrs["reference"], t.user_attrs["reference_ratio"]): t.user_attrs["size_mb"]
             for t in study_of(out).trials if t.user_attrs.get("reference")}
+    for t in study_of(out).trials:  # a reference prunes its exact plan, not its parameters' approximation
+        if t.user_attrs.get("reference") == "uniform":
+            r = t.user_attrs["reference_ratio"]
+            assert t.user_attrs["plan"] == {k: r for k in ("conv1", "conv2", "fc1", "fc2")}
     for (kind, r), size in done.items():
         if kind == "sensitivity":
             assert size <= done[("uniform", r)] * (1 + 1e-9)
@@ -152,3 +156,73 @@ def test_a_map_of_a_real_model_has_a_row_per_key(trained_lenet, fashion_mnist):
         assert smap.drops(k) == sorted(smap.drops(k)) and smap.savings(k)[-1] > 0
     assert max(smap.drops(k)[-1] for k in ctx.keys) > 1.0  # 60 % of some key's channels costs accuracy
     assert torch.isfinite(torch.tensor(smap.base_measure))
+
+
+def test_an_aimed_spread_solves_odd_trials_levels_for_their_own_shape():
+    """``tpe-aim``: once its aim is attached, an odd trial's level is what the aim solves for the shape
+    the inner sampler proposed (every key present, the level not among them); even trials keep TPE's
+    level; an enqueued plan keeps its parameters; before the aim is attached it spreads like
+    ``tpe-spread``."""
+    import optuna
+
+    from search.config import build_config
+    from search.study._study import sampler_for
+    from search.trial import AimedSpread, LevelSpread, sample
+    from tests.conftest import smoke_budget
+
+    plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": "tpe-aim"},
+                   budgets=smoke_budget(reference_ratios=[0.3, 0.5, 0.7]))
+    sampler = sampler_for(build_config(plain, where="t", overrides={"budget": "smoke"}), 0)
+    assert isinstance(sampler, AimedSpread) and sampler.level(3, {"a": 0.0, "b": 0.0}) == LevelSpread(
+        None, 0.0, 0.7).level(3)
+    seen = []
+    sampler.aim = lambda number, shape: seen.append((number, dict(shape))) or 0.1 + 0.01 * number
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.enqueue_trial({"level": 0.9, "a": 0.0, "b": 0.0})
+
+    def objective(trial):
+        ratios = sample(trial, ["a", "b"], "stage", 0.9)
+        return -ratios["a"] ** 2 - ratios["b"], sum(ratios.values())
+
+    study.optimize(objective, n_trials=14)  # TPE's own model from trial 10 on
+    levels = {t.number: t.params["level"] for t in study.trials}
+    assert levels[0] == 0.9
+    assert [levels[n] for n in range(1, 14, 2)] == pytest.approx([0.1 + 0.01 * n for n in range(1, 14, 2)])
+    assert all(levels[n] != pytest.approx(0.1 + 0.01 * n) for n in range(2, 14, 2))
+    for number, shape in seen:  # the shape the trial was proposed, all keys, never the level
+        assert set(shape) == {"a", "b"} and shape == {k: study.trials[number].params[k] for k in "ab"}
+
+
+def test_the_aim_cycles_through_every_target():
+    from search.trial._sensitivity import _spread_order
+
+    for n in (1, 2, 3, 6, 12):
+        order = _spread_order(n)
+        assert sorted(order) == list(range(n))
+        for start in range(2 * n):  # any n consecutive odd trials aim at every target once
+            assert {order[(start + i) % n] for i in range(n)} == set(range(n))
+    assert _spread_order(4) == [0, 2, 1, 3]  # far apart first
+
+
+@pytest.mark.slow
+def test_aimed_trials_land_no_larger_than_the_reference_they_aim_at(tmp_path, fashion_mnist):
+    """A real ``tpe-aim`` study: the stored targets are the reference trials' sizes, and every odd
+    searched trial is no larger than the reference size it aimed at, and close to it unless its shape
+    cannot get that small or large."""
+    from search import run
+    from search.trial._sensitivity import TARGETS_KEY, _spread_order
+
+    config = write_config(tmp_path / "aim.yaml", merged(MAP_CONFIG, search={"sampler": "tpe-aim"}))
+    out = tmp_path / "study"
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "10", "--no-recover"]) == 0
+    study = study_of(out)
+    targets = study.user_attrs[TARGETS_KEY]
+    refs = [t.user_attrs["size_mb"] for t in study.trials if t.user_attrs.get("reference")]
+    assert targets == sorted(set(round(s, 9) for s in refs)) and len(targets) >= 2
+    order = _spread_order(len(targets))
+    aimed = [t for t in study.trials if not t.user_attrs.get("reference") and t.number % 2 == 1]
+    assert aimed
+    for t in aimed:
+        target = targets[order[(t.number // 2) % len(targets)]]
+        assert t.user_attrs["size_mb"] <= target * (1 + 1e-9)
+        assert t.user_attrs["size_mb"] >= 0.8 * target or t.params["level"] in (0.0, 0.9)
