@@ -13,8 +13,8 @@ from pruning._apply import IMPORTANCES, PruningRecord, apply_plan, global_rankin
 from pruning._bn import recalibrate_bn
 from pruning._checkpoint import (BaselineFigures, Checkpoint, CheckpointMeta, checksum, library_versions, load_checkpoint,
                                  load_pruned, read_meta, save_pruned, with_metrics)
-from pruning._data import (AUGMENTATIONS, DATASETS, Dataset, ImageSpec, Preprocessing, eval_batches, image_spec_of, load_dataset,
-                           synthetic_splits, train_batches)
+from pruning._preprocessing import ImageSpec, Preprocessing, image_spec_of
+from pruning.data import AUGMENTATIONS, DATASETS, Dataset, eval_batches, load_dataset, synthetic_splits, train_batches
 from pruning._errors import CheckpointError, DatasetError, PlanError, PruningError, TrainingDiverged
 from pruning._export import (ExportError, INPUT, OUTPUT, Verification, export_onnx, external_data_path, onnx_latency, ort_session,
                              uses_external_data, verify_onnx, verify_standalone)

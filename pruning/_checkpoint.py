@@ -17,7 +17,7 @@ from torch import nn
 
 from models import ModelSource, UnknownModelError, parse_source
 from pruning._apply import History, PruningRecord
-from pruning._data import Preprocessing
+from pruning._preprocessing import Preprocessing
 from pruning._errors import CheckpointError
 from pruning._io import atomic_write
 from pruning._typed import from_plain, to_plain

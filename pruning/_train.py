@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruning._data import Dataset, eval_batches, train_batches
+from pruning.data import Dataset, eval_batches, train_batches
 from pruning._errors import TrainingDiverged
 from pruning._typed import bounds, check_fields
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import pruning._data as data_mod
+from pruning.data import _builtin, _dataset
 from pruning import DatasetError, load_dataset, train_batches
 
 
@@ -34,7 +34,7 @@ def test_validation_split_is_deterministic_and_disjoint():
 
 
 def test_missing_dataset_offline_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(_builtin, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     with pytest.raises(DatasetError) as info:
         load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
     message = str(info.value)
@@ -125,14 +125,14 @@ def test_imagefolder_without_train_folder(tmp_path):
 
 def test_crop_flip_keeps_shape_and_moves_pixels():
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(2, 3, 32, 32)
-    out = data_mod._crop_flip(x, torch.Generator().manual_seed(0))
+    out = _dataset._crop_flip(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
     assert not torch.equal(out, x)
 
 
 def test_crop_flip_without_padding_is_identity_or_mirror():
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    out = data_mod._crop_flip(x, torch.Generator().manual_seed(1), pad=0)
+    out = _dataset._crop_flip(x, torch.Generator().manual_seed(1), pad=0)
     same = (out == x).flatten(1).all(1)
     mirrored = (out == x.flip(-1)).flatten(1).all(1)
     assert (same | mirrored).all() and same.any() and mirrored.any()
@@ -141,7 +141,7 @@ def test_crop_flip_without_padding_is_identity_or_mirror():
 def test_crop_shifts_by_at_most_the_padding():
     x = torch.zeros(32, 1, 8, 8, dtype=torch.uint8)
     x[:, :, 4, 4] = 255  # one bright pixel
-    out = data_mod._crop_flip(x, torch.Generator().manual_seed(2), pad=2)
+    out = _dataset._crop_flip(x, torch.Generator().manual_seed(2), pad=2)
     for img in out[:, 0]:
         if img.max() > 0:
             r, c = (img == 255).nonzero()[0].tolist()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pruning import DatasetError, load_dataset, train_batches
-from pruning._data import eval_batches, stratified_indices
+from pruning.data import eval_batches, stratified_indices
 from pruning import ImageSpec
 from tests.conftest import write_image_folder
 

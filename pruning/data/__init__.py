@@ -1,0 +1,24 @@
+"""The data seam: everything else in the project reads images through this interface.
+
+A :class:`Dataset` is a source of batches per split (``train_batches``, ``eval_batches``,
+``Dataset.inputs``), with its counts and labels (``count``, ``labels``), an example input and the
+:class:`~pruning.Preprocessing` a deployment repeats. Behind it:
+
+- ``_dataset``: the cached splits (uint8 tensors on the training device) and their batching,
+  augmentation and normalization as tensor ops;
+- ``_files``: image files decoded safely, and :class:`StreamedImages`, a split too large for the
+  cache decoded batch by batch;
+- ``_folder``: an image folder scanned, checked and loaded into either;
+- ``_builtin``: the built-in datasets and :func:`load_dataset`, the one way a study gets data;
+- ``_splits``: the stratified draw, the validation split, the channel statistics.
+
+A new pipeline (a GPU decoder) is one new module beside ``_files`` and its test; nothing outside
+this package reads a split's tensors (``tests/search/test_structure.py`` holds it).
+"""
+from pruning.data._builtin import AUGMENTATIONS, DATASETS, load_dataset, synthetic_splits
+from pruning.data._dataset import Dataset, eval_batches, train_batches
+from pruning.data._files import StreamedImages
+from pruning.data._splits import stratified_indices
+
+__all__ = ["AUGMENTATIONS", "DATASETS", "Dataset", "StreamedImages", "eval_batches", "load_dataset",
+           "stratified_indices", "synthetic_splits", "train_batches"]
