@@ -1,5 +1,6 @@
-"""Model sources: the registry of CNNs (built for 32x32 inputs of 1 or 3 channels, 32 their default
-``--image-size``), ``torchvision:<arch>``,
+"""Model sources: the registry of CNNs (1 or 3 input channels; LeNet5 and VGG16 take 32x32 inputs only,
+ResNet50, DenseNet121 and MobileNetV2 any side from 32 up; 32 is their default ``--image-size``),
+``torchvision:<arch>``,
 ``timm:<name>`` and the user's own entry points, plus reading a user's trained weights.
 
 Each registry model file registers its :class:`ModelSpec` at import; this package imports them in

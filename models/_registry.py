@@ -19,7 +19,7 @@ class ModelSpec:
 
     Attributes:
         name: registry name (``--model``).
-        build: ``build(num_classes=..., in_channels=...)`` -> an untrained ``nn.Module`` for 32x32 inputs.
+        build: ``build(num_classes=..., in_channels=...)`` -> an untrained ``nn.Module`` (32x32 inputs at least).
         stage_of: maps a unit name to its stage key (one ratio per stage and role at ``stage``
             granularity); ``None`` when the model has no stage grouping.
     """
@@ -66,7 +66,7 @@ def spec_of(model: nn.Module) -> ModelSpec:
 
 
 def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build an untrained model for 32x32 inputs.
+    """Build an untrained model (LeNet5 and VGG16 take 32x32 inputs only, the others any side from 32).
 
     Args:
         name: one of :func:`list_models`.
