@@ -19,7 +19,7 @@ from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn
 from search.config import fault
 from search.trial._allocation import SensitivityMap, additive_saving, bisect, costaware_plan, threshold_plan
 from search.trial._context import SearchContext
-from search.trial._space import LEVEL, AimedSpread, ratios as plan_ratios
+from search.trial._space import LEVEL, AimedSpread, ratios as plan_ratios, van_der_corput
 
 MAP_KEY = "sensitivity_map"          # study attribute: the whole map, plain (SensitivityMap.to_plain)
 ROW_PREFIX = "sensitivity_row:"      # + plan key -> that key's row, written as each key finishes
@@ -204,11 +204,4 @@ def aim_spread(ctx: SearchContext, study: optuna.Study) -> None:
 def _spread_order(n: int) -> list[int]:
     """0..n-1 in bit-reversed (van der Corput) order: consecutive trials aim at sizes far apart, and
     any ``n`` consecutive odd trials aim at every target once."""
-    def vdc(i: int) -> float:
-        x, digit = 0.0, 1.0
-        while i:
-            digit /= 2
-            x += digit * (i & 1)
-            i >>= 1
-        return x
-    return sorted(range(n), key=vdc)
+    return sorted(range(n), key=van_der_corput)

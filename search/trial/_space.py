@@ -78,6 +78,16 @@ def params_for(ratios: dict[str, float], level: float, granularity: str,
     return {LEVEL: level, **{k: shape(r) for k, r in ratios.items()}}
 
 
+def van_der_corput(i: int) -> float:
+    """The i-th point of the base-2 van der Corput sequence in [0, 1): 0, 1/2, 1/4, 3/4, 1/8, ..."""
+    x, digit = 0.0, 1.0
+    while i:
+        digit /= 2
+        x += digit * (i & 1)
+        i >>= 1
+    return x
+
+
 class LevelSpread(optuna.samplers.BaseSampler):
     """The inner sampler's proposals, except that every odd-numbered trial takes its level from an even
     spread over ``[low, high]`` (van der Corput order: the middle, then the quarters, the eighths, ...),
@@ -103,12 +113,7 @@ class LevelSpread(optuna.samplers.BaseSampler):
         trial's other parameters (an aimed spread solves its level for them)."""
         if number % 2 == 0:
             return None
-        x, digit, i = 0.0, 1.0, number // 2 + 1
-        while i:
-            digit /= 2
-            x += digit * (i & 1)
-            i >>= 1
-        return self.low + (self.high - self.low) * x
+        return self.low + (self.high - self.low) * van_der_corput(number // 2 + 1)
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
