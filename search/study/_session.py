@@ -89,7 +89,7 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
                                 sensitivity=None if smap is None else (lambda ratios: sensitivity_plans(ctx, study, smap, ratios)))
         seed_references(study, ctx.keys, plans)
         if isinstance(study.sampler, AimedSpread):
-            aim_targets(ctx, study, [plan for _, plan in plans.values()])
+            aim_targets(ctx, study, plans)
             aim_spread(ctx, study)
         session = Session(cfg=cfg, opts=opts, out=out, storage=storage, study=study, ctx=ctx, estimate=est)
     atomic_write_text(out / OPTIONS_NAME, opts.to_yaml())

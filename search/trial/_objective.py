@@ -106,7 +106,7 @@ def _run(ctx: SearchContext, io: TrialIO) -> Outcome:
     m, measures = _measures(ctx, pruned)
     io.write(size_mb=m.size_mb, pruned_pct=100.0 * (1 - m.size_mb / ctx.baseline.size_mb), macs=m.macs,
              params=m.params, objective_value=measures[0], objective_values=measures,
-             plan={k: round(v, 4) for k, v in surgery.plan.items()})
+             plan=dict(surgery.plan))  # exact: a retried reference prunes it again (rounded, k/n can lose a channel)
     if m.latency_ms:
         io.write(latency_ms=m.latency_ms[1])
     precision = ctx.precision  # the study's one precision: candidates and baseline compare alike

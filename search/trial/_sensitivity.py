@@ -27,7 +27,7 @@ BASE_ROW_KEY = "sensitivity_base"    # the unpruned model's accuracy and measure
 CENTER_KEY = "sensitivity_center"    # the cost-aware plan per level: [[level, {key: ratio}], ...]
 PLANS_KEY = "sensitivity_plans"      # the sensitivity reference's plan per uniform ratio ("0.4" -> {key: ratio})
 SECONDS_KEY = "sensitivity_seconds"  # what computing the map cost (summed over the runs that did)
-TARGETS_KEY = "aim_targets"          # the reference plans' matched measures, smallest first (AimedSpread)
+TARGETS_KEY = "aim_targets"          # "kind ratio" -> that reference plan's matched measure (AimedSpread)
 AIM_STEPS = 12                       # bisection steps of an aimed level: 0.9 / 2**12 ~ 0.0002
 CENTER_STEP = 0.05                   # levels of the centre table; ratios between them are interpolated
 
@@ -158,22 +158,31 @@ def prepare_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = Fal
     return smap
 
 
-def aim_targets(ctx: SearchContext, study: optuna.Study, unit_plans: list[dict[str, float]]) -> list[float]:
-    """The distinct matched measures of the study's reference plans (exact per-unit plans), smallest
-    first: what an aimed spread lands its odd trials under. Stored in the study, so every process
-    and a resume aim alike and none measures them again."""
-    stored = study.user_attrs.get(TARGETS_KEY)
-    if stored is None:
-        stored = sorted({round(_matched(ctx, _pruned(ctx, p, "l1", per_unit=True)), 9) for p in unit_plans if p})
+def aim_targets(ctx: SearchContext, study: optuna.Study,
+                plans: dict[tuple[str, float], tuple[dict, dict[str, float]]]) -> list[float]:
+    """The distinct matched measures of the study's reference plans ((kind, ratio) -> (params, exact
+    per-unit plan)), smallest first: what an aimed spread lands its odd trials under. Each reference's
+    measure is stored in the study as it is first seen (an extended study's new references join), so
+    every process aims alike and none measures a plan twice."""
+    stored = dict(study.user_attrs.get(TARGETS_KEY) or {})
+    missing = {f"{kind} {ratio:g}": plan for (kind, ratio), (_, plan) in plans.items()
+               if plan and f"{kind} {ratio:g}" not in stored}
+    if missing:
+        stored.update({name: round(_matched(ctx, _pruned(ctx, plan, "l1", per_unit=True)), 9)
+                       for name, plan in missing.items()})
         study.set_user_attr(TARGETS_KEY, stored)
-    return [float(t) for t in stored]
+    return _distinct(stored)
+
+
+def _distinct(stored: dict[str, float]) -> list[float]:
+    return sorted({float(v) for v in stored.values()})
 
 
 def aim_spread(ctx: SearchContext, study: optuna.Study) -> None:
     """Attach the level solver to the study's sampler when it is an :class:`AimedSpread` (the process
     that samples the study calls this once its context and centre are set)."""
     sampler = study.sampler
-    targets = study.user_attrs.get(TARGETS_KEY) or []
+    targets = _distinct(study.user_attrs.get(TARGETS_KEY) or {})
     if not isinstance(sampler, AimedSpread) or not targets or ctx.cfg.search.granularity == "global":
         return
     order = _spread_order(len(targets))

@@ -216,9 +216,11 @@ def test_aimed_trials_land_no_larger_than_the_reference_they_aim_at(tmp_path, fa
     out = tmp_path / "study"
     assert run.main(base_args(config, out) + ["--quiet", "--trials", "10", "--no-recover"]) == 0
     study = study_of(out)
-    targets = study.user_attrs[TARGETS_KEY]
-    refs = [t.user_attrs["size_mb"] for t in study.trials if t.user_attrs.get("reference")]
-    assert targets == sorted(set(round(s, 9) for s in refs)) and len(targets) >= 2
+    refs = {f"{t.user_attrs['reference']} {t.user_attrs['reference_ratio']:g}": t.user_attrs["size_mb"]
+            for t in study.trials if t.user_attrs.get("reference")}
+    assert study.user_attrs[TARGETS_KEY] == pytest.approx(refs)  # each reference's exact size
+    targets = sorted(set(study.user_attrs[TARGETS_KEY].values()))
+    assert len(targets) >= 2
     order = _spread_order(len(targets))
     aimed = [t for t in study.trials if not t.user_attrs.get("reference") and t.number % 2 == 1]
     assert aimed
@@ -226,3 +228,35 @@ def test_aimed_trials_land_no_larger_than_the_reference_they_aim_at(tmp_path, fa
         target = targets[order[(t.number // 2) % len(targets)]]
         assert t.user_attrs["size_mb"] <= target * (1 + 1e-9)
         assert t.user_attrs["size_mb"] >= 0.8 * target or t.params["level"] in (0.0, 0.9)
+
+
+def test_an_extended_study_aims_at_its_new_references_too(monkeypatch):
+    """The targets are stored per reference: a later run with more references (an extended study)
+    measures only the new ones and aims at all of them."""
+    from search.trial import _sensitivity
+
+    class Study:
+        user_attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs = {**self.user_attrs, key: value}
+
+    measured = []
+    monkeypatch.setattr(_sensitivity, "_pruned", lambda ctx, plan, importance, per_unit: plan)
+    monkeypatch.setattr(_sensitivity, "_matched", lambda ctx, plan: measured.append(plan) or 1.0 - sum(plan.values()))
+    study = Study()
+    first = {("uniform", 0.5): ({}, {"a": 0.5, "b": 0.5})}
+    assert _sensitivity.aim_targets(None, study, first) == [0.0]
+    more = {**first, ("uniform", 0.3): ({}, {"a": 0.3, "b": 0.3}), ("global", 0.3): ({}, {})}  # no plan: no target
+    assert _sensitivity.aim_targets(None, study, more) == pytest.approx([0.0, 0.4])
+    assert measured == [{"a": 0.5, "b": 0.5}, {"a": 0.3, "b": 0.3}]  # each once
+
+
+@pytest.mark.parametrize("change", [{"granularity": "global"}, {"references": []}])
+def test_tpe_aim_is_refused_where_it_cannot_aim(change):
+    from search.config import ConfigError, build_config
+    from tests.conftest import smoke_budget
+
+    plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": "tpe-aim", **change}, budgets=smoke_budget())
+    with pytest.raises(ConfigError, match="tpe-aim .* needs references and unit or stage granularity"):
+        build_config(plain, where="t", overrides={"budget": "smoke"})
