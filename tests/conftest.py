@@ -165,3 +165,21 @@ def write_image_folder(root: Path, data, *, per_class: int, size: int = 48, spli
             for i in torch.nonzero(y == c).flatten()[offset:offset + per_class].tolist():
                 Image.fromarray(x[i, 0].numpy()).convert("RGB").resize((size, size + taller)).save(folder / f"{i}.png")
     return root
+
+
+def two_key_study(sampler, n_trials: int):
+    """A toy two-key study (keys ``a``, ``b``, stage granularity) under ``sampler``: a fixed plan
+    enqueued first (level 0.9, shapes 0), then ``n_trials`` - 1 sampled ones."""
+    import optuna
+
+    from search.trial import sample
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.enqueue_trial({"level": 0.9, "a": 0.0, "b": 0.0})
+
+    def objective(trial):
+        ratios = sample(trial, ["a", "b"], "stage", 0.9)
+        return -ratios["a"] ** 2 - ratios["b"], sum(ratios.values())
+
+    study.optimize(objective, n_trials=n_trials)
+    return study

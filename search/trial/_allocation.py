@@ -165,16 +165,25 @@ def additive_saving(smap: SensitivityMap, plan: dict[str, float]) -> float:
     return total
 
 
+def bisect_parameter(measure_at: Callable[[float], float], target: float, low: float, high: float, *,
+                     steps: int = 24) -> float:
+    """The smallest ``u`` in [low, high] (to ``steps`` halvings) whose ``measure_at(u)``, non-increasing
+    in ``u``, is at most ``target``; ``high`` when none is."""
+    if measure_at(low) <= target:
+        return low
+    if measure_at(high) > target:
+        return high
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if measure_at(mid) <= target:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
 def bisect(plan_of: Callable[[float], dict[str, float]], measure_of: Callable[[dict[str, float]], float],
            target: float, low: float, high: float, *, steps: int = 24) -> dict[str, float]:
     """The lightest plan of ``plan_of(u)`` (pruning more as ``u`` grows) whose measure is at most
     ``target``; ``high``'s plan when none is (the heaviest there is)."""
-    if measure_of(plan_of(low)) <= target:
-        return plan_of(low)
-    for _ in range(steps):
-        mid = (low + high) / 2
-        if measure_of(plan_of(mid)) <= target:
-            high = mid
-        else:
-            low = mid
-    return plan_of(high)
+    return plan_of(bisect_parameter(lambda u: measure_of(plan_of(u)), target, low, high, steps=steps))

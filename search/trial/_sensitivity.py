@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn
 from search.config import fault
-from search.trial._allocation import SensitivityMap, additive_saving, bisect, costaware_plan, threshold_plan
+from search.trial._allocation import (SensitivityMap, additive_saving, bisect, bisect_parameter, costaware_plan,
+                                      threshold_plan)
 from search.trial._context import SearchContext
 from search.trial._space import LEVEL, AimedSpread, ratios as plan_ratios, van_der_corput
 
@@ -41,16 +42,18 @@ def uses_map(ctx: SearchContext) -> bool:
     return space.center == "sensitivity" or "sensitivity" in space.references
 
 
-def _pruned(ctx: SearchContext, plan: dict[str, float], importance: str, *, per_unit: bool = False):
-    """A copy of the study's model pruned by a per-key plan (``per_unit``: an exact per-unit plan),
-    with the study's settings."""
+def _pruned(ctx: SearchContext, plan: dict[str, float], importance: str):
+    """A copy of the study's model pruned by an exact per-unit plan, with the study's settings."""
     space = ctx.cfg.search
-    plan = plan if per_unit else expand_plan(ctx.units, space.granularity, plan)
     pruned, _ = apply_plan(ctx.start.model, plan, example_input=ctx.example,
                            importance=importance, round_to=space.round_to, history=ctx.start.history,
                            max_ratio=space.max_ratio, seed=ctx.cfg.seed, keep=ctx.keep,
                            calibration=ctx.calibration if importance == "taylor" else None)
     return pruned
+
+
+def _per_unit(ctx: SearchContext, plan: dict[str, float]) -> dict[str, float]:
+    return expand_plan(ctx.units, ctx.cfg.search.granularity, plan)
 
 
 def _matched(ctx: SearchContext, model) -> float:
@@ -60,12 +63,12 @@ def _matched(ctx: SearchContext, model) -> float:
 def _measure_of(ctx: SearchContext, plan: dict[str, float]) -> float:
     """The matched measure of a per-key plan, from the real surgery (exact, never estimated); which
     channels go does not change it, so the cheapest importance chooses them."""
-    return _matched(ctx, _pruned(ctx, plan, "l1"))
+    return _matched(ctx, _pruned(ctx, _per_unit(ctx, plan), "l1"))
 
 
 def _cell(ctx: SearchContext, plan: dict[str, float], images, precision: str) -> tuple[float, float]:
     """(accuracy after adaptive BN on ``images``, matched measure) of one plan."""
-    pruned = _pruned(ctx, plan, ctx.cfg.search.importance)
+    pruned = _pruned(ctx, _per_unit(ctx, plan), ctx.cfg.search.importance)
     recalibrate_bn(pruned, ctx.calibration, precision=precision)
     return evaluate(pruned, images, "val", precision=precision), _matched(ctx, pruned)
 
@@ -168,7 +171,7 @@ def aim_targets(ctx: SearchContext, study: optuna.Study,
     missing = {f"{kind} {ratio:g}": plan for (kind, ratio), (_, plan) in plans.items()
                if plan and f"{kind} {ratio:g}" not in stored}
     if missing:
-        stored.update({name: round(_matched(ctx, _pruned(ctx, plan, "l1", per_unit=True)), 9)
+        stored.update({name: round(_matched(ctx, _pruned(ctx, plan, "l1")), 9)
                        for name, plan in missing.items()})
         study.set_user_attr(TARGETS_KEY, stored)
     return _distinct(stored)
@@ -194,18 +197,7 @@ def aim_spread(ctx: SearchContext, study: optuna.Study) -> None:
         target = float(targets[order[(number // 2) % len(targets)]])
         size = lambda level: _measure_of(ctx, plan_ratios({LEVEL: level, **shape}, ctx.keys, space.granularity,  # noqa: E731
                                                           space.max_ratio, ctx.center))
-        low, high = 0.0, space.max_ratio
-        if size(low) <= target:
-            return low
-        if size(high) > target:
-            return high  # the shape cannot get that small: its heaviest plan
-        for _ in range(AIM_STEPS):
-            mid = (low + high) / 2
-            if size(mid) <= target:
-                high = mid
-            else:
-                low = mid
-        return high
+        return bisect_parameter(size, target, 0.0, space.max_ratio, steps=AIM_STEPS)  # max_ratio: can't get that small
 
     sampler.aim = aim
 

@@ -163,12 +163,10 @@ def test_an_aimed_spread_solves_odd_trials_levels_for_their_own_shape():
     the inner sampler proposed (every key present, the level not among them); even trials keep TPE's
     level; an enqueued plan keeps its parameters; before the aim is attached it spreads like
     ``tpe-spread``."""
-    import optuna
-
     from search.config import build_config
     from search.study._study import sampler_for
-    from search.trial import AimedSpread, LevelSpread, sample
-    from tests.conftest import smoke_budget
+    from search.trial import AimedSpread, LevelSpread
+    from tests.conftest import smoke_budget, two_key_study
 
     plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": "tpe-aim"},
                    budgets=smoke_budget(reference_ratios=[0.3, 0.5, 0.7]))
@@ -177,14 +175,7 @@ def test_an_aimed_spread_solves_odd_trials_levels_for_their_own_shape():
         None, 0.0, 0.7).level(3)
     seen = []
     sampler.aim = lambda number, shape: seen.append((number, dict(shape))) or 0.1 + 0.01 * number
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    study.enqueue_trial({"level": 0.9, "a": 0.0, "b": 0.0})
-
-    def objective(trial):
-        ratios = sample(trial, ["a", "b"], "stage", 0.9)
-        return -ratios["a"] ** 2 - ratios["b"], sum(ratios.values())
-
-    study.optimize(objective, n_trials=14)  # TPE's own model from trial 10 on
+    study = two_key_study(sampler, 14)  # TPE's own model from trial 10 on
     levels = {t.number: t.params["level"] for t in study.trials}
     assert levels[0] == 0.9
     assert [levels[n] for n in range(1, 14, 2)] == pytest.approx([0.1 + 0.01 * n for n in range(1, 14, 2)])
@@ -242,7 +233,7 @@ def test_an_extended_study_aims_at_its_new_references_too(monkeypatch):
             self.user_attrs = {**self.user_attrs, key: value}
 
     measured = []
-    monkeypatch.setattr(_sensitivity, "_pruned", lambda ctx, plan, importance, per_unit: plan)
+    monkeypatch.setattr(_sensitivity, "_pruned", lambda ctx, plan, importance: plan)
     monkeypatch.setattr(_sensitivity, "_matched", lambda ctx, plan: measured.append(plan) or 1.0 - sum(plan.values()))
     study = Study()
     first = {("uniform", 0.5): ({}, {"a": 0.5, "b": 0.5})}

@@ -127,7 +127,8 @@ def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
     import optuna
 
     from search.study._study import sampler_for
-    from search.trial import LevelSpread, sample
+    from search.trial import LevelSpread
+    from tests.conftest import two_key_study
 
     plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": "tpe-spread"},
                    budgets=smoke_budget(reference_ratios=[0.3, 0.5, 0.7]))
@@ -137,14 +138,7 @@ def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
     assert isinstance(sampler.inner, optuna.samplers.TPESampler)  # composed: the wrapper around the tpe entry
     plain_tpe = build_config(merged(plain, search={"sampler": "tpe"}), where="t", overrides={"budget": "smoke"})
     assert not isinstance(sampler_for(plain_tpe, 0), LevelSpread)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    study.enqueue_trial({"level": 0.9, "a": 0.0, "b": 0.0})
-
-    def objective(trial):
-        ratios = sample(trial, ["a", "b"], "stage", 0.9)
-        return -ratios["a"] ** 2 - ratios["b"], sum(ratios.values())
-
-    study.optimize(objective, n_trials=16)  # TPE's own model from trial 10 on
+    study = two_key_study(sampler, 16)  # TPE's own model from trial 10 on
     levels = [t.params["level"] for t in study.trials]
     assert levels[0] == 0.9
     assert [levels[n] for n in (1, 3, 5, 7, 9, 11, 13, 15)] == pytest.approx(
