@@ -187,14 +187,16 @@ class TrialBroker:
         if len(history) > MAX_RETRIES:
             return
         rec = TrialRecord.read(t)
-        if not t.params:  # lost before its plan was sampled: only an enqueued plan is worth retrying
-            if rec.enqueued:
-                self.study.enqueue_trial(dict(rec.enqueued), user_attrs=inputs_of(rec))
-            return
+        if not t.params and not rec.enqueued:
+            return  # lost before its plan was sampled: the sampler proposes another
         first = RetryFailedTrialCallback.retried_trial_number(t)
-        self.study.add_trial(optuna.trial.create_trial(  # the record RetryFailedTrialCallback reads and writes
+        # the record RetryFailedTrialCallback reads and writes, whether the plan was sampled or not
+        system = {"failed_trial": t.number if first is None else first, "retry_history": history}
+        if not t.params:  # an enqueued plan lost before it was sampled: queued again as enqueue_trial does
+            system["fixed_params"] = dict(rec.enqueued)
+        self.study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=t.params, distributions=t.distributions, user_attrs=inputs_of(rec),
-            system_attrs={"failed_trial": t.number if first is None else first, "retry_history": history}))
+            system_attrs=system))
 
     # --- tell --------------------------------------------------------------------------------
 

@@ -105,7 +105,9 @@ def test_a_killed_worker_child_does_not_hang_its_parent(tmp_path, fashion_mnist)
             return False
         for t in study_of(out).get_trials(states=(TrialState.RUNNING,)):
             worker = t.user_attrs.get("worker") or ""
-            if worker and not worker.endswith(f":{parent.pid}"):
+            # a trial whose plan is written: killed before its ratios are sampled, a trial has no plan
+            # to run again (the sampler proposes another), and a loaded machine can land a kill there
+            if worker and not worker.endswith(f":{parent.pid}") and "plan" in t.user_attrs:
                 victim.update(pid=int(worker.rpartition(":")[2]), trial=t.number)
                 return True
         return False
@@ -248,3 +250,34 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_study_resumes(tmp_path, t
         check_study(out, 8)
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_a_lost_reference_runs_again_as_a_marked_retry_sampled_or_not(tmp_path, sampled):
+    """A reference whose worker died is failed and queued again with Optuna's retry record, whether
+    the kill landed after its plan was sampled or between ask and sampling (a loaded machine lands
+    it there: the retry then carries the enqueued parameters, as enqueue_trial would)."""
+    from pruning import BaselineFigures
+    from search.config import RunOptions, load_config
+    from search.study._broker import HOST, TrialBroker
+    from search.study._study import seed_references
+    from search.trial import sample
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    params, plan = {"a": 0.0, "b": 0.0, "level": 0.5}, {"a": 0.5, "b": 0.5}
+    seed_references(study, ["a", "b"], {("uniform", 0.5): (params, plan)})
+    trial = study.ask()
+    if sampled:
+        sample(trial, ["a", "b"], "unit", 0.9)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid names no process
+    trial.set_user_attr("worker", f"{HOST}:{dead.pid}")
+    cfg = load_config("lenet5", path=write_config(tmp_path / "tiny.yaml", TINY_LENET), overrides={"budget": "smoke"})
+    broker = TrialBroker(study, study._storage, cfg, RunOptions(progress=False), tmp_path, ["a", "b"],
+                         BaselineFigures(params=1, macs=1, size_mb=1.0, val_accuracy=0.9))
+    assert broker.fail_stale() == 1
+    assert study.trials[trial.number].state == TrialState.FAIL
+    retry = study.ask()
+    assert RetryFailedTrialCallback.retried_trial_number(study.trials[retry.number]) == trial.number
+    assert TrialRecord.read(retry).reference == "uniform" and TrialRecord.read(retry).plan == plan
+    assert sample(retry, ["a", "b"], "unit", 0.9) == plan  # the same plan, not a new proposal

@@ -379,7 +379,8 @@ def test_a_ray_cluster_loses_a_node_mid_trial_and_the_study_finishes(tmp_path, p
             except KeyError:
                 continue
             where = {t.number: node_of.get(int(TrialRecord.read(t).worker.rpartition(":")[2]))
-                     for t in study.get_trials(states=(TrialState.RUNNING,)) if TrialRecord.read(t).worker}
+                     for t in study.get_trials(states=(TrialState.RUNNING,))
+                     if TrialRecord.read(t).worker and "plan" in t.user_attrs}  # sampled: a plan to run again
             running = [(n, node) for n, node in where.items() if node is not None]
             if running and study.get_trials(states=FINISHED):
                 killed, victim = running[0]
