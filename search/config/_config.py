@@ -2,15 +2,11 @@
 written ``config.resolved.yaml``, which ``--config`` reads back to the same study.
 
 Settings a trial's values depend on are fingerprinted (a study refuses to resume with others);
-where and how a run executes (device, paths, storage, trial total, workers, backend) is a
-:class:`RunOptions`, written beside the config and free to change between runs.
+where and how a run executes is a :class:`~search.config._options.RunOptions`.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
-import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,21 +16,15 @@ import yaml
 from models import SourceError, model_spec, parse_source
 from pruning import (AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig, bounds, check_fields, from_plain,
                      to_plain)
+from search.config._errors import ConfigError
 from search.config._tables import (CENTERS, COMPOSED_SAMPLERS, INT8_CHOICES, LATENCY_BACKENDS, LATENCY_CHOICES,
                                    OBJECTIVES, REFERENCES, SAMPLER_CHOICES, SCOPES)
+from search.config._yaml import read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
 RESOLVED_NAME = "config.resolved.yaml"
 OPTIONS_NAME = "run-options.yaml"
-MAX_CONFIG_BYTES = 1_000_000
-MAX_INT_DIGITS = 30  # no setting needs 10^30; longer integers overflow a float or Python's int parsing
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used: the message says which key and what is allowed."""
-
-
 def _ratio(low: float = 0.0) -> dict:
     return bounds(low=low, below=1)
 
@@ -278,134 +268,6 @@ def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | N
     return None
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Where and how a run executes: free to change between runs of one study (not fingerprinted)."""
-
-    trials: int | None = field(default=None, metadata=bounds(low=1, high=100_000))  # total; the budget's when None
-    device: str = field(default="auto", metadata=bounds(choices=("auto", "cpu", "cuda")))
-    data_dir: str = "data"
-    cache_mb: float = field(default=4096, metadata=bounds(low=0, high=1e7))  # image folders above it are streamed
-    loader_workers: int = field(default=2, metadata=bounds(low=0, high=64))  # processes decoding image files
-    accept_baseline: bool = False  # go on with user weights that score at chance level
-    out: str | None = None
-    storage: str | None = None
-    workers: int = field(default=1, metadata=bounds(low=1, high=256))
-    backend: str = "optuna"
-    heartbeat_s: int = field(default=60, metadata=bounds(low=1, high=86_400))
-    gpus_per_trial: float = field(default=0.0, metadata=bounds(low=0, high=64))
-    cpus_per_trial: float = field(default=1.0, metadata=bounds(above=0, high=1024))
-    max_concurrent: int | None = field(default=None, metadata=bounds(low=1, high=10_000))
-    ray_address: str | None = None
-    download: bool = True
-    progress: bool = True
-    write_report: bool = True
-    recover: bool = True
-    yes: bool = False
-
-    def __post_init__(self) -> None:
-        check_fields(self, "option")
-
-    def out_dir(self, cfg: StudyConfig) -> Path:
-        """The study folder: ``--out``, or ``studies/<model>-<dataset>[-<budget>]``."""
-        if self.out:
-            return Path(self.out)
-        suffix = "" if cfg.budget == "default" else f"-{re.sub(r'[^A-Za-z0-9_.-]+', '-', cfg.budget)}"
-        return Path("studies") / f"{cfg.study_name}{suffix}"
-
-    def total_trials(self, cfg: StudyConfig) -> int:
-        return self.trials if self.trials is not None else cfg.spend.trials
-
-    def to_yaml(self) -> str:
-        plain = to_plain(self)
-        if plain["storage"]:
-            plain["storage"] = redact(plain["storage"])
-        return "# How the last run of this study executed (not part of its fingerprint).\n" + \
-            yaml.safe_dump(plain, sort_keys=False)
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password, for printing and writing."""
-    head, sep, tail = url.partition("://")
-    if sep and "@" in tail:
-        auth, _, host = tail.rpartition("@")
-        user = auth.split(":", 1)[0]
-        return f"{head}://{user}:***@{host}" if ":" in auth else url
-    return url
-
-
-# --- reading ---------------------------------------------------------------------------------------
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors and aliases: a config never needs them, and nested aliases can make a
-    small file expand without bound."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise ConfigError(f"YAML aliases (*{event.anchor}) are not allowed in a config "
-                              f"(line {event.start_mark.line + 1}); write the values out")
-        return super().compose_node(parent, index)
-
-    def construct_yaml_int(self, node):
-        """Refuse an integer of more than :data:`MAX_INT_DIGITS` digits before Python converts it (a
-        5,000-digit one exceeds Python's conversion limit; 10^400 overflows a float)."""
-        if sum(c.isdigit() for c in str(node.value)) > MAX_INT_DIGITS:
-            raise ConfigError(f"an integer of {len(str(node.value)):,} digits at line {node.start_mark.line + 1} "
-                              f"is not a config value; write a number of at most {MAX_INT_DIGITS} digits")
-        return super().construct_yaml_int(node)
-
-    def construct_mapping(self, node, deep=False):
-        """Refuse a key given twice in one mapping (YAML would silently keep the last value)."""
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"key {str(key)[:80]!r} is given twice at line {key_node.start_mark.line + 1}; "
-                                  f"keep one")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
-
-
-def _read_regular(path: Path) -> bytes:
-    """The bytes of ``path``, refused unless it is a regular file of at most ``MAX_CONFIG_BYTES``:
-    opened non-blocking and checked on the descriptor, as reading a FIFO or ``/dev/zero`` (directly
-    or through a link) would wait or read forever."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"config {path} is not a regular file (a FIFO, a device, a socket or a folder); "
-                              f"name a YAML file")
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES:,} bytes; it is not a config")
-        return handle.read(MAX_CONFIG_BYTES + 1)
-
-
-def read_yaml(path: str | Path) -> dict:
-    """A config file as a mapping, or one line saying why it cannot be read."""
-    path = Path(path)
-    try:
-        text = _read_regular(path).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise ConfigError(f"cannot read config {path}: {reason}") from None
-    try:
-        raw = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config {path} is not valid YAML{where}") from None
-    except RecursionError:
-        raise ConfigError(f"config {path} is nested too deeply") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a mapping of keys to values")
-    return raw
-
-
 def _set(raw: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = raw
@@ -506,17 +368,7 @@ def config_from_plain(plain: dict) -> StudyConfig:
     return build_config(plain, where="the study's stored config")
 
 
-def options_from_plain(plain: dict) -> RunOptions:
-    return from_plain(RunOptions, plain, where="option", error=ConfigError)
-
-
 def config_fields() -> set[str]:
     """Top-level config keys (flags with these destinations, or ``section.key``, override the config)."""
     return {f.name for f in dataclasses.fields(StudyConfig)}
 
-
-def option_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(RunOptions)}
-
-
-assert not config_fields() & option_fields(), "a flag's destination must name a config field or an option, not both"

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class UsageError(ValueError):
     """A request that cannot be carried out as given (e.g. no front point meets a budget)."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: the message says which key and what is allowed."""
