@@ -28,14 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     del args.points
     quiet_libraries()
     found = open_study(args)
-    cfg = found.cfg
     if points is not None:
-        cfg = replace(cfg, report=replace(cfg.report, recover_points=points))
-    data, baseline, start = found.data, found.baseline, found.start
-    for rec in recover(cfg, found.out, found.study, data, start, baseline, progress=found.opts.progress):
+        found.cfg = replace(found.cfg, report=replace(found.cfg.report, recover_points=points))
+    for rec in recover(found, progress=found.opts.progress):
         print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {fmt_accuracy(rec.test_accuracy)} after {rec.epochs:g} "
               f"epochs ({rec.seconds:.0f} s)")
-    for path in write_report(cfg, found.out, found.study, data, baseline, start, progress=found.opts.progress).paths.values():
+    for path in write_report(found, progress=found.opts.progress).paths.values():
         print(path)
     return 0
 

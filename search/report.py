@@ -17,8 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
     found = open_study(args)
-    for path in write_report(found.cfg, found.out, found.study, found.data, found.baseline, found.start,
-                             progress=found.opts.progress).paths.values():
+    for path in write_report(found, progress=found.opts.progress).paths.values():
         print(path)
     return 0
 

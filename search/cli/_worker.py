@@ -9,7 +9,6 @@ from pathlib import Path
 
 from search.cli._cli import run_cli
 from search.config import config_from_plain, options_from_plain
-from search.storage import baseline_of
 from search.study import TrialBroker, join_study, run_local, signal_ready
 
 
@@ -18,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, opts = config_from_plain(message["config"]), options_from_plain(message["options"])
     out = Path(message["out"])
     joined = join_study(cfg, opts, out)
-    broker = TrialBroker(joined.study, joined.storage, cfg, opts, out, joined.ctx.keys, baseline_of(joined.study))
+    broker = TrialBroker(joined)
     signal_ready()
     try:
         run_local(broker, joined.ctx)

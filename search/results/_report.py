@@ -21,7 +21,7 @@ from search.results._noise import Paired, trial_hits
 from search.results._verdict import headline_gain, size_gain, verdict
 from search.storage import (TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, axes, completed, precision_of, recoveries,
                             trial_artifact)
-from search.trial import MAP_KEY, SECONDS_KEY, SensitivityMap, latencies, setting
+from search.trial import MAP_KEY, SECONDS_KEY, OpenStudy, SensitivityMap, latencies, setting
 
 LATENCY_COLUMNS = ["ort_b1_ms", "ort_b64_ms", "device_b1_ms", "device_b64_ms"]
 # the INT8 file of a recovered point (report.int8): its top-1 (fractions), MB, onnxruntime ms, its speed-up
@@ -258,10 +258,11 @@ class Written:
     answer: dict
 
 
-def write_report(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, baseline: BaselineFigures,
-                 start: Checkpoint, *, progress: bool = False) -> Written:
+def write_report(opened: OpenStudy, *, progress: bool = False) -> Written:
     """Write pareto.csv, report.md, report.json and pareto.png into the study folder (``progress``:
     a bar while the front points' latencies are measured)."""
+    cfg, out, study, data, baseline, start = (opened.cfg, opened.out, opened.study, opened.data, opened.baseline,
+                                              opened.start)
     results = collect(cfg, out, study, data, baseline, start, progress=progress)
     paths = {"csv": out / "pareto.csv", "md": out / "report.md", "png": out / "pareto.png"}
     atomic_write_text(paths["csv"], results.table.to_csv(index=False))

@@ -8,16 +8,14 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable
 
-from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from pruning import to_plain
-from search.config import RunOptions, StudyConfig, fault
+from search.config import fault
 from search.study._broker import TrialBroker, heartbeat
-from search.trial import Outcome, SearchContext, run_trial
+from search.trial import OpenStudy, Outcome, SearchContext, run_trial
 
 
 READY_FD = "AUTOML_PRUNE_READY_FD"  # a --workers process's pipe to its parent, written once it has joined
@@ -36,14 +34,10 @@ def signal_ready() -> None:
 
 @dataclass
 class Job:
-    """One run of a study, as a backend receives it."""
+    """One run of a study, as a backend receives it: the open study and its broker."""
 
-    cfg: StudyConfig
-    opts: RunOptions
-    out: Path
-    storage: BaseStorage
+    opened: OpenStudy
     broker: TrialBroker
-    ctx: SearchContext
 
 
 def run_local(broker: TrialBroker, ctx: SearchContext, *, reap: Callable[[], None] | None = None) -> None:
@@ -74,8 +68,9 @@ class _Workers:
         threads = max(1, (os.cpu_count() or 1) // (n + 1))
         if n:
             torch.set_num_threads(threads)
-        child = replace(job.opts, workers=1, progress=False, write_report=False, recover=False, yes=True)
-        message = json.dumps({"config": to_plain(job.cfg), "options": to_plain(child), "out": str(job.out)})
+        opened = job.opened
+        child = replace(opened.opts, workers=1, progress=False, write_report=False, recover=False, yes=True)
+        message = json.dumps({"config": to_plain(opened.cfg), "options": to_plain(child), "out": str(opened.out)})
         self.procs, self.ready = [], []
         for i in range(1, n + 1):
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -118,17 +113,17 @@ class _Workers:
 
 def run_optuna(job: Job) -> None:
     """This process, plus ``--workers - 1`` more processes on this machine."""
-    workers = _Workers(job, job.opts.workers - 1)
+    workers = _Workers(job, job.opened.opts.workers - 1)
     try:
         workers.wait_ready()
-        run_local(job.broker, job.ctx, reap=workers.reap)
+        run_local(job.broker, job.opened.ctx, reap=workers.reap)
     except BaseException:
         workers.stop()
         raise
     finally:
         codes = workers.wait()
     failed = [c for c in codes if c not in (0, None)]
-    if failed and job.opts.progress:
+    if failed and job.opened.opts.progress:
         print(f"warning: {len(failed)} extra worker(s) exited with {failed}; their trials were failed and re-run",
               file=sys.stderr)
 

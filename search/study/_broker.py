@@ -15,20 +15,18 @@ import socket
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Callable
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from pruning import BaselineFigures
-from search.config import RunOptions, StudyConfig, UsageError, fault
+from search.config import UsageError, fault
 from search.storage import (TrialRecord, cleared_outputs, inputs_of, record_value, save_trial_note, study_lock,
                             trial_note)
 from search.study._progress import Progress
 from search.study._study import FINISHED, finished, occupied, placeholders, trial_handle, worker_id
-from search.trial import Outcome, sample
+from search.trial import OpenStudy, Outcome, sample
 
 MAX_FAILURES_IN_A_ROW = 5  # then the settings are wrong, not the candidates: stop instead of looping
 MAX_RETRIES = 2            # a trial whose worker died runs again at most this often
@@ -58,14 +56,14 @@ class TrialBroker:
     """Ask/tell with the study's policies, shared by every backend; after each trial it tells, the
     callbacks run (the first is the run's :class:`Progress`)."""
 
-    def __init__(self, study: optuna.Study, storage: BaseStorage, cfg: StudyConfig, opts: RunOptions, out: Path,
-                 keys: list[str], baseline: BaselineFigures, *, seconds_per_trial: float | None = None,
-                 after_trials_s: float = 0.0, callbacks: tuple[Callback, ...] = ()) -> None:
-        self.study, self.storage, self.cfg, self.opts, self.out = study, storage, cfg, opts, out
-        self.keys, self.baseline = keys, baseline
+    def __init__(self, opened: OpenStudy, *, seconds_per_trial: float | None = None, after_trials_s: float = 0.0,
+                 callbacks: tuple[Callback, ...] = ()) -> None:
+        self.study, self.storage, self.out = opened.study, opened.storage, opened.out
+        self.cfg, self.opts = cfg, opts = opened.cfg, opened.opts
+        self.keys, self.baseline = opened.ctx.keys, opened.baseline
         self.total = opts.total_trials(cfg)
         self.streak: list[str] = []
-        self.progress = Progress(study, self.total, enabled=opts.progress, workers=opts.workers,
+        self.progress = Progress(self.study, self.total, enabled=opts.progress, workers=opts.workers,
                                  guess=seconds_per_trial, after_s=after_trials_s)
         self.callbacks: tuple[Callback, ...] = (self.progress, *callbacks)
         self._waiting = False

@@ -102,13 +102,14 @@ def run_with_ray(job) -> None:
 
     from pruning import to_plain
 
-    opts, cfg = absolute_paths(job.opts), job.cfg
+    opened = job.opened
+    opts, cfg = absolute_paths(opened.opts), opened.cfg
     if cfg.from_checkpoint:
         cfg = replace(cfg, from_checkpoint=str(Path(cfg.from_checkpoint).resolve()))
     searcher = BrokerSearcher(job.broker)
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent) if opts.max_concurrent else searcher
     trainable = tune.with_resources(
-        partial(ray_trial, cfg=to_plain(cfg), opts=to_plain(opts), out=str(job.out.resolve())),
+        partial(ray_trial, cfg=to_plain(cfg), opts=to_plain(opts), out=str(opened.out.resolve())),
         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     started = not ray.is_initialized()
     if started:
@@ -120,8 +121,8 @@ def run_with_ray(job) -> None:
     try:
         tuner = tune.Tuner(trainable,
                            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=-1, reuse_actors=True),
-                           run_config=tune.RunConfig(name=job.cfg.study_name, verbose=0,
-                                                     storage_path=str((job.out / "ray").resolve())))
+                           run_config=tune.RunConfig(name=opened.cfg.study_name, verbose=0,
+                                                     storage_path=str((opened.out / "ray").resolve())))
         tuner.fit()
     finally:
         if started:

@@ -21,7 +21,7 @@ from search.config import StudyConfig, fault
 from search.results import front_trials
 from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, file_lock, precision_of, recoveries, save_recovery,
                             trial_artifact)
-from search.trial import in_precision
+from search.trial import OpenStudy, in_precision
 
 REACH = 3.0  # recovery brings a point up by one to two points: those within 3x the drop are worth a try
 
@@ -59,9 +59,10 @@ def _spread(indices: list[int], recs: list[TrialRecord], k: int) -> list[int]:
     return out
 
 
-def recover(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, start: Checkpoint, baseline: BaselineFigures,
-            *, progress: bool = True) -> list[RecoveryRecord]:
+def recover(opened: OpenStudy, *, progress: bool = True) -> list[RecoveryRecord]:
     """Recover the chosen front points not recovered yet; returns the new records."""
+    cfg, out, study, data, start, baseline = (opened.cfg, opened.out, opened.study, opened.data, opened.start,
+                                              opened.baseline)
     store = FileSystemArtifactStore(str(artifact_dir(out)))
     done = []
     with file_lock(out / ".recover.lock"):  # one recovering process: a second waits, then skips what is done

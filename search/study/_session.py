@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage
 
-from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write_text, read_meta
+from pruning import atomic_write_text, read_meta
 from search.config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig, UsageError
 from search.storage import (BASELINE, JOURNAL, baseline_of, check_writable, dashboard_command, open_storage, precision_of,
                             study_lock)
@@ -20,19 +18,8 @@ from search.study._estimate import Estimate, describe, duration, estimate, guard
 from search.study._references import reference_plans
 from search.study._broker import TrialBroker
 from search.study._study import check_resume, create_study, find_study, finished, load_existing, seed_references
-from search.trial import (AimedSpread, SearchContext, adopt_weights, aim_spread, aim_targets, build_context, load_data,
+from search.trial import (AimedSpread, OpenStudy, adopt_weights, aim_spread, aim_targets, build_context, load_data,
                           preflight, prepare_map, sensitivity_plans, start_checkpoint, train_baseline)
-
-
-@dataclass
-class Session:
-    cfg: StudyConfig
-    opts: RunOptions
-    out: Path
-    storage: BaseStorage
-    study: optuna.Study
-    ctx: SearchContext
-    estimate: Estimate | None = None
 
 
 def _say(opts: RunOptions, text: str) -> None:
@@ -40,7 +27,7 @@ def _say(opts: RunOptions, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
+def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> OpenStudy:
     """Under the study lock: check a resumed study's settings and starting model before anything is
     written, train the baseline if the study is new, create the study, enqueue the references."""
     if cfg.from_checkpoint:
@@ -82,6 +69,7 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
         if study is None:
             study = create_study(storage, cfg, digest=ctx.start.checksum, baseline=ctx.baseline, precision=ctx.precision)
             atomic_write_text(out / RESOLVED_NAME, cfg.to_yaml())
+        ctx.baseline = baseline_of(study)  # one source of the baseline figures: the study's record
         ctx.precision = precision_of(study, cfg.finetune.precision, data.device)  # a resumed study keeps its own
         smap = prepare_map(ctx, study, progress=opts.progress)
         plans = reference_plans(cfg, ctx.units, ctx.keys, ctx.start.model, ctx.example, opts.total_trials(cfg),
@@ -91,9 +79,10 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> Session:
         if isinstance(study.sampler, AimedSpread):
             aim_targets(ctx, study, plans)
             aim_spread(ctx, study)
-        session = Session(cfg=cfg, opts=opts, out=out, storage=storage, study=study, ctx=ctx, estimate=est)
+        opened = OpenStudy(cfg=cfg, opts=opts, out=out, storage=storage, study=study, estimate=est)
+        opened.data, opened.start, opened.ctx = data, ctx.start, ctx  # built here, under the lock
     atomic_write_text(out / OPTIONS_NAME, opts.to_yaml())
-    return session
+    return opened
 
 
 def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, done: int | None) -> Estimate | None:
@@ -120,43 +109,40 @@ def _gpu_name() -> str:
     return torch.cuda.get_device_name()
 
 
-def start_broker(session: Session) -> Job:
-    cfg, opts, study, ctx = session.cfg, session.opts, session.study, session.ctx
-    est = session.estimate
-    broker = TrialBroker(study, session.storage, cfg, opts, session.out, ctx.keys, baseline_of(study),
-                         seconds_per_trial=est.per_trial_s if est else None,
+def start_broker(opened: OpenStudy) -> Job:
+    cfg, opts, study, ctx = opened.cfg, opened.opts, opened.study, opened.ctx
+    est = opened.estimate
+    broker = TrialBroker(opened, seconds_per_trial=est.per_trial_s if est else None,
                          after_trials_s=est.recovery_s + est.report_s if est else 0.0)
-    with study_lock(session.out):
+    with study_lock(opened.out):
         stale = broker.fail_stale()
     done = finished(study)
     resumed = f", resuming at {done} finished" if done else ""
     stale_note = f", {stale} interrupted trial(s) marked failed" if stale else ""
     _say(opts, f"study {cfg.study_name}: {len(ctx.units)} units, {len(ctx.keys)} ratios ({cfg.search.granularity}), "
                f"{opts.total_trials(cfg)} trials{resumed}{stale_note}\n"
-               f"watch it live: {dashboard_command(session.out, opts.storage)}")
-    return Job(cfg=cfg, opts=opts, out=session.out, storage=session.storage, broker=broker, ctx=ctx)
+               f"watch it live: {dashboard_command(opened.out, opts.storage)}")
+    return Job(opened, broker)
 
 
-def finish_study(session: Session) -> None:
+def finish_study(opened: OpenStudy) -> None:
     """After the trials: recover a spread of the front, write the report, warn about an
     under-trained baseline."""
     from search.results import write_report
     from search.study._recovery import recover
 
-    cfg, opts, ctx = session.cfg, session.opts, session.ctx
+    opts = opened.opts
     if opts.recover:
-        for rec in recover(cfg, session.out, session.study, ctx.data, ctx.start, ctx.baseline,
-                           progress=opts.progress):
+        for rec in recover(opened, progress=opts.progress):
             _say(opts, f"recovered trial {rec.trial}: val accuracy {rec.val_accuracy:.4f} "
                        f"({rec.epochs:g} epochs, {rec.seconds:.0f} s)")
     if not opts.write_report:
         return
-    written = write_report(cfg, session.out, session.study, ctx.data, ctx.baseline, ctx.start,
-                           progress=opts.progress)
+    written = write_report(opened, progress=opts.progress)
     paths, answer = written.paths, written.answer
     if answer["warning"]:
         print(f"warning: {answer['warning']}", file=sys.stderr, flush=True)
-    publish_study(session.study, session.storage, session.out, answer)
+    publish_study(opened.study, opened.storage, opened.out, answer)
     head = answer["headline"]
     if answer.get("verdict"):
         _say(opts, " ".join(answer["verdict"]))
@@ -180,33 +166,7 @@ def publish_study(study: optuna.Study, storage: BaseStorage, out: Path, answer: 
              out / BASELINE])
 
 
-@dataclass
-class Existing:
-    """A study that search.run made, opened by a later command (report, pick, recover, export);
-    its data, starting model and baseline figures load on first use, once."""
-
-    cfg: StudyConfig
-    opts: RunOptions
-    out: Path
-    storage: BaseStorage
-    study: optuna.Study
-
-    @cached_property
-    def data(self) -> Dataset:
-        return load_data(self.cfg, self.opts)
-
-    @cached_property
-    def start(self) -> Checkpoint:
-        """The model the study prunes from (baseline or ``--from``), checked against its pinned digest."""
-        return start_checkpoint(self.cfg, self.out, self.data)
-
-    @cached_property
-    def baseline(self) -> BaselineFigures:
-        """The unpruned model's figures the study recorded."""
-        return baseline_of(self.study)
-
-
-def open_existing(cfg: StudyConfig, opts: RunOptions) -> Existing:
+def open_existing(cfg: StudyConfig, opts: RunOptions) -> OpenStudy:
     """The study of ``cfg``'s model and dataset in its folder (or ``--storage``), with the config it
     stored (which wins over the YAML), its starting model checked against its pinned digest."""
     from search.study._study import stored_config
@@ -219,4 +179,4 @@ def open_existing(cfg: StudyConfig, opts: RunOptions) -> Existing:
     study = load_existing(storage, cfg.study_name)
     stored = stored_config(study)
     check_resume(study, stored, out)
-    return Existing(cfg=stored, opts=opts, out=out, storage=storage, study=study)
+    return OpenStudy(cfg=stored, opts=opts, out=out, storage=storage, study=study)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +14,8 @@ from pruning import BaselineFigures, CheckpointError, read_meta, to_plain
 from search.config import (COMPOSED_SAMPLERS, RESOLVED_NAME, SAMPLERS, RunOptions, StudyConfig, UsageError,
                            config_from_plain, fingerprint, first_difference, quiet_libraries)
 from search.storage import (BASE_KEY, BASELINE_FIGURES_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, PRECISION_KEY, SETTINGS_KEY,
-                            TrialRecord, baseline_path, open_storage, precision_of)
-from search.trial import AimedSpread, LevelSpread, SearchContext, aim_spread, build_context, stored_center
+                            TrialRecord, baseline_path, open_storage)
+from search.trial import AimedSpread, LevelSpread, OpenStudy
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -147,23 +146,12 @@ def worker_id(host: str) -> str:
     return f"{host}:{os.getpid()}"
 
 
-@dataclass(frozen=True)
-class Joined:
-    """A study that ``search.run`` opened, joined by another process of the same run."""
-
-    storage: BaseStorage
-    study: optuna.Study
-    ctx: SearchContext
-
-
-def join_study(cfg: StudyConfig, opts: RunOptions, out: Path) -> Joined:
+def join_study(cfg: StudyConfig, opts: RunOptions, out: Path) -> OpenStudy:
     """The one way a second process of a run (a ``--workers`` process, a Ray actor) opens its study:
     its own sampler seed (salted by the pid), the shared storage, and the context trials need."""
     quiet_libraries()
     storage = open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
     study = load_existing(storage, cfg.study_name, salt=os.getpid(), cfg=cfg)
-    ctx = build_context(cfg, opts, out)
-    ctx.center = stored_center(study)  # the centre the first process stored under the lock
-    ctx.precision = precision_of(study, cfg.finetune.precision, ctx.data.device)
-    aim_spread(ctx, study)  # the aim targets the first process stored
-    return Joined(storage, study, ctx)
+    joined = OpenStudy(cfg=cfg, opts=opts, out=out, storage=storage, study=study)
+    _ = joined.ctx  # built now, with the centre, precision and aim targets the first process stored
+    return joined

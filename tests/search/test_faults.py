@@ -259,9 +259,11 @@ def test_a_lost_reference_runs_again_as_a_marked_retry_sampled_or_not(tmp_path, 
     it there: the retry then carries the enqueued parameters, as enqueue_trial would)."""
     from pruning import BaselineFigures
     from search.config import RunOptions, load_config
+    from types import SimpleNamespace
+
     from search.study._broker import HOST, TrialBroker
     from search.study._study import seed_references
-    from search.trial import sample
+    from search.trial import OpenStudy, sample
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     params, plan = {"a": 0.0, "b": 0.0, "level": 0.5}, {"a": 0.5, "b": 0.5}
@@ -273,8 +275,10 @@ def test_a_lost_reference_runs_again_as_a_marked_retry_sampled_or_not(tmp_path, 
     dead.wait()  # reaped: its pid names no process
     trial.set_user_attr("worker", f"{HOST}:{dead.pid}")
     cfg = load_config("lenet5", path=write_config(tmp_path / "tiny.yaml", TINY_LENET), overrides={"budget": "smoke"})
-    broker = TrialBroker(study, study._storage, cfg, RunOptions(progress=False), tmp_path, ["a", "b"],
-                         BaselineFigures(params=1, macs=1, size_mb=1.0, val_accuracy=0.9))
+    opened = OpenStudy(cfg=cfg, opts=RunOptions(progress=False), out=tmp_path, storage=study._storage, study=study)
+    opened.ctx = SimpleNamespace(keys=["a", "b"])  # all the broker reads of a trial context
+    opened.baseline = BaselineFigures(params=1, macs=1, size_mb=1.0, val_accuracy=0.9)
+    broker = TrialBroker(opened)
     assert broker.fail_stale() == 1
     assert study.trials[trial.number].state == TrialState.FAIL
     retry = study.ask()

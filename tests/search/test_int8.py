@@ -173,8 +173,8 @@ def _report_int8(study, copy) -> None:
     args = report.get_args_parser().parse_args(["--model", "lenet5", "--config", str(study[1]), "--budget", "smoke",
                                                 "--out", str(copy), "--data-dir", str(REPO / "data")])
     found = open_existing(*resolve(args))
-    cfg = replace(found.cfg, report=replace(found.cfg.report, int8="recovered"))
-    write_report(cfg, found.out, found.study, found.data, found.baseline, found.start)
+    found.cfg = replace(found.cfg, report=replace(found.cfg.report, int8="recovered"))
+    write_report(found)
 
 
 @pytest.fixture(scope="module")
