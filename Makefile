@@ -46,7 +46,8 @@ dashboard: setup
 test: setup postgres
 	$(PY) -m pytest -q --durations=30 tests
 
-# The fast tier: no subprocesses, servers, Ray or long training (seconds to a few minutes).
+# The fast tier (under 3 minutes here): no subprocesses, servers, Ray, long training, or tests that
+# make whole studies of their own beyond the few shared per module.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 

@@ -1,5 +1,6 @@
 """Shared fixtures and study helpers. Tests never use the network: datasets come from disk or are
-written here. ``-m "not slow"`` (make test-fast) leaves out subprocesses, servers and long training."""
+written here. ``-m "not slow"`` (make test-fast) leaves out subprocesses, servers, long training, deep
+models and tests that make studies of their own beyond the one a module shares."""
 from __future__ import annotations
 
 import hashlib

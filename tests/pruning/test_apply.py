@@ -26,7 +26,8 @@ def _conv_widths(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("densenet121", "resnet50") else n
+                                  for n in list_models()])  # the two deep ones: the slow tier
 def test_random_plans_prune_and_shrink(name, tmp_path):
     """... and the pruned model exports to an ONNX file that runs alone and gives the same logits."""
     model, x, units = _setup(name)

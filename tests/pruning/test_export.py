@@ -71,6 +71,7 @@ def _ill_conditioned_pruned(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return pruned.eval(), images(16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_large_100"])
 def test_a_pruned_timm_efficientnet_and_mobilenetv3_export(name, tmp_path):
     """fp32 itself is uncertain on such a model: the export is held to PyTorch fp32's own error

@@ -8,6 +8,8 @@ import torch
 
 from pruning import apply_plan, evaluate, finetune, prunable_units, recalibrate_bn
 
+pytestmark = pytest.mark.slow  # whole studies or a trained model: the slow tier (docs/development.md)
+
 
 def test_l1_beats_random_at_half_the_channels(trained_lenet, fashion_mnist):
     x = fashion_mnist.example_input(1)

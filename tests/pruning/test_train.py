@@ -10,6 +10,7 @@ from pruning import (TrainConfig, TrainHooks, TrainingDiverged, apply_plan, eval
                      recalibrate_bn, train, train_batches)
 
 
+@pytest.mark.slow
 def test_lenet5_one_epoch_on_fashion_mnist(fashion_mnist):
     torch.manual_seed(0)
     model = create_model("lenet5", num_classes=10, in_channels=1)
@@ -70,6 +71,7 @@ def _weights(model):
     return [p.detach().clone() for p in model.state_dict().values()]
 
 
+@pytest.mark.slow
 def test_a_run_with_stops_that_goes_on_is_the_uninterrupted_run(synthetic):
     """Evaluating at rungs in the middle of a fine-tune changes nothing about the run that goes on."""
     cfg = TrainConfig(steps=10, batch_size=16, lr=0.05, seed=3)

@@ -5,6 +5,7 @@ report must agree with its front."""
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -144,13 +145,25 @@ def test_random_kills_of_a_run_lose_and_duplicate_nothing(tmp_path, fashion_mnis
     check_study(out, total)
 
 
+@pytest.fixture(scope="module")
+def _small_study_made(tmp_path_factory, fashion_mnist):
+    root = tmp_path_factory.mktemp("small")
+    config = write_config(root / "tiny.yaml", TINY_LENET)
+    assert run.main(base_args(config, root / "out") + ["--quiet", "--trials", "3"]) == 0
+    return config, root / "out"
+
+
 @pytest.fixture
-def small_study(tmp_path, tiny_config, fashion_mnist):
+def small_study(_small_study_made, tmp_path):
+    """A finished 3-trial study of its own for each test (a copy of one made once per module: the
+    tests damage it), in a folder the study was not made in, as a user's moved study would be."""
+    config, made = _small_study_made
     out = tmp_path / "out"
-    assert run.main(base_args(tiny_config, out) + ["--quiet", "--trials", "3"]) == 0
-    return tiny_config, out
+    shutil.copytree(made, out)
+    return config, out
 
 
+@pytest.mark.slow
 def test_a_torn_journal_tail_is_repaired_never_appended_to(small_study, capsys):
     config, out = small_study
     journal = out / "journal.log"
@@ -165,6 +178,7 @@ def test_a_torn_journal_tail_is_repaired_never_appended_to(small_study, capsys):
     check_study(out, 4)
 
 
+@pytest.mark.slow
 def test_a_damaged_journal_line_is_refused_with_one_line(small_study, tmp_path, capsys):
     config, out = small_study
     journal = out / "journal.log"
@@ -179,6 +193,7 @@ def test_a_damaged_journal_line_is_refused_with_one_line(small_study, tmp_path, 
     assert folder_hash(out) == before
 
 
+@pytest.mark.slow
 def test_a_missing_or_replaced_baseline_is_refused(small_study, tmp_path, capsys):
     config, out = small_study
     baseline = out / "baseline.pt"
@@ -198,6 +213,7 @@ def test_a_missing_or_replaced_baseline_is_refused(small_study, tmp_path, capsys
     assert cli(run, base_args(config, out) + ["--quiet", "--trials", "4"], capsys)[0] == 0
 
 
+@pytest.mark.slow
 def test_an_artifact_id_outside_the_store_is_refused(small_study, capsys):
     config, out = small_study
     front = study_of(out).best_trials[0]
@@ -213,6 +229,7 @@ def test_an_artifact_id_outside_the_store_is_refused(small_study, capsys):
     assert folder_hash(out) == before
 
 
+@pytest.mark.slow
 def test_a_swapped_trial_artifact_is_refused(small_study, tmp_path, capsys):
     """Another valid checkpoint (the unpruned baseline) in place of a trial's artifact was shipped as that trial."""
     config, out = small_study

@@ -290,6 +290,7 @@ PRE_OK = dict(channels=1, input_size=32, pad=2, resize="none", mean=[0.3], std=[
               class_names=[str(i) for i in range(10)])
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=80)
 @given(edit=forged())
 def test_forged_checkpoints(study, capsys, tmp_path_factory, edit):
@@ -472,6 +473,7 @@ def odd_weights(draw):
     return kind, draw(st.integers(0, 2 ** 31))
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=60)
 @given(edit=odd_weights())
 def test_weights_files(study, capsys, tmp_path_factory, edit):
@@ -539,6 +541,7 @@ def build(num_classes):
 '''
 
 
+@pytest.mark.slow
 @FUZZ
 @given(where=st.sampled_from(["import", "builder", "forward"]),
        how=st.sampled_from(["sys.exit({code})", "raise SystemExit({code})", "exit({code})", "quit({code})"]),

@@ -18,6 +18,8 @@ from tests.conftest import REPO, TINY_LENET, base_args, cli, merged, study_of, w
 
 LENET5_PARAMS = 61_706
 
+pytestmark = pytest.mark.slow  # whole studies or a trained model: the slow tier (docs/development.md)
+
 
 @pytest.fixture
 def bf16_for_the_baseline_only(monkeypatch):

@@ -116,6 +116,7 @@ def test_an_interrupted_baseline_resumes_at_its_last_epoch(tmp_path):
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_an_under_trained_baseline_is_called_out(tmp_path, capsys, fashion_mnist):
     config = write_config(tmp_path / "weak.yaml", merged(
         TINY_LENET, baseline={"epochs": 0.4, "lr": 0.05}, finetune={"lr": 0.03},

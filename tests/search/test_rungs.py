@@ -53,6 +53,7 @@ def _params_of(study) -> list:
     return [t.params for t in sorted(study.trials, key=lambda t: t.number)]
 
 
+@pytest.mark.slow
 def test_a_trial_that_goes_on_is_the_uninterrupted_trial(tmp_path, fashion_mnist):
     """Rungs that never stop anyone (min_trials above the trial count) change no weight."""
     cfgs = {"rungs": merged(TINY_LENET, search={"rung_min_trials": 1000, "rungs": [0.0, 0.2, 0.5]}),

@@ -159,6 +159,7 @@ def test_pick_with_recovery_finetune(finished_study, tmp_path, capsys):
     assert evaluate(load_pruned(saved), _data(config), "test") == result["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_same_seed_samples_the_same_plans(tmp_path, tiny_config, fashion_mnist):
     plans = []
     for name in ("a", "b"):
@@ -169,6 +170,7 @@ def test_same_seed_samples_the_same_plans(tmp_path, tiny_config, fashion_mnist):
     assert plans[0] == plans[1] and len(plans[0]) == 5
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, tiny_config, fashion_mnist, monkeypatch):
     import search.trial._objective as objective
     from pruning import TrainingDiverged
@@ -192,6 +194,7 @@ def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, tiny_config, fa
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "onnxruntime-int8"])
 def test_latency_objective(tmp_path, tiny_config, fashion_mnist, monkeypatch, backend):
     """Each trial's latency is measured on the backend named: onnxruntime-int8 times the INT8 file
@@ -228,6 +231,7 @@ def test_validation_split_does_not_follow_the_seed(fashion_mnist):
     assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)
 
 
+@pytest.mark.slow
 def test_a_three_objective_study_runs_end_to_end(tmp_path, fashion_mnist, capsys):
     """--objectives accuracy,size,latency: three directions and metric names, three values per
     trial (the recorded size and latency), rungs and the front in three objectives, and the report's

@@ -11,6 +11,8 @@ from search import run, summary
 from search.storage import TrialRecord
 from tests.conftest import TINY_LENET, base_args, cli, folder_hash, merged, study_of, write_config
 
+pytestmark = pytest.mark.slow  # whole studies or a trained model: the slow tier (docs/development.md)
+
 
 @pytest.fixture(scope="module")
 def two_studies(tmp_path_factory, fashion_mnist):
