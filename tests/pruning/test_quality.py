@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import statistics
 
+import pytest
 import torch
 
 from pruning import apply_plan, evaluate, finetune, prunable_units, recalibrate_bn
