@@ -10,6 +10,12 @@ from models import create_model, list_models
 from pruning import IMPORTANCES, apply_plan, export_onnx, measure, prunable_units, verify_standalone
 
 
+def tiered(names) -> list:
+    """The models as test parameters, the two deep ones (ResNet50, DenseNet121: seconds each to trace
+    and prune) in the slow tier."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "densenet121") else n for n in names]
+
+
 def _setup(name: str):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_channels=3).eval()
@@ -26,8 +32,7 @@ def _conv_widths(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("densenet121", "resnet50") else n
-                                  for n in list_models()])  # the two deep ones: the slow tier
+@pytest.mark.parametrize("name", tiered(list_models()))
 def test_random_plans_prune_and_shrink(name, tmp_path):
     """... and the pruned model exports to an ONNX file that runs alone and gives the same logits."""
     model, x, units = _setup(name)
@@ -46,7 +51,7 @@ def test_random_plans_prune_and_shrink(name, tmp_path):
     assert sum(p.numel() for p in model.parameters()) == sizes[0][0]  # the original is untouched
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet50", "densenet121"])
+@pytest.mark.parametrize("name", tiered(["vgg16", "resnet50", "densenet121"]))
 def test_round_to_gives_multiples(name):
     model, x, units = _setup(name)
     pruned, record = apply_plan(model, _random_plan(units, 0.45, seed=2), example_input=x[:1], round_to=8)
@@ -54,7 +59,7 @@ def test_round_to_gives_multiples(name):
     assert all(w % 8 == 0 for w in _conv_widths(pruned))
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet50", "densenet121"])
+@pytest.mark.parametrize("name", tiered(["lenet5", "resnet50", "densenet121"]))
 def test_zero_plan_keeps_outputs(name):
     model, x, units = _setup(name)
     pruned, record = apply_plan(model, {}, example_input=x[:1])
@@ -63,7 +68,7 @@ def test_zero_plan_keeps_outputs(name):
     assert record.history == []
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet50"])
+@pytest.mark.parametrize("name", tiered(["lenet5", "resnet50"]))
 def test_iterative_steps_reach_the_one_shot_architecture(name):
     model, x, units = _setup(name)
     plan = _random_plan(units, 0.5, seed=3)

@@ -363,6 +363,7 @@ USER_CODE_CASES = {
 }
 
 
+@pytest.mark.slow  # a subprocess each
 @pytest.mark.parametrize("case", list(USER_CODE_CASES))
 def test_users_code_never_decides_the_exit_status(case, tmp_path, tiny_config):
     """Issue 41 items 3 and 6: sys.exit(0) / os._exit(0) in the user's code ended the command with 0

@@ -127,6 +127,7 @@ def test_a_sensitivity_reference_is_no_larger_than_its_uniform_twin(tmp_path, fa
             assert size >= 0.9 * done[("uniform", r)]
 
 
+@pytest.mark.slow  # trains LeNet5 on the whole of Fashion-MNIST first
 def test_a_map_of_a_real_model_has_a_row_per_key(trained_lenet, fashion_mnist):
     """The map's cells on a trained LeNet5: accuracy falls as a key loses more channels (fitted), and
     the saved size grows."""
