@@ -25,6 +25,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ANY_MODEL_CONFIG = "any-model.yaml"  # the defaults of a model without its own configs/<name>.yaml
 RESOLVED_NAME = "config.resolved.yaml"
 OPTIONS_NAME = "run-options.yaml"
+
+
 def _ratio(low: float = 0.0) -> dict:
     return bounds(low=low, below=1)
 

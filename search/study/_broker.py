@@ -59,11 +59,11 @@ class TrialBroker:
     def __init__(self, opened: OpenStudy, *, seconds_per_trial: float | None = None, after_trials_s: float = 0.0,
                  callbacks: tuple[Callback, ...] = ()) -> None:
         self.study, self.storage, self.out = opened.study, opened.storage, opened.out
-        self.cfg, self.opts = cfg, opts = opened.cfg, opened.opts
+        self.cfg, self.opts = opened.cfg, opened.opts
         self.keys, self.baseline = opened.ctx.keys, opened.baseline
-        self.total = opts.total_trials(cfg)
+        self.total = self.opts.total_trials(self.cfg)
         self.streak: list[str] = []
-        self.progress = Progress(self.study, self.total, enabled=opts.progress, workers=opts.workers,
+        self.progress = Progress(self.study, self.total, enabled=self.opts.progress, workers=self.opts.workers,
                                  guess=seconds_per_trial, after_s=after_trials_s)
         self.callbacks: tuple[Callback, ...] = (self.progress, *callbacks)
         self._waiting = False

@@ -80,7 +80,8 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> OpenStudy:
             aim_targets(ctx, study, plans)
             aim_spread(ctx, study)
         opened = OpenStudy(cfg=cfg, opts=opts, out=out, storage=storage, study=study, estimate=est)
-        opened.data, opened.start, opened.ctx = data, ctx.start, ctx  # built here, under the lock
+        # built here, under the lock (the baseline figures: the study's record, read above)
+        opened.data, opened.start, opened.baseline, opened.ctx = data, ctx.start, ctx.baseline, ctx
     atomic_write_text(out / OPTIONS_NAME, opts.to_yaml())
     return opened
 
