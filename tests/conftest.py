@@ -112,6 +112,21 @@ def slow_config(tmp_path: Path, steps: int = 300) -> Path:
     return write_config(tmp_path / "slow.yaml", merged(TINY_LENET, budgets=smoke_budget(finetune_steps=steps)))
 
 
+@pytest.fixture(scope="session")
+def headline_study(tmp_path_factory, fashion_mnist) -> tuple[Path, Path, Path]:
+    """(folder, config, study folder) of a 6-trial tiny LeNet5 study whose report has a headline
+    however its trials land (a 50-point bar): the path from a front to a shipped model. Shared by the
+    deploy and INT8 tests, which read it and write only to folders of their own (a test that changes
+    the study copies it first)."""
+    from search import run
+
+    root = tmp_path_factory.mktemp("headline-study")
+    config = write_config(root / "tiny.yaml", merged(TINY_LENET, report={"headline_max_drop": 50.0}))
+    out = root / "out"
+    assert run.main(base_args(config, out) + ["--quiet", "--trials", "6"]) == 0
+    return root, config, out
+
+
 @pytest.fixture
 def tiny_config(tmp_path) -> Path:
     return write_config(tmp_path / "tiny.yaml", TINY_LENET)

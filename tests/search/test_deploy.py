@@ -12,22 +12,17 @@ import torch
 
 from models import create_model
 from pruning import CheckpointMeta, apply_plan, load_pruned, prunable_units, save_pruned
-from search import pick, run
+from search import pick
 from search.config import RunOptions, load_config
 from search.trial import load_data
 from search.study._estimate import estimate, guard
 from search.config import UsageError
-from tests.conftest import PYTHON, REPO, TINY_LENET, base_args, cli, merged, write_config
+from tests.conftest import PYTHON, REPO, cli
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, fashion_mnist):
-    root = tmp_path_factory.mktemp("deploy")
-    # a headline however the 6 smoke trials land: this module tests the path from it to a model
-    config = write_config(root / "tiny.yaml", merged(TINY_LENET, report={"headline_max_drop": 50.0}))
-    out = root / "out"
-    assert run.main(base_args(config, out) + ["--quiet", "--trials", "6"]) == 0
-    return root, config, out
+def study(headline_study):
+    return headline_study
 
 
 def _ort(path, x: torch.Tensor) -> np.ndarray:

@@ -15,21 +15,17 @@ import pytest
 
 from pruning import ExportError
 from pruning import eval_batches, quantization
-from search import export, pick, report, run
+from search import export, pick, report
 from search.cli import run_cli
 from search.results import int8_table
 from search.config import RunOptions, load_config
 from search.trial import load_data
-from tests.conftest import REPO, TINY_LENET, base_args, cli, merged, write_config
+from tests.conftest import REPO, TINY_LENET, cli, merged
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, fashion_mnist):
-    root = tmp_path_factory.mktemp("int8")
-    config = write_config(root / "tiny.yaml", merged(TINY_LENET, report={"headline_max_drop": 50.0}))
-    out = root / "out"
-    assert run.main(base_args(config, out) + ["--quiet", "--trials", "6"]) == 0
-    return root, config, out
+def study(headline_study):
+    return headline_study
 
 
 def _pick_argv(study, save, *extra) -> list[str]:
