@@ -53,7 +53,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _common.header("cost of the pruning steps of one trial (uniform plan 0.5, l1)", device)
     (trx, tr_y), (tex, tey) = synthetic_splits(train=8192, test=256, channels=1)
-    data = Dataset("synthetic", trx, tr_y, tex, tey, tex, tey, 10, (0.5,), (0.25,)).to(device)
+    data = Dataset("synthetic", trx, tr_y, tex, tey, tex, tey, 10, (0.5,), (0.25,),
+                   input_size=int(trx.shape[-1])).to(device)
     batch, per_epoch = 128, EPOCH_IMAGES // 128
     print(f"{'model':<12} {'apply s':>20} {'measure+save s':>20} {'BN(50x128) s':>24} {'finetune epoch s':>26} {'share':>6}")
     for name in args.models:

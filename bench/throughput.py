@@ -75,7 +75,8 @@ def main() -> None:
     device = torch.device("cpu")
     _common.header("training throughput per precision (bare step) and the loop's auto policy", device)
     (trx, tr_y), (tex, tey) = synthetic_splits(train=2048, test=256, channels=1)
-    data = Dataset("synthetic", trx, tr_y, tex, tey, tex, tey, 10, (0.5,), (0.25,), augment="crop+flip")
+    data = Dataset("synthetic", trx, tr_y, tex, tey, tex, tey, 10, (0.5,), (0.25,), augment="crop+flip",
+                   input_size=int(trx.shape[-1]))
     print(f"# {args.steps} timed steps per repeat, {args.repeats} interleaved repeats, 32x32x1 inputs")
     print(f"{'model':<12} {'batch':>5} " + " ".join(f"{m + ' img/s':>22}" for m in [*MODES, "loop auto"])
           + f" {'bf16/fp32':>9} {'auto':>5}  load")

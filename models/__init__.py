@@ -11,11 +11,11 @@ from models import _lenet  # noqa: F401  (registration, in the order list_models
 from models import _adapted  # noqa: F401
 from models import _mobilenet  # noqa: F401
 from models._registry import STAGES_ATTR, ModelSpec, UnknownModelError, create_model, list_models, model_spec, spec_of
-from models._source import KINDS, USER_MODULES, DataDefaults, ModelSource, SourceError, fit_weights, import_entry, parse_source
+from models._source import DEFAULT_INPUT_SIZE, KINDS, USER_MODULES, DataDefaults, ModelSource, SourceError, fit_weights, import_entry, parse_source
 from models._weights import WeightsError, file_sha256, read_state_dict
 
 __all__ = [
-    "KINDS", "STAGES_ATTR", "USER_MODULES", "DataDefaults", "ModelSource", "ModelSpec", "SourceError", "UnknownModelError",
+    "DEFAULT_INPUT_SIZE", "KINDS", "STAGES_ATTR", "USER_MODULES", "DataDefaults", "ModelSource", "ModelSpec", "SourceError", "UnknownModelError",
     "WeightsError", "create_model", "file_sha256", "fit_weights", "import_entry", "list_models", "model_spec",
     "parse_source", "read_state_dict", "spec_of",
 ]

@@ -37,6 +37,9 @@ class SourceError(UnknownModelError):
     """A model source that cannot be used: the message names it and what is allowed."""
 
 
+DEFAULT_INPUT_SIZE = 32  # pixels square: the registry's models' input, and a dataset's where no model names one
+
+
 @dataclass(frozen=True)
 class DataDefaults:
     """What a source implies about its input: square size in pixels, the evaluation crop (the
@@ -91,7 +94,7 @@ class ModelSource:
         """The input size, crop and normalization this source implies (timm: the model's own
         ``pretrained_cfg``; registry: 32x32 and the dataset's statistics)."""
         if self.kind == "registry":
-            return DataDefaults(32, 1.0, "bicubic", None, None)
+            return DataDefaults(DEFAULT_INPUT_SIZE, 1.0, "bicubic", None, None)
         cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
         size = cfg.get("input_size", (3, 224, 224))[-1]
         return DataDefaults(int(size), float(cfg.get("crop_pct", DEFAULT_CROP_PCT)),

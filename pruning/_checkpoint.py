@@ -15,7 +15,7 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from models import ModelSource, UnknownModelError, parse_source
+from models import DEFAULT_INPUT_SIZE, ModelSource, UnknownModelError, parse_source
 from pruning._apply import History, PruningRecord
 from pruning._preprocessing import Preprocessing
 from pruning._errors import CheckpointError
@@ -98,8 +98,8 @@ class CheckpointMeta:
 
     @property
     def input_size(self) -> int:
-        """The model's input side in pixels (32 where the checkpoint predates other sizes)."""
-        return self.preprocessing.input_size if self.preprocessing else 32
+        """The model's input side in pixels (the default where the checkpoint predates other sizes)."""
+        return self.preprocessing.input_size if self.preprocessing else DEFAULT_INPUT_SIZE
 
 
 @dataclass

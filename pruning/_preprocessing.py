@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from models import DEFAULT_INPUT_SIZE
+
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 MAX_INPUT_SIZE = 4096  # the largest model input side a checkpoint may record
@@ -72,7 +74,7 @@ class ImageSpec:
         mean, std: normalization; None takes the dataset's own statistics.
     """
 
-    input_size: int = 32
+    input_size: int = DEFAULT_INPUT_SIZE
     crop_pct: float = 1.0
     interpolation: str = "bicubic"
     channels: int | None = None
@@ -80,8 +82,9 @@ class ImageSpec:
     std: tuple[float, ...] | None = None
 
     @property
-    def side(self) -> int:
-        """The side of the cached square images (at least the input size)."""
+    def resize_size(self) -> int:
+        """The side the shorter side of an image is resized to before the centre ``input_size``
+        square is cut (the input size itself at ``crop_pct`` 1)."""
         return max(self.input_size, int(round(self.input_size / self.crop_pct)))
 
 

@@ -76,7 +76,7 @@ def load_dataset(name: str, *, data_dir: str | Path = "data", val_fraction: floa
     else:
         data = _load_tensors(name, data_dir, val_fraction=val_fraction, seed=seed, download=download, image=image)
     if augment == "auto":  # an image folder cached above the input size gets ImageNet's training crops
-        larger = data.train_x.shape[-1] > data.size
+        larger = data.train_x.shape[-1] > data.input_size
         augment = "rrc+flip" if name == "imagefolder" and larger else _DEFAULT_AUGMENT[name]
     return replace(data, augment=augment)
 

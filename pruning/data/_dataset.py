@@ -3,7 +3,7 @@ augmented and normalized as tensor ops."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -39,15 +39,10 @@ class Dataset:
     class_names: tuple[str, ...] = ()
     pad: int = 0          # zero border added to the source images (28x28 -> 32x32)
     resize: str = "none"  # the interpolation that brought source images to the cached size
-    input_size: int = 0   # the model's input side (0: the cached side)
+    input_size: int = field(kw_only=True)  # the model's input side; cached images may be larger (cropped)
     resize_size: int | None = None  # the shorter side source images were resized to before the centre crop
     notes: tuple[str, ...] = ()  # what loading skipped or decided, for the console
     root: str | None = None  # the image folder it was read from (None: a built-in dataset)
-
-    @property
-    def size(self) -> int:
-        """The model's input side in pixels."""
-        return self.input_size or int(self.train_x.shape[-1])
 
     @property
     def has_test(self) -> bool:
@@ -56,7 +51,7 @@ class Dataset:
     @property
     def preprocessing(self) -> Preprocessing:
         names = self.class_names or tuple(str(i) for i in range(self.num_classes))
-        return Preprocessing(channels=self.in_channels, input_size=self.size, pad=self.pad,
+        return Preprocessing(channels=self.in_channels, input_size=self.input_size, pad=self.pad,
                              resize=self.resize, mean=tuple(self.mean), std=tuple(self.std), class_names=names,
                              resize_size=self.resize_size)
 
@@ -96,7 +91,7 @@ class Dataset:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> normalized float32 at the model's input size (centre-cropped when the
         cached images are larger; one fused affine map: x * scale + shift)."""
-        x = center_crop(x, self.size)
+        x = center_crop(x, self.input_size)
         scale, shift = _affine(self.mean, self.std, x.device)
         return x.float().mul_(scale).add_(shift)
 
@@ -146,7 +141,7 @@ def train_batches(data: Dataset, batch_size: int, generator: torch.Generator) ->
                (range(0, n - batch_size + 1, batch_size) if n >= batch_size else [0])]
     images = data.train_x.batches(indices) if data.streamed else (data.train_x[idx] for idx in indices)
     for idx, x in zip(indices, images):  # the generator's draws come in batch order on both paths
-        yield data.normalize(augment(x, data.augment, data.size, generator)), data.train_y[idx]
+        yield data.normalize(augment(x, data.augment, data.input_size, generator)), data.train_y[idx]
 
 
 def eval_batches(data: Dataset, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -22,7 +22,7 @@ MAX_BAD_SHARE = 0.05  # unreadable files in an image folder: skipped and counted
 def _load_imagefolder(data_dir: Path, image: ImageSpec, *, val_fraction: float, seed: int, cache_mb: float,
                       workers: int) -> Dataset:
     """``train/`` (and optional ``val/``, ``test/``) of class folders: class order is the folder
-    order (sorted names); images are resized once (shorter side to ``image.side``, centre square),
+    order (sorted names); images are resized once (shorter side to ``image.resize_size``, centre square),
     cached in memory when they fit ``cache_mb``, else streamed from their files."""
     if data_dir.exists() and not data_dir.is_dir():
         raise DatasetError(f"--data-dir {data_dir} is a file; imagefolder needs a folder with train/<class>/<image>")
@@ -39,7 +39,7 @@ def _load_imagefolder(data_dir: Path, image: ImageSpec, *, val_fraction: float, 
             notes += _hidden_note(data_dir / sub)
     _refuse_empty_classes(data_dir / "train", classes, splits["train"][1])
     channels = image.channels or 3
-    side = image.side
+    side = image.resize_size
     total = sum(len(p) for p, _ in splits.values())
     stream = total * channels * side * side / 1e6 > cache_mb
     loaded, bad_total = {}, 0

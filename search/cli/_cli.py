@@ -138,7 +138,8 @@ def _study_flag_names() -> dict[str, str]:
     return {a.dest: a.option_strings[0] for a in parser._actions}
 
 
-SPEC_FLAGS = ("image_size", "crop_pct", "mean", "std")  # compared with the study's effective input spec
+# compared with the study's effective input spec: a flag -> the ImageSpec field it sets
+SPEC_FLAGS = {"image_size": "input_size", "crop_pct": "crop_pct", "mean": "mean", "std": "std"}
 
 
 def open_study(args: argparse.Namespace):
@@ -158,7 +159,7 @@ def open_study(args: argparse.Namespace):
             want, have = file_sha256(value), stored.weights_sha256
         elif dest in SPEC_FLAGS:
             spec = spec or image_spec(stored)
-            have = getattr(spec, dest.replace("image_size", "input_size"))
+            have = getattr(spec, SPEC_FLAGS[dest])
             if have is None and dest in ("mean", "std"):  # the dataset's own statistics
                 have = getattr(found.data.preprocessing, dest)
             want = value

@@ -3,11 +3,13 @@ timed training steps on the run's device; on a CPU a study estimated at over an 
 ``--yes`` (or AUTOML_PRUNE_YES=1) and names the alternatives."""
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
 from pruning import Dataset, TrainConfig, train
 from search.config import RunOptions, StudyConfig, UsageError, env_flag
@@ -37,13 +39,16 @@ class Estimate:
         return self.baseline_s + self.map_s + self.trials_s + self.recovery_s + self.report_s
 
 
-def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) -> float:
+def seconds_per_image(cfg: StudyConfig, data: Dataset, *, model: nn.Module | None = None,
+                      precise: bool = True) -> float:
     """Training seconds per image of the unpruned model on the data's device, from the training
     loop's own clock: two warm-up steps at batch 8; a model that trains fast is then timed at the
     recipe's batch for about a second, a slow one (a large model on a CPU) for two steps at batch 16.
     Either way the figure is the difference of a long and a one-step run, so what a training call
-    costs once (building the optimizer, the first batch) is never spread over a few images."""
-    model = build_model(cfg, data)
+    costs once (building the optimizer, the first batch) is never spread over a few images.
+    ``model``: the study's model, built and checked once (:func:`search.trial.build_model`); a copy
+    of it is trained, never it."""
+    model = copy.deepcopy(model) if model is not None else build_model(cfg, data)
     n = data.count("train")
 
     def run(k: int, batch: int) -> float:
@@ -65,40 +70,50 @@ def seconds_per_image(cfg: StudyConfig, data: Dataset, *, precise: bool = True) 
 
 
 def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exists: bool,
-             trials_left: int, precise: bool = True, map_pending: bool = False) -> Estimate:
+             trials_left: int, precise: bool = True, map_pending: bool = False,
+             model: nn.Module | None = None) -> Estimate:
     """The study's time. A quick upper bound (one small step, overheads included) first; it is
     measured precisely (a few seconds) when it is shown (``precise``) or exceeds the CPU limit, and
     once more, the faster rate kept, when that measure exceeds the limit too. ``map_pending``: the
-    study still has its sensitivity map to compute."""
-    parts = dict(baseline_exists=baseline_exists, trials_left=trials_left, map_pending=map_pending)
-    rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, precise=False), **parts)
+    study still has its sensitivity map to compute. ``model``: the study's model, built and checked
+    once by the caller (None: built here, once)."""
+    model = model if model is not None else build_model(cfg, data)
+    parts = dict(baseline_exists=baseline_exists, trials_left=trials_left,
+                 map_keys=map_keys(model) if map_pending else 0)
+    rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, model=model, precise=False), **parts)
     if rough.total_s <= LIMIT_S and not precise:
         return replace(rough, upper_bound=True)
-    per_image = seconds_per_image(cfg, data)
+    per_image = seconds_per_image(cfg, data, model=model)
     measured = _estimate(cfg, opts, data, per_image, **parts)
     if measured.total_s > LIMIT_S and refusable(cfg, opts, data.device):  # measured again after a pause, the
         time.sleep(REPROBE_PAUSE_S)  # faster kept, so a slow moment (a neighbour's burst, a cold start) refuses nothing
-        measured = _estimate(cfg, opts, data, min(per_image, seconds_per_image(cfg, data)), **parts)
+        measured = _estimate(cfg, opts, data, min(per_image, seconds_per_image(cfg, data, model=model)), **parts)
     return measured
 
 
-def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float) -> float:
-    """The sensitivity map's cost: per key and grid ratio, adaptive BN on the calibration batches and a
-    forward pass over the map's validation images (a forward pass is about a third of a step). The
-    keys are counted as the model's conv and linear layers (unit granularity; fewer at stage)."""
+def map_keys(model: nn.Module) -> int:
+    """The sensitivity map's keys, counted as the model's conv and linear layers but the classifier
+    (unit granularity; fewer at stage)."""
+    return max(1, sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()) - 1)
+
+
+def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int) -> float:
+    """The sensitivity map's cost: per key (:func:`map_keys`) and grid ratio, adaptive BN on the
+    calibration batches and a forward pass over the map's validation images (a forward pass is about
+    a third of a step)."""
     space = cfg.search
     if space.center != "sensitivity" and "sensitivity" not in space.references:
         return 0.0
-    model = build_model(cfg, data)
-    keys = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules()) - 1  # not the classifier
     images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + min(
         data.count("val"), space.rung_val_images or data.count("val"))
     ratios = sum(r <= space.max_ratio for r in space.sensitivity_ratios)
-    return max(1, keys) * ratios * images * per_image / 3
+    return keys * ratios * images * per_image / 3
 
 
 def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float, *, baseline_exists: bool,
-              trials_left: int, map_pending: bool) -> Estimate:
+              trials_left: int, map_keys: int) -> Estimate:
+    """The estimate at ``per_image`` training seconds an image (``map_keys``: the keys of a map still
+    to compute, 0 for none)."""
     n_train, n_val = data.count("train"), data.count("val")
     base = cfg.baseline_recipe()
     baseline = 0.0 if baseline_exists else base.total_steps(n_train) * base.batch_size * per_image
@@ -110,7 +125,7 @@ def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: floa
         if opts.recover else 0.0
     return Estimate(baseline_s=baseline, trials_s=trials_left * per_trial / max(1, opts.workers),
                     recovery_s=recovery, per_trial_s=per_trial, report_s=report_seconds(cfg, opts, data, per_image),
-                    map_s=map_seconds(cfg, data, per_image) if map_pending else 0.0)
+                    map_s=map_seconds(cfg, data, per_image, map_keys) if map_keys else 0.0)
 
 
 # The front a study ends with, in points per recovered point (LeNet5 and ResNet18 studies: 6-10 points

@@ -18,8 +18,8 @@ from search.study._estimate import Estimate, describe, duration, estimate, guard
 from search.study._references import reference_plans
 from search.study._broker import TrialBroker
 from search.study._study import check_resume, create_study, find_study, finished, load_existing, seed_references
-from search.trial import (AimedSpread, OpenStudy, adopt_weights, aim_spread, aim_targets, build_context, load_data,
-                          preflight, prepare_map, sensitivity_plans, start_checkpoint, train_baseline)
+from search.trial import (AimedSpread, OpenStudy, adopt_weights, aim_spread, aim_targets, build_context, build_model,
+                          load_data, preflight, prepare_map, sensitivity_plans, start_checkpoint, train_baseline)
 
 
 def _say(opts: RunOptions, text: str) -> None:
@@ -46,8 +46,9 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> OpenStudy:
             check_resume(existing, cfg, out)
             done = finished(existing)
     new_base = not cfg.from_checkpoint and not (out / BASELINE).exists()
-    adopted = preflight(cfg, data, accept=opts.accept_baseline) if new_base or cfg.search.keep_layers else None
-    est = _estimate(cfg, opts, out, data, done)  # refuses before anything is written
+    model = build_model(cfg, data)  # the study's one probe of its model before the trials: built and checked once
+    adopted = preflight(cfg, data, model, accept=opts.accept_baseline) if new_base or cfg.search.keep_layers else None
+    est = _estimate(cfg, opts, out, data, done, model)  # refuses before anything is written
     check_writable(out)
     storage = storage or open_storage(out, opts.storage, heartbeat_s=opts.heartbeat_s)
     with study_lock(out):  # a second worker waits here while the first trains the baseline
@@ -86,15 +87,15 @@ def open_for_run(cfg: StudyConfig, opts: RunOptions, out: Path) -> OpenStudy:
     return opened
 
 
-def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, done: int | None) -> Estimate | None:
-    """The whole study's time from a few timed steps (``done``: an existing study's finished trials);
-    on a CPU, over an hour needs --yes."""
+def _estimate(cfg: StudyConfig, opts: RunOptions, out: Path, data, done: int | None, model) -> Estimate | None:
+    """The whole study's time from a few timed steps of a copy of ``model`` (``done``: an existing
+    study's finished trials); on a CPU, over an hour needs --yes."""
     left = opts.total_trials(cfg) - (done or 0)
     if left <= 0 and done is not None:
         return None
     baseline = bool(cfg.from_checkpoint or cfg.weights) or (out / BASELINE).exists()
     est = estimate(cfg, opts, data, baseline_exists=baseline, trials_left=max(0, left), precise=opts.progress,
-                   map_pending=done is None)
+                   map_pending=done is None, model=model)
     _say(opts, describe(est, data.device))
     guard(cfg, opts, est, data.device)
     return est

@@ -79,9 +79,9 @@ def build_model(cfg: StudyConfig, data: Dataset) -> nn.Module:
     conv = first_conv(model)
     if conv.in_channels != data.in_channels:
         raise UsageError(f"{cfg.model} takes {conv.in_channels}-channel images; the data has {data.in_channels}")
-    check_input_size(model, data.in_channels, data.size, cfg.model)
+    check_input_size(model, data.in_channels, data.input_size, cfg.model)
     if cfg.source.kind != "registry":  # the registry's models are known to return logits
-        check_training_output(model, data.in_channels, data.size, cfg.model)
+        check_training_output(model, data.in_channels, data.input_size, cfg.model)
     return model
 
 
@@ -198,11 +198,12 @@ def in_precision(recipe: TrainConfig, precision: str) -> TrainConfig:
     return replace(recipe, precision=precision) if recipe.precision == "auto" else recipe
 
 
-def preflight(cfg: StudyConfig, data: Dataset, *, accept: bool = False) -> tuple[nn.Module, dict] | None:
-    """Check, before anything is written, what only the model can tell: the layers to keep exist,
-    the input size runs, and the user's weights fit and score above chance. Returns their model and
-    its figures (the baseline to adopt), or None without ``weights``."""
-    model = build_model(cfg, data)
+def preflight(cfg: StudyConfig, data: Dataset, model: nn.Module, *,
+              accept: bool = False) -> tuple[nn.Module, dict] | None:
+    """Check, before anything is written, what only the model can tell: the layers to keep exist and
+    the user's weights fit and score above chance (``model``: the study's, from :func:`build_model`,
+    which checked the input size; the weights are loaded into it). Returns their model and its
+    figures (the baseline to adopt), or None without ``weights``."""
     names = dict(model.named_modules())
     unknown = [k for k in cfg.search.keep_layers if k not in names]
     if unknown:
@@ -286,9 +287,9 @@ def start_checkpoint(cfg: StudyConfig, out: Path, data: Dataset) -> Checkpoint:
     if meta.in_channels != data.in_channels or meta.num_classes != data.num_classes:
         raise CheckpointError(f"{source} has {meta.in_channels} input channels and {meta.num_classes} classes; "
                               f"{cfg.dataset} has {data.in_channels} and {data.num_classes}")
-    if meta.input_size != data.size:
+    if meta.input_size != data.input_size:
         raise CheckpointError(f"{source} takes {meta.input_size}x{meta.input_size} inputs; this run's are "
-                              f"{data.size}x{data.size} (--image-size)")
+                              f"{data.input_size}x{data.input_size} (--image-size)")
     ckpt.model = prepare(ckpt.model, data.device).eval()
     return ckpt
 

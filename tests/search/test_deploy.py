@@ -98,7 +98,7 @@ QUIET_RATE_S = {"lenet5": 1 / 11_000, "densenet121": 1 / 11}
                                                     ("densenet121", "smoke", False)])
 def test_the_cpu_guard(model, budget, refused, monkeypatch, fashion_mnist):
     import search.study._estimate as est_mod
-    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: QUIET_RATE_S[model])
+    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True, **_: QUIET_RATE_S[model])
     cfg = load_config(model, overrides={"budget": budget})
     opts = RunOptions(data_dir=str(REPO / "data"), device="cpu")
     est = estimate(cfg, opts, fashion_mnist, baseline_exists=False, trials_left=cfg.spend.trials)
@@ -120,7 +120,7 @@ def test_what_a_budget_is_for_is_its_scope_not_its_name(monkeypatch, fashion_mni
 
     import search.study._estimate as est_mod
     from search.config import fingerprint
-    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: QUIET_RATE_S["densenet121"])
+    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True, **_: QUIET_RATE_S["densenet121"])
     cfg = load_config("densenet121", overrides={"budget": "default"})
     budgets = dict(cfg.budgets, quick=dataclasses.replace(cfg.budgets["smoke"], scope="smoke"),
                    smoke=dataclasses.replace(cfg.budgets["default"], scope="full"))
@@ -144,7 +144,7 @@ def test_what_a_budget_is_for_is_its_scope_not_its_name(monkeypatch, fashion_mni
 @pytest.mark.parametrize("rough_s, shown, measured", [(1e-4, False, False), (1e-4, True, True), (1.0, False, True)])
 def test_the_estimate_is_measured_when_shown_or_over_the_limit(rough_s, shown, measured, monkeypatch, fashion_mnist):
     import search.study._estimate as est_mod
-    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: 1e-6 if precise else rough_s)
+    monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True, **_: 1e-6 if precise else rough_s)
     cfg = load_config("lenet5")
     est = estimate(cfg, RunOptions(), fashion_mnist, baseline_exists=False, trials_left=60, precise=shown)
     assert est.upper_bound is not measured
@@ -161,7 +161,7 @@ def test_an_estimate_over_the_limit_is_measured_again_before_a_refusal(rates, ke
 
     def run(rates, opts=RunOptions(device="cpu")):
         probes = iter(rates)  # the rough probe, the precise one, the second precise one
-        monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True: next(probes))
+        monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True, **_: next(probes))
         est = estimate(cfg, opts, fashion_mnist, baseline_exists=False, trials_left=60)
         return est, next(probes, None)
     est, left = run(rates)

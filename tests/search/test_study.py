@@ -20,17 +20,32 @@ from search.storage import TrialRecord
 from tests.conftest import REPO, TINY_LENET, base_args, cli, folder_hash, merged, study_of, write_config
 
 
+BUILT: list[int] = []  # the input sides the finished study's model was built and checked at
+
+
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory, fashion_mnist):
+    import search.trial._context as context
+
     root = tmp_path_factory.mktemp("study")
     config = write_config(root / "tiny.yaml", TINY_LENET)
     out = root / "out"
     old = os.umask(0o022)
+    checked = context.check_input_size
     try:
-        assert run.main(base_args(config, out) + ["--quiet", "--max-size-mb", "0.15"]) == 0
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(context, "check_input_size", lambda model, channels, size, name:
+                          BUILT.append(size) or checked(model, channels, size, name))
+            assert run.main(base_args(config, out) + ["--quiet", "--max-size-mb", "0.15"]) == 0
     finally:
         os.umask(old)
     return config, out, study_of(out)
+
+
+def test_a_new_study_builds_its_model_twice_before_the_trials(finished_study):
+    """Once as the probe the preflight checks and the estimate times (copies of it), once as the
+    baseline it trains; trials copy the baseline."""
+    assert BUILT == [32, 32]
 
 
 def _data(config):
