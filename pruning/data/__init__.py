@@ -12,8 +12,11 @@ A :class:`Dataset` is a source of batches per split (``train_batches``, ``eval_b
 - ``_builtin``: the built-in datasets and :func:`load_dataset`, the one way a study gets data;
 - ``_splits``: the stratified draw, the validation split, the channel statistics.
 
-A new pipeline (a GPU decoder) is one new module beside ``_files`` and its test; nothing outside
-this package reads a split's tensors (``tests/search/test_structure.py`` holds it).
+A new pipeline (a GPU decoder) is one new module beside ``_files`` whose split object has what
+:class:`StreamedImages` has (``batches``, ``select``, ``to``, ``shape``, ``device``, indexing), the line of
+``_folder`` that chooses it, and its test: the batching code asks only "a tensor or not"
+(``tests/pruning/test_imagefolder.py`` plugs a pipeline of its own in). Nothing outside this package
+reads a split's tensors (``tests/search/test_structure.py`` holds it).
 """
 from pruning.data._builtin import AUGMENTATIONS, DATASETS, load_dataset, synthetic_splits
 from pruning.data._dataset import Dataset, eval_batches, train_batches

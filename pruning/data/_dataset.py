@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from pruning._preprocessing import Preprocessing
-from pruning.data._files import StreamedImages
 from pruning.data._splits import _take, stratified_indices
 
 
@@ -65,7 +64,9 @@ class Dataset:
 
     @property
     def streamed(self) -> bool:
-        return isinstance(self.train_x, StreamedImages)
+        """Whether the images are decoded batch by batch (:class:`StreamedImages`, or any other
+        pipeline with its ``batches``, ``select``, ``to``, ``shape`` and ``device``) rather than held as tensors."""
+        return not isinstance(self.train_x, torch.Tensor)
 
     def to(self, device: str | torch.device) -> "Dataset":
         """The same dataset with every tensor on ``device`` (streamed images are decoded onto it)."""
@@ -148,7 +149,7 @@ def eval_batches(data: Dataset, split: str, batch_size: int) -> Iterator[tuple[t
     """Normalized batches of a split, in order, without augmentation."""
     x, y = data.split(split)
     slices = [slice(start, start + batch_size) for start in range(0, x.shape[0], batch_size)]
-    images = x.batches(slices) if isinstance(x, StreamedImages) else (x[s] for s in slices)
+    images = (x[s] for s in slices) if isinstance(x, torch.Tensor) else x.batches(slices)
     for s, batch in zip(slices, images):
         yield data.normalize(batch), y[s]
 

@@ -104,15 +104,15 @@ def _readable_header(path: str) -> bool:
 
 
 def _empty(like, channels: int, side: int):
-    if isinstance(like, StreamedImages):
-        return like.select(torch.zeros(0, dtype=torch.int64))
-    return torch.zeros(0, channels, side, side, dtype=torch.uint8)
+    if isinstance(like, torch.Tensor):
+        return torch.zeros(0, channels, side, side, dtype=torch.uint8)
+    return like.select(torch.zeros(0, dtype=torch.int64))
 
 
 def _sample(x, y: torch.Tensor, n: int = 2000) -> torch.Tensor:
     """Up to ``n`` training images (a stratified draw), for the channel statistics."""
     idx = stratified_indices(y, min(n, y.shape[0]))
-    return x[idx] if not isinstance(x, StreamedImages) else x.select(idx)[slice(0, idx.shape[0])]
+    return x[idx] if isinstance(x, torch.Tensor) else x.select(idx)[slice(0, idx.shape[0])]
 
 
 class _Decode(torch.utils.data.Dataset):

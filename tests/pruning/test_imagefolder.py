@@ -36,6 +36,62 @@ def test_cache_and_streaming_give_the_same_batches(folder):
         assert torch.equal(xa, xb)
 
 
+class _OtherPipeline:
+    """A pipeline of a test's own (the shape a GPU decoder would take): a split's images as an
+    object that is not a tensor and answers what StreamedImages answers, here from a tensor it holds
+    and counts its batches."""
+
+    def __init__(self, images: torch.Tensor, served: list) -> None:
+        self.images, self.served = images, served
+
+    @property
+    def shape(self):
+        return tuple(self.images.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return next(iter(self.batches([key])))
+
+    def to(self, device):
+        return _OtherPipeline(self.images.to(device), self.served)
+
+    def select(self, idx: torch.Tensor):
+        return _OtherPipeline(self.images[idx], self.served)
+
+    def batches(self, keys):
+        for key in keys:
+            self.served.append(key)
+            yield self.images[key]
+
+
+def test_a_new_pipeline_is_one_class_the_batching_never_names(folder):
+    """The extension cost of a new image pipeline: a class like _OtherPipeline behind the Dataset,
+    and training batches, evaluation batches, inputs, subsets and the device move agree with the
+    cached tensors'."""
+    from dataclasses import replace
+
+    cached = load_dataset("imagefolder", data_dir=folder, image=SPEC)
+    served: list = []
+    other = replace(cached, **{f"{s}_x": _OtherPipeline(getattr(cached, f"{s}_x"), served)
+                               for s in ("train", "val", "test")})
+    assert other.streamed and not cached.streamed
+    for (xa, ya), (xb, yb) in zip(train_batches(cached, 16, torch.Generator().manual_seed(3)),
+                                  train_batches(other.to("cpu"), 16, torch.Generator().manual_seed(3))):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for (xa, _), (xb, _) in zip(eval_batches(cached, "val", 50), eval_batches(other, "val", 50)):
+        assert torch.equal(xa, xb)
+    assert torch.equal(cached.inputs("test", 5, 3), other.inputs("test", 5, 3))
+    small, small_other = cached.subset(train=40), other.subset(train=40)
+    assert torch.equal(small.inputs("train", 40), small_other.inputs("train", 40))
+    assert len(served) > 10  # the batches came through the pipeline, not around it
+
+
 def test_preprocessing_records_the_resize_and_crop(folder):
     pre = load_dataset("imagefolder", data_dir=folder, image=SPEC).preprocessing
     assert (pre.input_size, pre.resize_size, pre.resize, pre.channels) == (32, 37, "bilinear", 3)
