@@ -159,6 +159,40 @@ def test_a_map_of_a_real_model_has_a_row_per_key(trained_lenet, fashion_mnist):
     assert torch.isfinite(torch.tensor(smap.base_measure))
 
 
+def test_ratios_that_round_to_the_same_widths_are_scored_once(fashion_mnist, monkeypatch):
+    """A map row whose ratios round to the same channel counts (round_to 4 on LeNet5's 6-channel
+    conv1: 0.1 keeps its 6 channels, 0.2, 0.3 and 0.4 keep 4) evaluates each distinct pruned model once
+    and gives the repeated ratios the same cell."""
+    from models import create_model
+    from pruning import Checkpoint, plan_keys, train_batches
+    from search.config import RunOptions, build_config
+    from search.trial import SearchContext, safe_units
+    from search.trial import _sensitivity
+
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=10, in_channels=1).eval()
+    cfg = build_config({**MAP_CONFIG, "model": "lenet5", "search": {
+        **MAP_CONFIG["search"], "round_to": 4, "sensitivity_ratios": [0.1, 0.2, 0.3, 0.4]}},
+        where="t", overrides={"budget": "smoke"})
+    data = fashion_mnist.subset(train=256, val=100, test=10)
+    example = data.example_input(1)
+    units, keep = safe_units(model, example, cfg, progress=False)
+    ctx = SearchContext(cfg=cfg, opts=RunOptions(), out=None, data=data, units=units, keep=keep,
+                        start=Checkpoint(model=model, history=[], plan={}, meta=None, checksum=""), baseline=None,
+                        keys=plan_keys(units, "unit"), example=example, artifacts=None,
+                        calibration=list(itertools.islice(train_batches(data, 32, torch.Generator().manual_seed(0)), 2)))
+    row, seen, scored = [], {}, []
+    real = _sensitivity.evaluate
+    monkeypatch.setattr(_sensitivity, "evaluate", lambda *a, **k: scored.append(1) or real(*a, **k))
+    for r in (0.1, 0.2, 0.3, 0.4):
+        row.append(_sensitivity._cell(ctx, {k: (r if k == "conv1" else 0.0) for k in ctx.keys}, data, "fp32", seen))
+    widths = [_sensitivity._pruned(ctx, _sensitivity._per_unit(ctx, {k: (r if k == "conv1" else 0.0) for k in ctx.keys}),
+                                   "l1").conv1.out_channels for r in (0.1, 0.2, 0.3, 0.4)]
+    assert len(scored) == len(set(widths)) < 4, widths
+    for i, j in itertools.combinations(range(4), 2):
+        assert row[i] == row[j] or widths[i] != widths[j]
+
+
 def test_an_aimed_spread_solves_odd_trials_levels_for_their_own_shape():
     """``tpe-aim``: once its aim is attached, an odd trial's level is what the aim solves for the shape
     the inner sampler proposed (every key present, the level not among them); even trials keep TPE's
