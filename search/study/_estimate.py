@@ -79,7 +79,7 @@ def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exis
     once by the caller (None: built here, once)."""
     model = model if model is not None else build_model(cfg, data)
     parts = dict(baseline_exists=baseline_exists, trials_left=trials_left,
-                 map_keys=map_keys(model) if map_pending else 0)
+                 pending_keys=map_keys(model) if map_pending else 0)
     rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, model=model, precise=False), **parts)
     if rough.total_s <= LIMIT_S and not precise:
         return replace(rough, upper_bound=True)
@@ -111,9 +111,9 @@ def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int) ->
 
 
 def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float, *, baseline_exists: bool,
-              trials_left: int, map_keys: int) -> Estimate:
-    """The estimate at ``per_image`` training seconds an image (``map_keys``: the keys of a map still
-    to compute, 0 for none)."""
+              trials_left: int, pending_keys: int) -> Estimate:
+    """The estimate at ``per_image`` training seconds an image (``pending_keys``: the keys of a map
+    still to compute, 0 for none)."""
     n_train, n_val = data.count("train"), data.count("val")
     base = cfg.baseline_recipe()
     baseline = 0.0 if baseline_exists else base.total_steps(n_train) * base.batch_size * per_image
@@ -125,7 +125,7 @@ def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: floa
         if opts.recover else 0.0
     return Estimate(baseline_s=baseline, trials_s=trials_left * per_trial / max(1, opts.workers),
                     recovery_s=recovery, per_trial_s=per_trial, report_s=report_seconds(cfg, opts, data, per_image),
-                    map_s=map_seconds(cfg, data, per_image, map_keys) if map_keys else 0.0)
+                    map_s=map_seconds(cfg, data, per_image, pending_keys) if pending_keys else 0.0)
 
 
 # The front a study ends with, in points per recovered point (LeNet5 and ResNet18 studies: 6-10 points
