@@ -144,7 +144,7 @@ def headline_of(study: Path, model: str, budget: str, tmp: Path) -> None:
     print(f"\n## {model} `{budget}` headline of {study} (pick --max-drop {bar} --export onnx --int8)")
     print(int8_table(block))
     files = {"unpruned FP32": full, "pruned FP32": save.with_suffix(".onnx"), "pruned INT8": tmp / "headline.int8.onnx"}
-    print(f"sizes MB: " + ", ".join(f"{k} {p.stat().st_size / 1e6:.2f}" for k, p in files.items()))
+    print("sizes MB: " + ", ".join(f"{k} {p.stat().st_size / 1e6:.2f}" for k, p in files.items()))
     for b in (1, 64):
         for name in ("pruned FP32", "pruned INT8"):
             runs = [ort_timer(ort_session(files[k], 1), x[:b].numpy()) for k in ("unpruned FP32", name)]
