@@ -46,9 +46,8 @@ def seconds_per_image(cfg: StudyConfig, data: Dataset, *, model: nn.Module | Non
     recipe's batch for about a second, a slow one (a large model on a CPU) for two steps at batch 16.
     Either way the figure is the difference of a long and a one-step run, so what a training call
     costs once (building the optimizer, the first batch) is never spread over a few images.
-    ``model``: the study's model, built and checked once (:func:`search.trial.build_model`); a copy
-    of it is trained, never it."""
-    model = copy.deepcopy(model) if model is not None else build_model(cfg, data)
+    ``model``: a model of the study's it may train (None: one built here)."""
+    model = model if model is not None else build_model(cfg, data)
     n = data.count("train")
 
     def run(k: int, batch: int) -> float:
@@ -76,8 +75,8 @@ def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exis
     measured precisely (a few seconds) when it is shown (``precise``) or exceeds the CPU limit, and
     once more, the faster rate kept, when that measure exceeds the limit too. ``map_pending``: the
     study still has its sensitivity map to compute. ``model``: the study's model, built and checked
-    once by the caller (None: built here, once)."""
-    model = model if model is not None else build_model(cfg, data)
+    once by the caller, of which one copy is timed (None: built here, once)."""
+    model = copy.deepcopy(model) if model is not None else build_model(cfg, data)
     parts = dict(baseline_exists=baseline_exists, trials_left=trials_left,
                  pending_keys=map_keys(model) if map_pending else 0)
     rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, model=model, precise=False), **parts)
