@@ -77,6 +77,9 @@ class SearchSpace:
     # the sensitivity map's grid: every key pruned alone at each of these ratios (at most max_ratio)
     sensitivity_ratios: tuple[float, ...] = field(default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                                                   metadata=bounds(above=0, below=1))
+    # the map's share of the trials' fine-tune work: it scores as many validation images as that share
+    # allows (at least MAP_MIN_IMAGES, at most rung_val_images), so a short budget gets a short map
+    map_share: float = field(default=0.1, metadata=bounds(above=0, high=10))
     reference_ratios: tuple[float, ...] = field(default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                                                 metadata=_ratio())
     objective: str = field(default="size", metadata=bounds(choices=tuple(OBJECTIVES)))
@@ -253,8 +256,9 @@ def _flatten(value: Any, prefix: str = ""):
 
 _NEUTRAL = (None, {}, [], (), "auto")  # defaults that change nothing for a study made before their key existed
 # settings added since studies were first made, at the value that behaves as before they existed (a
-# study without a sensitivity map is centred on the uniform plan, and its grid is never read)
-_AS_BEFORE = {"search.center": ("uniform",), "search.sensitivity_ratios": None}
+# study without a sensitivity map is centred on the uniform plan, and its grid is never read; a stored map
+# keeps the images it was scored on)
+_AS_BEFORE = {"search.center": ("uniform",), "search.sensitivity_ratios": None, "search.map_share": None}
 
 
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from pruning import Dataset, TrainConfig, train
 from search.config import RunOptions, StudyConfig, UsageError, env_flag
-from search.trial import build_model
+from search.trial import build_model, map_images
 
 LIMIT_S = 3600.0
 YES_ENV = "AUTOML_PRUNE_YES"
@@ -98,13 +98,12 @@ def map_keys(model: nn.Module) -> int:
 
 def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int) -> float:
     """The sensitivity map's cost: per key (:func:`map_keys`) and grid ratio, adaptive BN on the
-    calibration batches and a forward pass over the map's validation images (a forward pass is about
-    a third of a step)."""
+    calibration batches and a forward pass over the map's validation images (:func:`map_images`; a
+    forward pass is about a third of a step)."""
     space = cfg.search
     if space.center != "sensitivity" and "sensitivity" not in space.references:
         return 0.0
-    images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + min(
-        data.count("val"), space.rung_val_images or data.count("val"))
+    images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + map_images(cfg, data.count("val"), keys)
     ratios = sum(r <= space.max_ratio for r in space.sensitivity_ratios)
     return keys * ratios * images * per_image / 3
 

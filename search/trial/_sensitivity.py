@@ -16,7 +16,7 @@ import optuna
 from tqdm.auto import tqdm
 
 from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn
-from search.config import fault
+from search.config import StudyConfig, fault
 from search.trial._allocation import (SensitivityMap, additive_saving, bisect, bisect_parameter, costaware_plan,
                                       threshold_plan)
 from search.trial._context import SearchContext
@@ -35,6 +35,24 @@ CENTER_STEP = 0.05                   # levels of the centre table; ratios betwee
 # the measure a plan is matched on: the study's size measure, MACs for latency (a timed latency is too
 # noisy to bisect on, and MACs is what a channel costs on the device before its memory traffic)
 MATCHED = {"size": "size_mb", "params": "params", "macs": "macs", "latency": "macs"}
+MAP_MIN_IMAGES = 200  # the fewest validation images a map cell is scored on, whatever the budget (one image: 0.5 pt)
+# a map cell's model is the whole model less one key's channels, a candidate about half of it: counted in
+# forward passes, a map image costs about twice what a fine-tune image does (MobileNetV2 1.4x, ResNet50 1.8x)
+MAP_IMAGE_COST = 2.0
+
+
+def map_images(cfg: StudyConfig, n_val: int, keys: int) -> int:
+    """The validation images each map cell is scored on: as many as ``search.map_share`` of the
+    trials' fine-tune work allows once each cell's adaptive BN is paid, at least MAP_MIN_IMAGES, at
+    most the rung images (a training image counted as three forward passes, as the estimate does).
+    On the LeNet5, VGG16 and default budgets that is the rung images; on a 40-step ResNet50 ``cpu``
+    budget, the floor."""
+    space, ft = cfg.search, cfg.finetune_recipe(0)
+    cells = max(1, keys * sum(r <= space.max_ratio for r in space.sensitivity_ratios))
+    finetune = cfg.spend.trials * cfg.spend.finetune_steps * ft.batch_size * 3
+    allowed = int(space.map_share * finetune / (MAP_IMAGE_COST * cells)) - cfg.spend.bn_batches * ft.batch_size
+    most = min(n_val, space.rung_val_images or n_val)
+    return min(most, max(MAP_MIN_IMAGES, allowed))
 
 
 def uses_map(ctx: SearchContext) -> bool:
@@ -89,14 +107,18 @@ def ensure_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = Fals
     space = ctx.cfg.search
     ratios = tuple(r for r in space.sensitivity_ratios if r <= space.max_ratio)
     precision = ctx.precision
-    images = ctx.data.subset(val=space.rung_val_images)
     started = time.perf_counter()
     base = study.user_attrs.get(BASE_ROW_KEY)
+    n_val = ctx.data.count("val")
+    # a resumed map keeps the images it began on (a row stored before the count was: the rung images)
+    count = map_images(ctx.cfg, n_val, len(ctx.keys)) if base is None else \
+        base.get("images", min(n_val, space.rung_val_images or n_val))
+    images = ctx.data.subset(val=count)
     if base is None:
         model = copy.deepcopy(ctx.start.model)
         recalibrate_bn(model, ctx.calibration, precision=precision)
         base = {"accuracy": evaluate(model, images, "val", precision=precision),
-                "measure": _matched(ctx, ctx.start.model)}
+                "measure": _matched(ctx, ctx.start.model), "images": count}
         study.set_user_attr(BASE_ROW_KEY, base)
     rows = {k: study.user_attrs.get(ROW_PREFIX + k) for k in ctx.keys}
     todo = [k for k in ctx.keys if rows[k] is None]

@@ -136,13 +136,6 @@ def test_a_map_of_a_real_model_has_a_row_per_key(trained_lenet, fashion_mnist):
     from pruning import Checkpoint, plan_keys, train_batches
     from search.trial._sensitivity import ensure_map
 
-    class Attrs:  # the two calls ensure_map makes on a study
-        def __init__(self):
-            self.user_attrs = {}
-
-        def set_user_attr(self, key, value):
-            self.user_attrs[key] = value
-
     cfg = build_config({**MAP_CONFIG, "model": "lenet5"}, where="t", overrides={"budget": "smoke"})
     data = fashion_mnist.subset(train=512, val=400, test=10)
     example = data.example_input(1)
@@ -152,35 +145,57 @@ def test_a_map_of_a_real_model_has_a_row_per_key(trained_lenet, fashion_mnist):
     ctx = SearchContext(cfg=cfg, opts=RunOptions(), out=None, data=data, start=start, baseline=None, units=units,
                         keys=plan_keys(units, "unit"), example=example, keep=keep, artifacts=None,
                         calibration=calibration)
-    smap = ensure_map(ctx, Attrs())
+    smap = ensure_map(ctx, _Attrs())
     for k in ctx.keys:
         assert smap.drops(k) == sorted(smap.drops(k)) and smap.savings(k)[-1] > 0
     assert max(smap.drops(k)[-1] for k in ctx.keys) > 1.0  # 60 % of some key's channels costs accuracy
     assert torch.isfinite(torch.tensor(smap.base_measure))
 
 
+def _lenet():
+    from models import create_model
+
+    torch.manual_seed(0)
+    return create_model("lenet5", num_classes=10, in_channels=1).eval()
+
+
+def _context(cfg, model, data):
+    """A trial context over ``model`` and ``data``, as a study builds it (no folder, no study)."""
+    from pruning import Checkpoint, plan_keys, train_batches
+    from search.config import RunOptions
+    from search.trial import SearchContext, safe_units
+
+    example = data.example_input(1)
+    units, keep = safe_units(model, example, cfg, progress=False)
+    return SearchContext(cfg=cfg, opts=RunOptions(), out=None, data=data, units=units, keep=keep,
+                         start=Checkpoint(model=model, history=[], plan={}, meta=None, checksum=""), baseline=None,
+                         keys=plan_keys(units, "unit"), example=example, artifacts=None,
+                         calibration=list(itertools.islice(train_batches(data, 32, torch.Generator().manual_seed(0)), 2)))
+
+
+class _Attrs:
+    """The two calls ensure_map makes on a study."""
+
+    def __init__(self, **attrs):
+        self.user_attrs = dict(attrs)
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+
 def test_ratios_that_round_to_the_same_widths_are_scored_once(fashion_mnist, monkeypatch):
     """A map row whose ratios round to the same channel counts (round_to 4 on LeNet5's 6-channel
     conv1: 0.1 keeps its 6 channels, 0.2, 0.3 and 0.4 keep 4) evaluates each distinct pruned model once
     and gives the repeated ratios the same cell."""
-    from models import create_model
-    from pruning import Checkpoint, plan_keys, train_batches
-    from search.config import RunOptions, build_config
-    from search.trial import SearchContext, safe_units
+    from search.config import build_config
     from search.trial import _sensitivity
 
-    torch.manual_seed(0)
-    model = create_model("lenet5", num_classes=10, in_channels=1).eval()
+    model = _lenet()
     cfg = build_config({**MAP_CONFIG, "model": "lenet5", "search": {
         **MAP_CONFIG["search"], "round_to": 4, "sensitivity_ratios": [0.1, 0.2, 0.3, 0.4]}},
         where="t", overrides={"budget": "smoke"})
     data = fashion_mnist.subset(train=256, val=100, test=10)
-    example = data.example_input(1)
-    units, keep = safe_units(model, example, cfg, progress=False)
-    ctx = SearchContext(cfg=cfg, opts=RunOptions(), out=None, data=data, units=units, keep=keep,
-                        start=Checkpoint(model=model, history=[], plan={}, meta=None, checksum=""), baseline=None,
-                        keys=plan_keys(units, "unit"), example=example, artifacts=None,
-                        calibration=list(itertools.islice(train_batches(data, 32, torch.Generator().manual_seed(0)), 2)))
+    ctx = _context(cfg, model, data)
     row, seen, scored = [], {}, []
     real = _sensitivity.evaluate
     monkeypatch.setattr(_sensitivity, "evaluate", lambda *a, **k: scored.append(1) or real(*a, **k))
@@ -191,6 +206,51 @@ def test_ratios_that_round_to_the_same_widths_are_scored_once(fashion_mnist, mon
     assert len(scored) == len(set(widths)) < 4, widths
     for i, j in itertools.combinations(range(4), 2):
         assert row[i] == row[j] or widths[i] != widths[j]
+
+
+def test_a_short_budget_gets_a_short_map():
+    """The map's images follow its share of the trials' fine-tune work: the rung images on LeNet5's
+    ``default``, the floor on ResNet50's 40-step ``cpu``; more share, more images; never more than the
+    split or the rung images."""
+    from search.config import load_config
+    from search.trial import map_images
+    from search.trial._sensitivity import MAP_MIN_IMAGES
+
+    lenet = load_config("lenet5", overrides={"budget": "default"})
+    assert map_images(lenet, 6000, 4) == lenet.search.rung_val_images == 2000
+    assert map_images(lenet, 500, 4) == 500
+    resnet = load_config("resnet50", overrides={"budget": "cpu"})
+    assert map_images(resnet, 1000, 13) == MAP_MIN_IMAGES
+    mnv2 = load_config("mobilenet_v2", overrides={"budget": "cpu"})
+    counts = [map_images(load_config("mobilenet_v2", overrides={"budget": "cpu", "search.map_share": share}), 1000, 15)
+              for share in (0.05, 0.1, 0.2, 1.0)]
+    assert MAP_MIN_IMAGES <= counts[0] < counts[1] < counts[2] <= counts[3] == 1000
+    assert counts[1] == map_images(mnv2, 1000, 15)
+
+
+def test_the_map_scores_its_cells_on_the_images_it_began_with(fashion_mnist, monkeypatch):
+    """A new map scores every cell on map_images' count and stores it with the base row; a map
+    resumed from a stored base row keeps that row's count whatever the budget says now, and a row
+    stored before the count was kept uses the rung images."""
+    from search.config import build_config
+    from search.trial import _sensitivity, map_images
+
+    cfg = build_config({**MAP_CONFIG, "model": "lenet5"}, where="t", overrides={"budget": "smoke"})
+    data = fashion_mnist.subset(train=256, val=500, test=10)
+    ctx = _context(cfg, _lenet(), data)
+    scored = []
+    real = _sensitivity.evaluate
+    monkeypatch.setattr(_sensitivity, "evaluate", lambda m, d, *a, **k: scored.append(d.count("val")) or real(m, d, *a, **k))
+    study = _Attrs()
+    _sensitivity.ensure_map(ctx, study)
+    count = map_images(cfg, 500, len(ctx.keys))
+    assert count < 500 and set(scored) == {count} and study.user_attrs["sensitivity_base"]["images"] == count
+
+    for stored, expected in ((321, 321), (None, 500)):  # 500: the split, under the rung images (2000)
+        base = {"accuracy": 0.5, "measure": 1.0, **({"images": stored} if stored else {})}
+        scored.clear()
+        _sensitivity.ensure_map(ctx, _Attrs(sensitivity_base=base))
+        assert scored and set(scored) == {expected}
 
 
 def test_an_aimed_spread_solves_odd_trials_levels_for_their_own_shape():
