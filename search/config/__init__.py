@@ -1,5 +1,5 @@
 """What a study is asked to do: the config schema (YAML -> flags -> one frozen StudyConfig), the
-name -> implementation tables, the search's UsageError, environment flags and fault injection."""
+name -> implementation tables and the samplers, the search's UsageError, environment flags and fault injection."""
 from __future__ import annotations
 
 from search.config._config import (OPTIONS_NAME, RESOLVED_NAME, StudyConfig, build_config, config_fields,
@@ -8,9 +8,11 @@ from search.config._environment import env_flag, quiet_libraries
 from search.config._errors import ConfigError, UsageError
 from search.config._options import RunOptions, option_fields, options_from_plain, redact
 from search.config._faults import ENV, fault
-from search.config._tables import COMPOSED_SAMPLERS, LATENCY_BACKENDS, OBJECTIVES, SAMPLER_CHOICES, SAMPLERS
+from search.config._samplers import (COMPOSED_SAMPLERS, LEVEL, SAMPLER_CHOICES, SAMPLERS, AimedSpread, LevelSpread,
+                                     make_sampler, van_der_corput)
+from search.config._tables import LATENCY_BACKENDS, OBJECTIVES
 
-__all__ = ["ConfigError", "ENV", "LATENCY_BACKENDS", "OBJECTIVES", "OPTIONS_NAME", "RESOLVED_NAME", "RunOptions",
+__all__ = ["AimedSpread", "ConfigError", "LEVEL", "LevelSpread", "make_sampler", "van_der_corput", "ENV", "LATENCY_BACKENDS", "OBJECTIVES", "OPTIONS_NAME", "RESOLVED_NAME", "RunOptions",
            "SAMPLERS", "SAMPLER_CHOICES", "COMPOSED_SAMPLERS", "StudyConfig", "UsageError", "build_config", "config_fields",
            "config_from_plain", "env_flag", "fault", "fingerprint", "first_difference", "load_config", "option_fields",
            "options_from_plain", "quiet_libraries", "redact"]

@@ -17,8 +17,9 @@ from models import SourceError, model_spec, parse_source
 from pruning import (AUGMENTATIONS, DATASETS, GRANULARITIES, IMPORTANCES, TrainConfig, bounds, check_fields, from_plain,
                      to_plain)
 from search.config._errors import ConfigError
-from search.config._tables import (CENTERS, COMPOSED_SAMPLERS, INT8_CHOICES, LATENCY_BACKENDS, LATENCY_CHOICES,
-                                   OBJECTIVES, REFERENCES, SAMPLER_CHOICES, SCOPES)
+from search.config._samplers import SAMPLER_CHOICES, sampler_refusal
+from search.config._tables import (CENTERS, INT8_CHOICES, LATENCY_BACKENDS, LATENCY_CHOICES, OBJECTIVES, REFERENCES,
+                                   SCOPES)
 from search.config._yaml import read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -321,10 +322,9 @@ def _check(cfg: StudyConfig) -> None:
         raise ConfigError(f"search.rungs must be increasing fractions of the fine-tune, got {list(s.rungs)}")
     if s.granularity == "stage" and cfg.source.kind == "registry" and model_spec(cfg.model).stage_of is None:
         raise ConfigError(f"{cfg.model} has no stage grouping; use search.granularity unit or global")
-    if COMPOSED_SAMPLERS.get(s.sampler, (None, None))[1] == "aim" and (s.granularity == "global" or not s.references):
-        raise ConfigError(f"search.sampler {s.sampler} lands trials just under the references' sizes, so it needs "
-                          f"references and unit or stage granularity (got granularity {s.granularity!r}, references "
-                          f"{list(s.references)}); use tpe-spread")
+    refusal = sampler_refusal(s)
+    if refusal:
+        raise ConfigError(refusal)
     if len(set(s.minimized())) < len(s.minimized()):
         raise ConfigError(f"search.extra_objectives {list(s.extra_objectives)} repeats a measure (the first is "
                           f"search.objective {s.objective!r}); name each once")

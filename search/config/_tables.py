@@ -1,24 +1,6 @@
 """Name -> implementation tables of the search: the CLI choices and config validation derive from them."""
 from __future__ import annotations
 
-from typing import Callable
-
-import optuna
-
-SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
-    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-}
-
-# composed samplers: name -> (inner sampler, wrapper). The wrapper (search.study.SAMPLER_WRAPPERS) changes
-# the inner sampler's proposals; "spread": every other trial's level spread from 0 to the largest
-# reference ratio (search.trial.LevelSpread); "aim": every other trial's level solved so that its plan lands just
-# under a reference plan's size, the references in turn (search.trial.AimedSpread)
-COMPOSED_SAMPLERS: dict[str, tuple[str, str]] = {"tpe-spread": ("tpe", "spread"), "tpe-aim": ("tpe", "aim")}
-
-SAMPLER_CHOICES = (*SAMPLERS, *COMPOSED_SAMPLERS)
-
 # what a budget is for (its ``scope``): ``smoke`` proves the pipeline in minutes (its figures mean nothing;
 # the CPU guard never refuses it; the report says so), ``short`` is a reduced study (the report says its
 # figures are not a full study's), ``full`` a study whose figures are the product's

@@ -10,7 +10,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from pruning import atomic_write_text, read_meta
-from search.config import OPTIONS_NAME, RESOLVED_NAME, RunOptions, StudyConfig, UsageError
+from search.config import OPTIONS_NAME, RESOLVED_NAME, AimedSpread, RunOptions, StudyConfig, UsageError
 from search.storage import (BASELINE, JOURNAL, baseline_of, check_writable, dashboard_command, open_storage, precision_of,
                             study_lock)
 from search.study._backends import Job
@@ -18,7 +18,7 @@ from search.study._estimate import Estimate, describe, duration, estimate, guard
 from search.study._references import reference_plans
 from search.study._broker import TrialBroker
 from search.study._study import check_resume, create_study, find_study, finished, load_existing, seed_references
-from search.trial import (AimedSpread, OpenStudy, adopt_weights, aim_spread, aim_targets, build_context, build_model,
+from search.trial import (OpenStudy, adopt_weights, aim_spread, aim_targets, build_context, build_model,
                           load_data, preflight, prepare_map, sensitivity_plans, start_checkpoint, train_baseline)
 
 

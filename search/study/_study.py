@@ -4,27 +4,19 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
-from typing import Callable
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from pruning import BaselineFigures, CheckpointError, read_meta, to_plain
-from search.config import (COMPOSED_SAMPLERS, RESOLVED_NAME, SAMPLERS, RunOptions, StudyConfig, UsageError,
+from search.config import (RESOLVED_NAME, RunOptions, StudyConfig, UsageError, make_sampler,
                            config_from_plain, fingerprint, first_difference, quiet_libraries)
 from search.storage import (BASE_KEY, BASELINE_FIGURES_KEY, CONFIG_KEY, DIGEST_KEY, KEY_FIELDS, PRECISION_KEY, SETTINGS_KEY,
                             TrialRecord, baseline_path, open_storage)
-from search.trial import AimedSpread, LevelSpread, OpenStudy
+from search.trial import OpenStudy
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-# the wrappers of search.config.COMPOSED_SAMPLERS: (inner sampler, config) -> the composed sampler
-SAMPLER_WRAPPERS: dict[str, Callable[[optuna.samplers.BaseSampler, StudyConfig], optuna.samplers.BaseSampler]] = {
-    "spread": lambda inner, cfg: LevelSpread(inner, 0.0, max(cfg.reference_ratios)),  # levels 0 .. largest reference
-    "aim": lambda inner, cfg: AimedSpread(inner, 0.0, max(cfg.reference_ratios)),     # under each reference's size
-}
 
 
 def sampler_for(cfg: StudyConfig, salt: int) -> optuna.samplers.BaseSampler:
@@ -32,9 +24,7 @@ def sampler_for(cfg: StudyConfig, salt: int) -> optuna.samplers.BaseSampler:
     ``seed``; every other process (a worker, a resume, an extension) mixes in its own salt, so two
     processes never draw the same candidates."""
     seed = cfg.seed if salt == 0 else zlib.crc32(f"{cfg.seed}:{salt}".encode()) & 0x7FFFFFFF
-    inner, wrapper = COMPOSED_SAMPLERS.get(cfg.search.sampler, (cfg.search.sampler, None))
-    sampler = SAMPLERS[inner](seed)
-    return SAMPLER_WRAPPERS[wrapper](sampler, cfg) if wrapper else sampler
+    return make_sampler(cfg, seed)
 
 
 def find_study(storage: BaseStorage, name: str) -> bool:

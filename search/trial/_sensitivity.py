@@ -16,11 +16,11 @@ import optuna
 from tqdm.auto import tqdm
 
 from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn
-from search.config import StudyConfig, fault
+from search.config import LEVEL, AimedSpread, StudyConfig, fault, van_der_corput
 from search.trial._allocation import (SensitivityMap, additive_saving, bisect, bisect_parameter, costaware_plan,
                                       threshold_plan)
 from search.trial._context import SearchContext
-from search.trial._space import LEVEL, AimedSpread, ratios as plan_ratios, van_der_corput
+from search.trial._space import ratios as plan_ratios
 
 MAP_KEY = "sensitivity_map"          # study attribute: the whole map, plain (SensitivityMap.to_plain)
 ROW_PREFIX = "sensitivity_row:"      # + plan key -> that key's row, written as each key finishes

@@ -260,7 +260,7 @@ def test_an_aimed_spread_solves_odd_trials_levels_for_their_own_shape():
     ``tpe-spread``."""
     from search.config import build_config
     from search.study._study import sampler_for
-    from search.trial import AimedSpread, LevelSpread
+    from search.config import AimedSpread, LevelSpread
     from tests.conftest import smoke_budget, two_key_study
 
     plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": "tpe-aim"},

@@ -2,6 +2,7 @@
 miss; speed-ups inside the noise printed as such; a small study still searches."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pandas as pd
@@ -120,6 +121,33 @@ def test_a_budget_can_choose_which_front_points_are_timed():
         build_config(merged(plain, budgets=smoke_budget(latency="some")), where="t", overrides={"budget": "smoke"})
 
 
+def test_every_composed_sampler_derives_from_its_wrapper_class():
+    """One module holds a wrapper: each class of ``WRAPPERS`` is a ``--sampler`` choice of the CLI and
+    the config, named ``<inner>-<name>``, built by the study around its inner sampler, and its own
+    refusal is the config's error."""
+    from search.config import COMPOSED_SAMPLERS, SAMPLER_CHOICES, SAMPLERS
+    from search.config._samplers import WRAPPERS
+    from search.run import get_args_parser
+    from search.study._study import sampler_for
+
+    cli = next(a for a in get_args_parser()._actions if a.dest == "search.sampler")
+    assert tuple(cli.choices) == SAMPLER_CHOICES
+    assert set(COMPOSED_SAMPLERS) == {f"{w.inner_name}-{w.name}" for w in WRAPPERS} and len(WRAPPERS) >= 2
+    for name, wrapper in COMPOSED_SAMPLERS.items():
+        plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": name},
+                       budgets=smoke_budget(reference_ratios=[0.3, 0.5]))
+        cfg = build_config(plain, where="t", overrides={"budget": "smoke"})
+        sampler = sampler_for(cfg, 0)
+        assert type(sampler) is wrapper and type(sampler.inner) is type(SAMPLERS[wrapper.inner_name](0))
+        reason = wrapper.refusal(dataclasses.replace(cfg.search, granularity="global"))
+        refused = merged(plain, search={"granularity": "global"})
+        if reason is None:
+            assert build_config(refused, where="t", overrides={"budget": "smoke"}).search.sampler == name
+        else:
+            with pytest.raises(ConfigError, match=name):
+                build_config(refused, where="t", overrides={"budget": "smoke"})
+
+
 def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
     """``tpe-spread``: odd trials take their level from an even spread from 0 to the largest reference
     ratio (0.35, then 0.175 and 0.525, then the eighths), also once TPE models the study; even trials keep TPE's
@@ -127,7 +155,7 @@ def test_tpe_spread_gives_every_other_trial_a_level_over_the_reference_span():
     import optuna
 
     from search.study._study import sampler_for
-    from search.trial import LevelSpread
+    from search.config import LevelSpread
     from tests.conftest import two_key_study
 
     plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": "tpe-spread"},
