@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from pruning import Dataset, TrainConfig, train
+from pruning import Dataset, TrainConfig, plan_keys, prunable_units, train
 from search.config import RunOptions, StudyConfig, UsageError, env_flag
 from search.trial import build_model, map_images
 
@@ -78,7 +78,7 @@ def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exis
     once by the caller, of which one copy is timed (None: built here, once)."""
     model = copy.deepcopy(model) if model is not None else build_model(cfg, data)
     parts = dict(baseline_exists=baseline_exists, trials_left=trials_left,
-                 pending_keys=map_keys(model) if map_pending else 0)
+                 pending_keys=map_keys(cfg, model, data) if map_pending else 0)
     rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, model=model, precise=False), **parts)
     if rough.total_s <= LIMIT_S and not precise:
         return replace(rough, upper_bound=True)
@@ -90,10 +90,18 @@ def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exis
     return measured
 
 
-def map_keys(model: nn.Module) -> int:
-    """The sensitivity map's keys, counted as the model's conv and linear layers but the classifier
-    (unit granularity; fewer at stage)."""
-    return max(1, sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()) - 1)
+def map_keys(cfg: StudyConfig, model: nn.Module, data: Dataset) -> int:
+    """The sensitivity map's keys: the plan keys at the study's granularity, from a trace of the
+    model (0.1 s on LeNet5, 2 s on DenseNet121: 12 stage keys of 120 units, which a count of its
+    layers put at 120). A model the tracer cannot read is counted by its conv and linear layers, the
+    classifier aside: the context's own trace refuses it in one line later."""
+    if cfg.search.center != "sensitivity" and "sensitivity" not in cfg.search.references:
+        return 0
+    try:
+        units = prunable_units(model, data.example_input(1), keep=tuple(cfg.search.keep_layers))
+        return max(1, len(plan_keys(units, cfg.search.granularity)))
+    except Exception:  # an estimate, not the check: build_context names what the tracer cannot read
+        return max(1, sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()) - 1)
 
 
 def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int) -> float:
@@ -101,8 +109,6 @@ def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int) ->
     calibration batches and a forward pass over the map's validation images (:func:`map_images`; a
     forward pass is about a third of a step)."""
     space = cfg.search
-    if space.center != "sensitivity" and "sensitivity" not in space.references:
-        return 0.0
     images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + map_images(cfg, data.count("val"), keys)
     ratios = sum(r <= space.max_ratio for r in space.sensitivity_ratios)
     return keys * ratios * images * per_image / 3

@@ -346,3 +346,25 @@ def test_tpe_aim_is_refused_where_it_cannot_aim(change):
     plain = merged({**TINY_LENET, "model": "lenet5"}, search={"sampler": "tpe-aim", **change}, budgets=smoke_budget())
     with pytest.raises(ConfigError, match="tpe-aim .* needs references and unit or stage granularity"):
         build_config(plain, where="t", overrides={"budget": "smoke"})
+
+
+def test_the_estimate_counts_the_maps_keys_at_the_studys_granularity():
+    """MobileNetV2 at ``stage`` granularity: the estimate's map has the plan keys a study's context
+    gets (15 stages, not its 52 conv layers), every key at ``unit``, and none without the map."""
+    from types import SimpleNamespace
+
+    from models import create_model
+    from pruning import plan_keys, prunable_units
+    from search.config import load_config
+    from search.study._estimate import map_keys
+
+    model = create_model("mobilenet_v2", num_classes=10, in_channels=3)
+    data = SimpleNamespace(example_input=lambda n: torch.randn(n, 3, 32, 32))
+    units = prunable_units(model, data.example_input(1))
+    for granularity in ("stage", "unit"):
+        cfg = load_config("mobilenet_v2", overrides={"budget": "cpu", "search.granularity": granularity})
+        assert map_keys(cfg, model, data) == len(plan_keys(units, granularity))
+    assert len(plan_keys(units, "stage")) < len(units)
+    plain = load_config("mobilenet_v2", overrides={"budget": "cpu", "search.center": "uniform",
+                                                   "search.references": ["uniform", "global"]})
+    assert map_keys(plain, model, data) == 0
