@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -312,6 +312,8 @@ class SearchContext:
     calibration: list          # fixed training batches: BN recalibration and Taylor importance
     precision: str = "fp32"    # the study's one precision (study_precision; a resumed study's recorded one)
     center: list | None = None  # the sensitivity map's cost-aware plan per level, when the space is centred on it
+    # the matched measure of the plans the map's bisections tried, by the channels each unit keeps
+    measured: dict[tuple[int, ...], float] = field(default_factory=dict)
 
 
 def build_context(cfg: StudyConfig, opts: RunOptions, out: Path, *, data: Dataset | None = None,

@@ -15,7 +15,7 @@ import time
 import optuna
 from tqdm.auto import tqdm
 
-from pruning import apply_plan, evaluate, expand_plan, measure, recalibrate_bn
+from pruning import apply_plan, channels_to_keep, evaluate, expand_plan, measure, recalibrate_bn
 from search.config import LEVEL, AimedSpread, StudyConfig, fault, van_der_corput
 from search.trial._allocation import (SensitivityMap, additive_saving, bisect, bisect_parameter, costaware_plan,
                                       threshold_plan)
@@ -80,8 +80,16 @@ def _matched(ctx: SearchContext, model) -> float:
 
 def _measure_of(ctx: SearchContext, plan: dict[str, float]) -> float:
     """The matched measure of a per-key plan, from the real surgery (exact, never estimated); which
-    channels go does not change it, so the cheapest importance chooses them."""
-    return _matched(ctx, _pruned(ctx, _per_unit(ctx, plan), "l1"))
+    channels go does not change it, so the cheapest importance chooses them. Remembered by the
+    channels each unit keeps: a bisection's later steps move a plan by less than a channel, and each
+    surgery of a large model costs seconds (ResNet50's three sensitivity references: 30
+    surgeries instead of 81, the same plans)."""
+    per_unit = _per_unit(ctx, plan)
+    round_to = ctx.cfg.search.round_to
+    widths = tuple(channels_to_keep(u.channels, per_unit[u.name], round_to) for u in ctx.units)
+    if widths not in ctx.measured:
+        ctx.measured[widths] = _matched(ctx, _pruned(ctx, per_unit, "l1"))
+    return ctx.measured[widths]
 
 
 def _cell(ctx: SearchContext, plan: dict[str, float], images, precision: str,

@@ -368,3 +368,23 @@ def test_the_estimate_counts_the_maps_keys_at_the_studys_granularity():
     plain = load_config("mobilenet_v2", overrides={"budget": "cpu", "search.center": "uniform",
                                                    "search.references": ["uniform", "global"]})
     assert map_keys(plain, model, data) == 0
+
+
+def test_a_plan_is_measured_once_per_set_of_widths(fashion_mnist, monkeypatch):
+    """The map's bisections measure plans by real surgery; two plans that keep the same channels in
+    every unit are one surgery, with the same exact measure as a fresh surgery of either."""
+    from search.config import build_config
+    from search.trial import _sensitivity
+
+    cfg = build_config({**MAP_CONFIG, "model": "lenet5"}, where="t", overrides={"budget": "smoke"})
+    ctx = _context(cfg, _lenet(), fashion_mnist.subset(train=64, val=20, test=10))
+    surgeries = []
+    real = _sensitivity._pruned
+    monkeypatch.setattr(_sensitivity, "_pruned", lambda *a, **k: surgeries.append(1) or real(*a, **k))
+    plan = {k: 0.5 for k in ctx.keys}
+    nudged = {k: 0.5 + 1e-4 for k in ctx.keys}  # less than a channel of any LeNet5 layer
+    other = {**plan, "fc1": 0.7}
+    sizes = [_sensitivity._measure_of(ctx, p) for p in (plan, nudged, plan, other)]
+    assert len(surgeries) == 2 and sizes[0] == sizes[1] == sizes[2] > sizes[3]
+    fresh = _context(cfg, _lenet(), fashion_mnist.subset(train=64, val=20, test=10))
+    assert _sensitivity._measure_of(fresh, nudged) == sizes[1] and _sensitivity._measure_of(fresh, other) == sizes[3]
