@@ -10,10 +10,9 @@ from optuna.trial import TrialState
 
 from pruning import load_checkpoint
 from search import run
-from search.config import build_config, fingerprint, first_difference
+from search.config import LEVEL, build_config, fingerprint, first_difference
 from search.storage import TrialRecord
 from search.trial._rungs import crowding, decide, fronts, ranking, rung_steps
-from search.trial._space import LEVEL
 from tests.conftest import TINY_LENET, base_args, merged, smoke_budget, study_of, write_config
 
 
