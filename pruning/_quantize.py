@@ -204,8 +204,8 @@ def keep_sensitive(nodes: Sequence[str], fp32_accuracy: float, accuracy_with: Ca
                           f"operators onnxruntime quantizes lose it); ship the FP32 file or raise the bar")
     progress(f"INT8 loses {100 * (fp32_accuracy - acc):.2f} pt of val top-1 (bar {max_drop}); ranking "
              f"{n} layers by sensitivity")
-    alone = {node: accuracy_with([node]) for node in nodes} if n > 1 else {}
-    ranked = sorted(nodes, key=lambda node: -alone.get(node, 0.0))  # stable: graph order among equals
+    alone = {node: accuracy_with([node]) for node in nodes}
+    ranked = sorted(nodes, key=lambda node: -alone[node])  # stable: graph order among equals
     # the fewest of the ranking to keep: misses with ``low`` kept (its accuracy ``missed``), holds with ``high``
     low, missed, high, held = 0, acc, n, every
     while high - low > 1:

@@ -2,7 +2,7 @@
 name -> implementation tables and the samplers, the search's UsageError, environment flags and fault injection."""
 from __future__ import annotations
 
-from search.config._config import (OPTIONS_NAME, RESOLVED_NAME, StudyConfig, build_config, config_fields,
+from search.config._config import (OPTIONS_NAME, RESOLVED_NAME, SearchSpace, StudyConfig, build_config, config_fields,
                                    config_from_plain, fingerprint, first_difference, load_config)
 from search.config._environment import env_flag, quiet_libraries
 from search.config._errors import ConfigError, UsageError
@@ -13,6 +13,6 @@ from search.config._samplers import (COMPOSED_SAMPLERS, LEVEL, SAMPLER_CHOICES, 
 from search.config._tables import LATENCY_BACKENDS, OBJECTIVES
 
 __all__ = ["AimedSpread", "ConfigError", "LEVEL", "LevelSpread", "make_sampler", "van_der_corput", "ENV", "LATENCY_BACKENDS", "OBJECTIVES", "OPTIONS_NAME", "RESOLVED_NAME", "RunOptions",
-           "SAMPLERS", "SAMPLER_CHOICES", "COMPOSED_SAMPLERS", "StudyConfig", "UsageError", "build_config", "config_fields",
+           "SAMPLERS", "SAMPLER_CHOICES", "COMPOSED_SAMPLERS", "SearchSpace", "StudyConfig", "UsageError", "build_config", "config_fields",
            "config_from_plain", "env_flag", "fault", "fingerprint", "first_difference", "load_config", "option_fields",
            "options_from_plain", "quiet_libraries", "redact"]

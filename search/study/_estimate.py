@@ -13,7 +13,7 @@ from torch import nn
 
 from pruning import Dataset, TrainConfig, plan_keys, prunable_units, train
 from search.config import RunOptions, StudyConfig, UsageError, env_flag
-from search.trial import build_model, map_images
+from search.trial import build_model, map_grid, map_images, uses_map
 
 LIMIT_S = 3600.0
 YES_ENV = "AUTOML_PRUNE_YES"
@@ -95,7 +95,7 @@ def map_keys(cfg: StudyConfig, model: nn.Module, data: Dataset) -> int:
     model (0.1 s on LeNet5, 2 s on DenseNet121: 12 stage keys of 120 units, which a count of its
     layers put at 120). A model the tracer cannot read is counted by its conv and linear layers, the
     classifier aside: the context's own trace refuses it in one line later."""
-    if cfg.search.center != "sensitivity" and "sensitivity" not in cfg.search.references:
+    if not uses_map(cfg.search):
         return 0
     try:
         units = prunable_units(model, data.example_input(1), keep=tuple(cfg.search.keep_layers))
@@ -108,10 +108,8 @@ def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int) ->
     """The sensitivity map's cost: per key (:func:`map_keys`) and grid ratio, adaptive BN on the
     calibration batches and a forward pass over the map's validation images (:func:`map_images`; a
     forward pass is about a third of a step)."""
-    space = cfg.search
     images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + map_images(cfg, data.count("val"), keys)
-    ratios = sum(r <= space.max_ratio for r in space.sensitivity_ratios)
-    return keys * ratios * images * per_image / 3
+    return keys * len(map_grid(cfg.search)) * images * per_image / 3
 
 
 def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float, *, baseline_exists: bool,

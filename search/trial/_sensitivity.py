@@ -16,7 +16,7 @@ import optuna
 from tqdm.auto import tqdm
 
 from pruning import apply_plan, channels_to_keep, evaluate, expand_plan, measure, recalibrate_bn
-from search.config import LEVEL, AimedSpread, StudyConfig, fault, van_der_corput
+from search.config import LEVEL, AimedSpread, SearchSpace, StudyConfig, fault, van_der_corput
 from search.trial._allocation import (SensitivityMap, additive_saving, bisect, bisect_parameter, costaware_plan,
                                       threshold_plan)
 from search.trial._context import SearchContext
@@ -48,16 +48,21 @@ def map_images(cfg: StudyConfig, n_val: int, keys: int) -> int:
     On the LeNet5, VGG16 and default budgets that is the rung images; on a 40-step ResNet50 ``cpu``
     budget, the floor."""
     space, ft = cfg.search, cfg.finetune_recipe(0)
-    cells = max(1, keys * sum(r <= space.max_ratio for r in space.sensitivity_ratios))
+    cells = max(1, keys * len(map_grid(space)))
     finetune = cfg.spend.trials * cfg.spend.finetune_steps * ft.batch_size * 3
     allowed = int(space.map_share * finetune / (MAP_IMAGE_COST * cells)) - cfg.spend.bn_batches * ft.batch_size
     most = min(n_val, space.rung_val_images or n_val)
     return min(most, max(MAP_MIN_IMAGES, allowed))
 
 
-def uses_map(ctx: SearchContext) -> bool:
-    space = ctx.cfg.search
+def uses_map(space: SearchSpace) -> bool:
+    """Whether a study of this search section computes a sensitivity map."""
     return space.center == "sensitivity" or "sensitivity" in space.references
+
+
+def map_grid(space: SearchSpace) -> tuple[float, ...]:
+    """The ratios each key of the map is pruned at: the grid's, up to ``max_ratio``."""
+    return tuple(r for r in space.sensitivity_ratios if r <= space.max_ratio)
 
 
 def _pruned(ctx: SearchContext, plan: dict[str, float], importance: str):
@@ -113,14 +118,13 @@ def ensure_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = Fals
     if stored is not None:
         return SensitivityMap.from_plain(stored)
     space = ctx.cfg.search
-    ratios = tuple(r for r in space.sensitivity_ratios if r <= space.max_ratio)
+    ratios = map_grid(space)
     precision = ctx.precision
     started = time.perf_counter()
     base = study.user_attrs.get(BASE_ROW_KEY)
-    n_val = ctx.data.count("val")
     # a resumed map keeps the images it began on (a row stored before the count was: the rung images)
-    count = map_images(ctx.cfg, n_val, len(ctx.keys)) if base is None else \
-        base.get("images", min(n_val, space.rung_val_images or n_val))
+    count = map_images(ctx.cfg, ctx.data.count("val"), len(ctx.keys)) if base is None else \
+        base.get("images", space.rung_val_images)
     images = ctx.data.subset(val=count)
     if base is None:
         model = copy.deepcopy(ctx.start.model)
@@ -190,7 +194,7 @@ def sensitivity_plans(ctx: SearchContext, study: optuna.Study, smap: Sensitivity
 
 def prepare_map(ctx: SearchContext, study: optuna.Study, *, progress: bool = False) -> SensitivityMap | None:
     """The map and the centre of a study that uses them (None otherwise), ``ctx.center`` set."""
-    if not uses_map(ctx):
+    if not uses_map(ctx.cfg.search):
         return None
     smap = ensure_map(ctx, study, progress=progress)
     if ctx.cfg.search.center == "sensitivity":
