@@ -369,7 +369,9 @@ def plot_sensitivity(results: Results):
     smap = results.sensitivity
     keys = list(smap.accuracy)
     drops = [[100 * (smap.base_accuracy - a) for a in smap.accuracy[k]] for k in keys]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(smap.ratios), 1.0 + 0.28 * len(keys)))
+    # room for the key names at the left and the axis label below, however few the ratios
+    labels = 0.07 * max(len(k) for k in keys)
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.8 + labels + 0.55 * len(smap.ratios)), 1.5 + 0.28 * len(keys)))
     image = ax.imshow(drops, aspect="auto", cmap="magma_r", vmin=0)
     ax.set_xticks(range(len(smap.ratios)), [f"{r:g}" for r in smap.ratios])
     ax.set_yticks(range(len(keys)), keys, fontsize=7 if len(keys) > 20 else 9)
