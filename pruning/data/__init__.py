@@ -8,13 +8,17 @@ A :class:`Dataset` is a source of batches per split (``train_batches``, ``eval_b
   augmentation and normalization as tensor ops;
 - ``_files``: image files decoded safely, and :class:`StreamedImages`, a split too large for the
   cache decoded batch by batch;
-- ``_folder``: an image folder scanned, checked and loaded into either;
+- ``_pipeline`` and ``pipelines/``: how a folder's splits are held, one pipeline per module
+  (``cached``: decoded once into a tensor when they fit the cache; ``streamed``: from their files);
+  the folder loader takes the highest-ranked pipeline that wants the folder;
+- ``_folder``: an image folder scanned, checked and handed to its pipeline;
 - ``_builtin``: the built-in datasets and :func:`load_dataset`, the one way a study gets data;
 - ``_splits``: the stratified draw, the validation split, the channel statistics.
 
-A new pipeline (a GPU decoder) is one new module beside ``_files`` whose split object has what
-:class:`StreamedImages` has (``batches``, ``select``, ``to``, ``shape``, ``device``, indexing), the line of
-``_folder`` that chooses it, and its test: the batching code asks only "a tensor or not"
+A new pipeline (a GPU decoder) is one new module in ``pipelines/`` (a ``Pipeline`` subclass with a
+``name``, a ``rank`` and ``wants``; its split object has what :class:`StreamedImages` has: ``batches``,
+``select``, ``to``, ``shape``, ``device``, indexing) and its test; nothing else names it: the modules
+register by being imported, and the batching code asks only "a tensor or not"
 (``tests/pruning/test_imagefolder.py`` plugs a pipeline of its own in). Nothing outside this package
 reads a split's tensors (``tests/search/test_structure.py`` holds it).
 """

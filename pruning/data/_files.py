@@ -69,23 +69,6 @@ class _Bomb(DatasetError):
     """A decompression bomb: never skipped, always refused."""
 
 
-def _images(paths: list[str], labels: list[int], side: int, interpolation: str, channels: int, *,
-            stream: bool, workers: int):
-    """(images, labels, unreadable paths) of one split: decoded into a tensor, or a :class:`StreamedImages`
-    whose files were opened once to check them (their headers), skipping the unreadable."""
-    y = torch.tensor(labels, dtype=torch.int64)
-    files = StreamedImages(tuple(paths), side, interpolation, channels, workers)
-    if stream:
-        bad = [i for i, p in enumerate(paths) if not _readable_header(p)]
-        keep = torch.tensor([i for i in range(len(paths)) if i not in set(bad)], dtype=torch.int64)
-        return files.select(keep), y[keep], [paths[i] for i in bad]
-    decoded = files.decode_all()
-    bad = [i for i, t in enumerate(decoded) if t is None]
-    keep = [i for i, t in enumerate(decoded) if t is not None]
-    x = torch.stack([decoded[i] for i in keep]) if keep else torch.zeros(0, channels, side, side, dtype=torch.uint8)
-    return x, y[torch.tensor(keep, dtype=torch.int64)], [paths[i] for i in bad]
-
-
 def _readable_header(path: str) -> bool:
     from PIL import Image
 

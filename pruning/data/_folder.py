@@ -1,5 +1,5 @@
-"""An image folder (``train/``, ``val/``, ``test/`` of class folders): scanned, checked and decoded
-once into the cache, or streamed from its files when it does not fit."""
+"""An image folder (``train/``, ``val/``, ``test/`` of class folders): scanned, checked, and handed
+to the image pipeline that holds it (decoded once into the cache, or streamed from its files)."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,8 @@ import torch
 from pruning._errors import DatasetError
 from pruning._preprocessing import ImageSpec
 from pruning.data._dataset import Dataset
-from pruning.data._files import _empty, _images, _refuse_special, _sample, _walk_error
+from pruning.data._files import _empty, _refuse_special, _sample, _walk_error
+from pruning.data._pipeline import Folder, choose
 from pruning.data._splits import _carve, _channel_stats
 
 
@@ -22,8 +23,9 @@ MAX_BAD_SHARE = 0.05  # unreadable files in an image folder: skipped and counted
 def _load_imagefolder(data_dir: Path, image: ImageSpec, *, val_fraction: float, seed: int, cache_mb: float,
                       workers: int) -> Dataset:
     """``train/`` (and optional ``val/``, ``test/``) of class folders: class order is the folder
-    order (sorted names); images are resized once (shorter side to ``image.resize_size``, centre square),
-    cached in memory when they fit ``cache_mb``, else streamed from their files."""
+    order (sorted names); images are resized once (shorter side to ``image.resize_size``, centre square)
+    and held by the first pipeline that wants them (``pruning.data.pipelines``: cached in memory when
+    they fit ``cache_mb``, else streamed from their files)."""
     if data_dir.exists() and not data_dir.is_dir():
         raise DatasetError(f"--data-dir {data_dir} is a file; imagefolder needs a folder with train/<class>/<image>")
     if not (data_dir / "train").is_dir():
@@ -40,13 +42,12 @@ def _load_imagefolder(data_dir: Path, image: ImageSpec, *, val_fraction: float, 
     _refuse_empty_classes(data_dir / "train", classes, splits["train"][1])
     channels = image.channels or 3
     side = image.resize_size
-    total = sum(len(p) for p, _ in splits.values())
-    stream = total * channels * side * side / 1e6 > cache_mb
-    loaded, bad_total = {}, 0
+    folder = Folder(sum(len(p) for p, _ in splits.values()), channels, side, cache_mb, workers)
+    pipeline = choose(folder)
+    loaded = {}
     for sub, (paths, labels) in splits.items():
-        x, y, bad = _images(paths, labels, side, image.interpolation, channels, stream=stream, workers=workers)
+        x, y, bad = pipeline.load(paths, labels, folder, image.interpolation)
         if bad:
-            bad_total += len(bad)
             if len(bad) > MAX_BAD_SHARE * len(paths):
                 raise DatasetError(f"{data_dir / sub}: {len(bad)} of {len(paths)} images are unreadable "
                                    f"(e.g. {bad[0]}); more than {MAX_BAD_SHARE:.0%} is refused: fix or remove them")
@@ -57,9 +58,8 @@ def _load_imagefolder(data_dir: Path, image: ImageSpec, *, val_fraction: float, 
     train, val = (loaded["train"], loaded["val"]) if "val" in loaded else \
         _carve(*loaded["train"], "imagefolder", val_fraction, seed)
     test = loaded.get("test") or (_empty(train[0], channels, side), torch.zeros(0, dtype=torch.int64))
-    if stream:
-        notes.append(f"{total} images at {side}x{side} exceed the {cache_mb:g} MB cache: streamed from their "
-                     f"files with {workers} decoding worker(s)")
+    if pipeline.note(folder):
+        notes.append(pipeline.note(folder))
     if "test" not in loaded:
         notes.append(f"{data_dir} has no test/ folder: test figures are absent")
     mean, std = (image.mean, image.std) if image.mean and image.std else _channel_stats(_sample(train[0], train[1]))

@@ -70,17 +70,33 @@ class _OtherPipeline:
             yield self.images[key]
 
 
-def test_a_new_pipeline_is_one_class_the_batching_never_names(folder):
-    """The extension cost of a new image pipeline: a class like _OtherPipeline behind the Dataset,
-    and training batches, evaluation batches, inputs, subsets and the device move agree with the
-    cached tensors'."""
-    from dataclasses import replace
+def test_a_new_pipeline_is_one_class_the_batching_never_names(folder, monkeypatch):
+    """The extension cost of a new image pipeline: a Pipeline subclass (here defined in the test; in
+    the product, a module of pruning.data.pipelines) whose split objects are like _OtherPipeline. It
+    registers by being defined, the folder loader chooses it by its rank, and training batches,
+    evaluation batches, inputs, subsets and the device move agree with the cached tensors'."""
+    from pruning.data import _pipeline
+    from pruning.data.pipelines.cached import Cached
 
     cached = load_dataset("imagefolder", data_dir=folder, image=SPEC)
+    monkeypatch.setattr(_pipeline, "PIPELINES", dict(_pipeline.PIPELINES))  # the test's class joins a copy
     served: list = []
-    other = replace(cached, **{f"{s}_x": _OtherPipeline(getattr(cached, f"{s}_x"), served)
-                               for s in ("train", "val", "test")})
-    assert other.streamed and not cached.streamed
+
+    class Other(_pipeline.Pipeline):
+        name, rank = "other", 99
+
+        def wants(self, f: _pipeline.Folder) -> bool:
+            return True
+
+        def load(self, paths, labels, f, interpolation):
+            x, y, bad = Cached().load(paths, labels, f, interpolation)
+            return _OtherPipeline(x, served), y, bad
+
+        def note(self, f):
+            return f"held by the test's pipeline: {f.images} images"
+
+    other = load_dataset("imagefolder", data_dir=folder, image=SPEC)
+    assert other.streamed and not cached.streamed and "held by the test's pipeline: 320 images" in other.notes
     for (xa, ya), (xb, yb) in zip(train_batches(cached, 16, torch.Generator().manual_seed(3)),
                                   train_batches(other.to("cpu"), 16, torch.Generator().manual_seed(3))):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -90,6 +106,21 @@ def test_a_new_pipeline_is_one_class_the_batching_never_names(folder):
     small, small_other = cached.subset(train=40), other.subset(train=40)
     assert torch.equal(small.inputs("train", 40), small_other.inputs("train", 40))
     assert len(served) > 10  # the batches came through the pipeline, not around it
+
+
+def test_the_pipelines_are_the_modules_of_their_package():
+    """Every module of pruning.data.pipelines is imported and registers its pipeline: the cached one
+    is asked first and holds what fits the cache, the streamed one holds anything."""
+    from pathlib import Path
+
+    from pruning.data import _pipeline, pipelines
+
+    modules = {p.stem for p in Path(pipelines.__file__).parent.glob("*.py") if p.stem != "__init__"}
+    found = _pipeline.pipelines()
+    assert {type(p).__module__.rsplit(".", 1)[1] for p in found} == modules == {"cached", "streamed"}
+    small = _pipeline.Folder(images=100, channels=3, side=32, cache_mb=1.0, workers=0)
+    large = _pipeline.Folder(images=10_000, channels=3, side=32, cache_mb=1.0, workers=0)
+    assert _pipeline.choose(small).name == "cached" and _pipeline.choose(large).name == "streamed"
 
 
 def test_preprocessing_records_the_resize_and_crop(folder):

@@ -145,7 +145,7 @@ SPLIT_FIELDS = {f"{split}_{part}" for split in ("train", "val", "test") for part
 def test_nothing_reaches_past_the_data_seam():
     wrong = []
     for path in _files("search", "pruning", "models", "bench"):
-        if path.parent == REPO / "pruning" / "data":
+        if REPO / "pruning" / "data" in path.parents:  # the package and its pipelines
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and (node.attr in SPLIT_FIELDS or node.attr == "streamed"):
