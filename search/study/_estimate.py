@@ -77,8 +77,9 @@ def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exis
     study still has its sensitivity map to compute. ``model``: the study's model, built and checked
     once by the caller, of which one copy is timed (None: built here, once)."""
     model = copy.deepcopy(model) if model is not None else build_model(cfg, data)
-    parts = dict(baseline_exists=baseline_exists, trials_left=trials_left,
-                 pending_keys=map_keys(cfg, model, data) if map_pending else 0)
+    keys, surgery_s = graph_probe(cfg, model, data)
+    parts = dict(baseline_exists=baseline_exists, trials_left=trials_left, pending_keys=keys if map_pending else 0,
+                 surgery_s=surgery_s)
     rough = _estimate(cfg, opts, data, seconds_per_image(cfg, data, model=model, precise=False), **parts)
     if rough.total_s <= LIMIT_S and not precise:
         return replace(rough, upper_bound=True)
@@ -90,44 +91,58 @@ def estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, *, baseline_exis
     return measured
 
 
-def map_keys(cfg: StudyConfig, model: nn.Module, data: Dataset) -> int:
-    """The sensitivity map's keys: the plan keys at the study's granularity, from a trace of the
-    model (0.1 s on LeNet5, 2 s on DenseNet121: 12 stage keys of 120 units, which a count of its
-    layers put at 120). A model the tracer cannot read is counted by its conv and linear layers, the
-    classifier aside: the context's own trace refuses it in one line later."""
-    if not uses_map(cfg.search):
-        return 0
+def graph_probe(cfg: StudyConfig, model: nn.Module, data: Dataset) -> tuple[int, float]:
+    """(the sensitivity map's keys, the seconds of one surgery), from one timed trace of the model.
+
+    The keys are the plan keys at the study's granularity (0 for a study without a map): on
+    DenseNet121, 12 stage keys of 120 units, which a count of its layers put at 120. The trace and
+    the grouping of its channels are most of what a surgery costs (a trial's, a map cell's, a front
+    point's rebuild): 0.1 s on LeNet5 or ResNet50 at 32x32, 0.6 s on DenseNet121 at 64x64, where a
+    smoke study's 48 surgeries of its map were 29 s the estimate left out. A model the tracer cannot
+    read is counted by its conv and linear layers, the classifier aside, and costs nothing: the
+    context's own trace refuses it in one line later."""
+    start = time.perf_counter()
     try:
         units = prunable_units(model, data.example_input(1), keep=tuple(cfg.search.keep_layers))
-        return max(1, len(plan_keys(units, cfg.search.granularity)))
     except Exception:  # an estimate, not the check: build_context names what the tracer cannot read
-        return max(1, sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()) - 1)
+        keys = max(1, sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()) - 1)
+        return (keys if uses_map(cfg.search) else 0), 0.0
+    seconds = time.perf_counter() - start
+    return (max(1, len(plan_keys(units, cfg.search.granularity))) if uses_map(cfg.search) else 0), seconds
 
 
-def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int) -> float:
-    """The sensitivity map's cost: per key (:func:`map_keys`) and grid ratio, adaptive BN on the
-    calibration batches and a forward pass over the map's validation images (:func:`map_images`; a
-    forward pass is about a third of a step)."""
+def map_keys(cfg: StudyConfig, model: nn.Module, data: Dataset) -> int:
+    """The sensitivity map's keys at the study's granularity (:func:`graph_probe`)."""
+    return graph_probe(cfg, model, data)[0]
+
+
+def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int, surgery_s: float = 0.0) -> float:
+    """The sensitivity map's cost: per key (:func:`map_keys`) and grid ratio, a surgery, adaptive BN
+    on the calibration batches and a forward pass over the map's validation images (:func:`map_images`;
+    a forward pass is about a third of a step)."""
     images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + map_images(cfg, data.count("val"), keys)
-    return keys * len(map_grid(cfg.search)) * images * per_image / 3
+    return keys * len(map_grid(cfg.search)) * (images * per_image / 3 + surgery_s)
 
 
 def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: float, *, baseline_exists: bool,
-              trials_left: int, pending_keys: int) -> Estimate:
+              trials_left: int, pending_keys: int, surgery_s: float = 0.0) -> Estimate:
     """The estimate at ``per_image`` training seconds an image (``pending_keys``: the keys of a map
-    still to compute, 0 for none)."""
+    still to compute, 0 for none; ``surgery_s``: one surgery, paid by each trial, map cell, recovered
+    point and front point the report loads)."""
     n_train, n_val = data.count("train"), data.count("val")
     base = cfg.baseline_recipe()
     baseline = 0.0 if baseline_exists else base.total_steps(n_train) * base.batch_size * per_image
     ft = cfg.finetune_recipe(0)
     evals = (1 + len(cfg.search.rungs)) * n_val * per_image / 3  # a forward pass is about a third of a step
-    per_trial = TRIAL_SHARE * ft.total_steps(n_train) * ft.batch_size * per_image + evals
+    per_trial = TRIAL_SHARE * ft.total_steps(n_train) * ft.batch_size * per_image + evals + surgery_s
     rec = cfg.recovery_recipe(0)
-    recovery = cfg.report.recover_points * rec.total_steps(n_train) * rec.batch_size * per_image * TRIAL_SHARE \
-        if opts.recover else 0.0
+    recovery = cfg.report.recover_points * (rec.total_steps(n_train) * rec.batch_size * per_image * TRIAL_SHARE
+                                            + surgery_s) if opts.recover else 0.0
+    report = report_seconds(cfg, opts, data, per_image)
+    report += FRONT_PER_RECOVERED * cfg.report.recover_points * surgery_s if opts.write_report else 0.0
     return Estimate(baseline_s=baseline, trials_s=trials_left * per_trial / max(1, opts.workers),
-                    recovery_s=recovery, per_trial_s=per_trial, report_s=report_seconds(cfg, opts, data, per_image),
-                    map_s=map_seconds(cfg, data, per_image, pending_keys) if pending_keys else 0.0)
+                    recovery_s=recovery, per_trial_s=per_trial, report_s=report,
+                    map_s=map_seconds(cfg, data, per_image, pending_keys, surgery_s) if pending_keys else 0.0)
 
 
 # The front a study ends with, in points per recovered point (LeNet5 and ResNet18 studies: 6-10 points

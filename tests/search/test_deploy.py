@@ -160,6 +160,7 @@ def test_what_a_budget_is_for_is_its_scope_not_its_name(monkeypatch, fashion_mni
 def test_the_estimate_is_measured_when_shown_or_over_the_limit(rough_s, shown, measured, monkeypatch, fashion_mnist):
     import search.study._estimate as est_mod
     monkeypatch.setattr(est_mod, "seconds_per_image", lambda cfg, data, precise=True, **_: 1e-6 if precise else rough_s)
+    monkeypatch.setattr(est_mod, "graph_probe", lambda cfg, model, data: (0, 0.0))  # the training rate alone
     cfg = load_config("lenet5")
     est = estimate(cfg, RunOptions(), fashion_mnist, baseline_exists=False, trials_left=60, precise=shown)
     assert est.upper_bound is not measured
@@ -172,6 +173,7 @@ def test_an_estimate_over_the_limit_is_measured_again_before_a_refusal(rates, ke
     done in 3.6) must not refuse a study: over the limit, the rate is measured again, the faster kept."""
     import search.study._estimate as est_mod
     monkeypatch.setattr(est_mod, "REPROBE_PAUSE_S", 0.0)
+    monkeypatch.setattr(est_mod, "graph_probe", lambda cfg, model, data: (0, 0.0))  # the training rate alone
     cfg = load_config("lenet5")
 
     def run(rates, opts=RunOptions(device="cpu")):

@@ -368,6 +368,27 @@ def test_the_estimate_counts_the_maps_keys_at_the_studys_granularity():
     plain = load_config("mobilenet_v2", overrides={"budget": "cpu", "search.center": "uniform",
                                                    "search.references": ["uniform", "global"]})
     assert map_keys(plain, model, data) == 0
+    from search.study._estimate import graph_probe
+    assert graph_probe(plain, model, data)[1] > 0  # a study without a map still pays its surgeries
+
+
+def test_the_estimate_charges_one_surgery_per_map_cell_trial_and_front_point(monkeypatch, fashion_mnist):
+    """A surgery is most of a map cell on a small split (DenseNet121 at 64x64: 0.6 s of a 1.1-s cell),
+    which the estimate once left out (a smoke study estimated at 8 s took 51). With training free and
+    a surgery of 0.5 s, the map costs a surgery per cell, a trial one, a recovered point one and each
+    front point the report loads one."""
+    import search.study._estimate as est_mod
+    from search.config import RunOptions, load_config
+    from search.trial import map_grid
+
+    monkeypatch.setattr(est_mod, "seconds_per_image", lambda *args, **kwargs: 0.0)
+    monkeypatch.setattr(est_mod, "graph_probe", lambda cfg, model, data: (4, 0.5))
+    cfg = load_config("lenet5")
+    est = est_mod.estimate(cfg, RunOptions(), fashion_mnist, baseline_exists=True, trials_left=60, map_pending=True)
+    assert est.map_s == pytest.approx(4 * len(map_grid(cfg.search)) * 0.5)
+    assert est.per_trial_s == pytest.approx(0.5) and est.trials_s == pytest.approx(60 * 0.5)
+    assert est.recovery_s == pytest.approx(cfg.report.recover_points * 0.5)
+    assert est.report_s == pytest.approx(est_mod.FRONT_PER_RECOVERED * cfg.report.recover_points * 0.5)
 
 
 def test_a_plan_is_measured_once_per_set_of_widths(fashion_mnist, monkeypatch):
