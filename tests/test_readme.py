@@ -81,9 +81,9 @@ def test_a_dashboard_command_of_the_readme_names_one_study_folder(line):
 # than chance is minutes, so the own-model walk runs as the README shows it with these rewrites
 # only, each visible here: resnet50 -> resnet18 (same family, same trace), a config whose default
 # budget is the smoke one (so the default study folder, the one the dashboard line names, is the
-# folder used) and whose report times no point and makes no INT8 rows (seams_only: 172 s of the
-# study's 188, covered by their own tests), 64x64 images, and pick's bar widened (a smoke front is
-# not within 1 point).
+# folder used), whose report times no point and makes no INT8 rows and whose map prunes each key at
+# one ratio, not four (seams_only: 172 s of the study's 188 were the first two; all three are covered
+# by their own tests), 64x64 images, and pick's bar widened (a smoke front is not within 1 point).
 WALK_REWRITES = {"resnet50": "resnet18"}
 APPENDED = {
     "search.run": ["--quiet"],

@@ -41,8 +41,14 @@ class Pipeline:
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.name:
-            PIPELINES[cls.name] = cls()
+        name = cls.__dict__.get("name")  # its own: a subclass of a named pipeline must name itself
+        if not name:
+            return
+        held = PIPELINES.get(name)
+        if held is not None and (type(held).__module__, type(held).__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"pipeline name {name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
+                            f"{type(held).__module__}.{type(held).__qualname__}")
+        PIPELINES[name] = cls()  # the same class again (a reload) replaces itself
 
     def wants(self, folder: Folder) -> bool:
         """Whether this pipeline holds ``folder`` (e.g. it fits the cache; a GPU is there)."""

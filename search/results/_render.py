@@ -370,7 +370,7 @@ def plot_sensitivity(results: Results):
     keys = list(smap.accuracy)
     drops = [[100 * (smap.base_accuracy - a) for a in smap.accuracy[k]] for k in keys]
     # room for the key names at the left and the axis label below, however few the ratios
-    labels = 0.07 * max(len(k) for k in keys)
+    labels = 0.07 * max(map(len, keys), default=0)
     fig, ax = plt.subplots(figsize=(max(5.5, 2.8 + labels + 0.55 * len(smap.ratios)), 1.5 + 0.28 * len(keys)))
     image = ax.imshow(drops, aspect="auto", cmap="magma_r", vmin=0)
     ax.set_xticks(range(len(smap.ratios)), [f"{r:g}" for r in smap.ratios])

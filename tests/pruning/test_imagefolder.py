@@ -79,6 +79,7 @@ def test_a_new_pipeline_is_one_class_the_batching_never_names(folder, monkeypatc
     from pruning.data.pipelines.cached import Cached
 
     cached = load_dataset("imagefolder", data_dir=folder, image=SPEC)
+    _pipeline.pipelines()  # the package's pipelines registered (once per process) before the registry is copied
     monkeypatch.setattr(_pipeline, "PIPELINES", dict(_pipeline.PIPELINES))  # the test's class joins a copy
     served: list = []
 
@@ -106,6 +107,13 @@ def test_a_new_pipeline_is_one_class_the_batching_never_names(folder, monkeypatc
     small, small_other = cached.subset(train=40), other.subset(train=40)
     assert torch.equal(small.inputs("train", 40), small_other.inputs("train", 40))
     assert len(served) > 10  # the batches came through the pipeline, not around it
+
+    class Tuned(Other):  # no name of its own: not registered, nothing replaced
+        rank = 100
+    assert "other" in _pipeline.PIPELINES and type(_pipeline.PIPELINES["other"]) is Other
+    with pytest.raises(TypeError, match="pipeline name 'cached' .* is taken by pruning.data.pipelines.cached.Cached"):
+        class Clash(_pipeline.Pipeline):
+            name = "cached"
 
 
 def test_the_pipelines_are_the_modules_of_their_package():

@@ -85,8 +85,8 @@ def seams_only(config: dict) -> dict:
 
 
 def _smoke_config(folder: Path, *, headline_max_drop: float | None = None) -> Path:
-    """configs/any-model.yaml whose smoke budget times no front point and whose report makes no INT8
-    rows (:func:`seams_only`). ``headline_max_drop``: a bar every point clears, so the report has a
+    """configs/any-model.yaml whose smoke budget times no front point, whose report makes no INT8
+    rows and whose map has one ratio (:func:`seams_only`). ``headline_max_drop``: a bar every point clears, so the report has a
     headline to load (a study without one never opens a front checkpoint)."""
     config = seams_only(yaml.safe_load((REPO / "configs" / "any-model.yaml").read_text()))
     name = "any-model-smoke.yaml"
