@@ -114,13 +114,8 @@ def graph_probe(cfg: StudyConfig, model: nn.Module, data: Dataset) -> tuple[int,
     return (keys if uses_map(cfg.search) else 0), min(seconds, default=0.0)
 
 
-def map_keys(cfg: StudyConfig, model: nn.Module, data: Dataset) -> int:
-    """The sensitivity map's keys at the study's granularity (:func:`graph_probe`)."""
-    return graph_probe(cfg, model, data)[0]
-
-
 def map_seconds(cfg: StudyConfig, data: Dataset, per_image: float, keys: int, surgery_s: float = 0.0) -> float:
-    """The sensitivity map's cost: per key (:func:`map_keys`) and grid ratio, a surgery, adaptive BN
+    """The sensitivity map's cost: per key (:func:`graph_probe`) and grid ratio, a surgery, adaptive BN
     on the calibration batches and a forward pass over the map's validation images (:func:`map_images`;
     a forward pass is about a third of a step)."""
     images = cfg.spend.bn_batches * cfg.finetune_recipe(0).batch_size + map_images(cfg, data.count("val"), keys)
