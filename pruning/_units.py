@@ -12,7 +12,10 @@ import torch_pruning as tp
 from torch import nn
 
 from models import STAGES_ATTR
+from pruning import _concat_mapping
 from pruning._errors import PlanError
+
+_concat_mapping.install()  # every graph is traced here: a DenseNet's concatenations in linear time
 
 GRANULARITIES = ("unit", "stage", "global")
 DEFAULT_MAX_RATIO = 0.9
