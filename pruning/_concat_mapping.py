@@ -55,9 +55,9 @@ def update_concat_index_mapping(graph, cat_node) -> None:
         if k < len(deps):
             deps[k].index_mapping[1] = index_mapping._ConcatIndexMapping(offset=offsets[i: i + 2], reverse=True)
     for k, (i, in_node) in _occurrences(cat_node.inputs):  # each input -> cat: forward mappings
-        deps = _by_target(in_node.dependencies).get(id(cat_node), [])
-        if k < len(deps):
-            deps[k].index_mapping[1] = index_mapping._ConcatIndexMapping(offset=offsets[i: i + 2], reverse=False)
+        dep = _kth_to(in_node.dependencies, cat_node, k)
+        if dep is not None:
+            dep.index_mapping[1] = index_mapping._ConcatIndexMapping(offset=offsets[i: i + 2], reverse=False)
 
 
 def _by_target(dependencies) -> dict[int, list]:
@@ -69,6 +69,17 @@ def _by_target(dependencies) -> dict[int, list]:
             seen.add(id(dep))
             out.setdefault(id(dep.target), []).append(dep)
     return out
+
+
+def _kth_to(dependencies, target, k: int):
+    """The k-th (0 first) distinct dependency of ``dependencies`` on ``target``, or None."""
+    seen: set[int] = set()
+    for dep in dependencies:
+        if dep.target is target and id(dep) not in seen:
+            if len(seen) == k:
+                return dep
+            seen.add(id(dep))
+    return None
 
 
 def _occurrences(nodes):

@@ -178,7 +178,7 @@ def test_a_torchvision_model_with_its_own_weights_goes_the_whole_way(folder, tmp
     """torchvision's densenet121 (a concatenating family; resnet18 goes the same way as the README's
     own-model walk in tests/test_readme.py)."""
     source = "torchvision:densenet121"
-    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=120)
+    weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=60)
     answer = _study(folder, tmp_path / "study", source, weights)
     base = load_checkpoint(tmp_path / "study" / "baseline.pt", expect_model=source)
     given = torch.load(weights, weights_only=True)["model"]
@@ -229,7 +229,7 @@ def test_your_own_code_goes_run_report_dashboard_pick_onnx_with_a_headline(folde
 def test_a_resume_with_other_weights_or_size_is_refused_and_changes_nothing(folder, tmp_path):
     source = "torchvision:resnet18"
     weights = _trained_weights(folder, source, tmp_path / "w.pt", steps=150)
-    _study(folder, tmp_path / "s", source, weights, "--no-recover")
+    _study(folder, tmp_path / "s", source, weights, "--trials", "1", "--no-recover")  # a study to resume: one trial
     before = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
     other = tmp_path / "other.pt"
     state = torch.load(weights, weights_only=True)
