@@ -45,7 +45,8 @@ def _mappings(model: nn.Module, x: torch.Tensor, update) -> list:
             for node in graph.module2node.values() for dep in node.dependencies]
 
 
-@pytest.mark.parametrize("build", [Repeats, lambda: torchvision.models.densenet121(num_classes=10)],
+@pytest.mark.parametrize("build", [Repeats, pytest.param(lambda: torchvision.models.densenet121(num_classes=10),
+                                                          marks=pytest.mark.slow)],
                          ids=["repeated-inputs", "densenet121"])
 def test_the_mappings_are_the_librarys(build):
     torch.manual_seed(0)
@@ -56,6 +57,7 @@ def test_the_mappings_are_the_librarys(build):
     assert sum(m is not None for *_, m in ours) >= (10 if build is Repeats else 1000)  # the mappings were set
 
 
+@pytest.mark.slow
 def test_a_densenet_surgery_is_the_librarys(monkeypatch):
     """The same plan prunes the same channels (the mapping is re-derived after every group)."""
     torch.manual_seed(0)
