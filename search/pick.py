@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pruning import PruningRecord, evaluate, load_checkpoint, measure, save_pruned, train, with_metrics
+from pruning import BaselineFigures, PruningRecord, evaluate, load_checkpoint, measure, save_pruned, train, with_metrics
 from search.cli import add_int8_flags, add_study_flags, int8_settings, number, open_study, run_cli, study_parser
 from search.config import UsageError, quiet_libraries
-from search.results import check_calibration_count, collect, export_paths, int8_table, selection_accuracy, ship
+from search.results import (check_calibration_count, collect, export_paths, int8_table, selection_accuracy,
+                            selection_drop, ship)
 from search.storage import check_targets, precision_of, refuse_other_study, refuse_own_file
 from search.trial import in_precision, test_accuracy
 
@@ -49,10 +50,11 @@ def _describe(rows: pd.DataFrame) -> str:
 
 
 def choose(table: pd.DataFrame, *, max_size_mb=None, min_accuracy=None, max_drop=None, trial=None,
-           baseline_val: float) -> pd.Series:
+           baseline: BaselineFigures) -> pd.Series:
     """Apply one budget to the front; selection reads validation accuracy (after recovery when the
-    point was recovered), never test."""
-    table = table.assign(selection=[selection_accuracy(r) for _, r in table.iterrows()])
+    point was recovered; a drop is read on the holdout when the point was judged there), never test."""
+    table = table.assign(selection=[selection_accuracy(r) for _, r in table.iterrows()],
+                         drop=[selection_drop(r, baseline) for _, r in table.iterrows()])
     if trial is not None:
         hit = table[table["trial"] == trial]
         if hit.empty:
@@ -64,10 +66,13 @@ def choose(table: pd.DataFrame, *, max_size_mb=None, min_accuracy=None, max_drop
             raise UsageError(f"no front point is at most {max_size_mb} MB; the smallest: "
                              f"{_describe(table.sort_values('size_mb').head(3))}")
         return ok.sort_values(["selection", "size_mb"], ascending=[False, True]).iloc[0]
-    floor = min_accuracy if min_accuracy is not None else baseline_val - max_drop / 100.0
-    ok = table[table["selection"] >= floor - 1e-12]
+    if min_accuracy is not None:
+        ok, what = table[table["selection"] >= min_accuracy - 1e-12], f"val accuracy {min_accuracy:.4f}"
+    else:
+        ok = table[table["drop"] <= max_drop + 1e-9]
+        what = f"val accuracy {baseline.val_accuracy - max_drop / 100.0:.4f} (within {max_drop:g} pts of the baseline's)"
     if ok.empty:
-        raise UsageError(f"no front point reaches val accuracy {floor:.4f}; the most accurate: "
+        raise UsageError(f"no front point reaches {what}; the most accurate: "
                          f"{_describe(table.sort_values('selection', ascending=False).head(3))}")
     return ok.sort_values(["size_mb", "selection"], ascending=[True, False]).iloc[0]
 
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     results = collect(cfg, out, found.study, data, baseline, start, latency=False, noise=False)
     if results.table.empty:
         raise UsageError(f"study {cfg.study_name} has no finished front point yet; run search.run first")
-    row = choose(results.table, baseline_val=baseline.val_accuracy, **rule)
+    row = choose(results.table, baseline=baseline, **rule)
     path = out / (row["recovered_checkpoint"] if isinstance(row["recovered_checkpoint"], str) else row["checkpoint"])
     # (both were checked to lie inside the study's artifact store when the table was made)
     ckpt = load_checkpoint(path, expect_model=cfg.model)

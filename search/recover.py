@@ -17,6 +17,10 @@ def get_args_parser():
     add_study_flags(parser)  # search.run's flags, checked against the study
     parser.add_argument("--points", type=number(int, low=0, high=1000),
                         help="front points to recover (default: the config's report.recover_points)")
+    parser.add_argument("--holdout", type=number(int, low=1, high=100_000_000), metavar="N",
+                        help="judge the recovered points, and the baseline, on N validation images the search never "
+                             "read (of those the budget's val_subset leaves), also the points recovered before "
+                             "(default: the budget's holdout_subset)")
     parser.add_argument("--quiet", dest="progress", action="store_const", const=False,
                         help="no progress output (default: progress on stderr)")
     return parser
@@ -24,15 +28,19 @@ def get_args_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    points = args.points
-    del args.points
+    points, holdout = args.points, args.holdout
+    del args.points, args.holdout
     quiet_libraries()
     found = open_study(args)
     if points is not None:
         found.cfg = replace(found.cfg, report=replace(found.cfg.report, recover_points=points))
+    if holdout is not None:
+        cfg = found.cfg
+        found.cfg = replace(cfg, budgets={**cfg.budgets, cfg.budget: replace(cfg.spend, holdout_subset=holdout)})
     for rec in recover(found, progress=found.opts.progress):
+        held = "" if rec.holdout_drop is None else f", {rec.holdout_drop:.2f} pts down on {rec.holdout_images:,} held-out val images"
         print(f"trial {rec.trial}: val {rec.val_accuracy:.4f}, test {fmt_accuracy(rec.test_accuracy)} after {rec.epochs:g} "
-              f"epochs ({rec.seconds:.0f} s)")
+              f"epochs ({rec.seconds:.0f} s){held}")
     for path in write_report(found, progress=found.opts.progress).paths.values():
         print(path)
     return 0

@@ -89,6 +89,20 @@ class Dataset:
         sx, sy = cut(test, self.test_x, self.test_y)
         return replace(self, train_x=tx, train_y=ty, val_x=vx, val_y=vy, test_x=sx, test_y=sy)
 
+    def holdout(self, *, val: int, n: int | None = None) -> "Dataset | None":
+        """The validation images that ``subset(val=val)`` leaves out (a stratified draw of ``n`` of
+        them, None: all) as this dataset's val split: images a search that read the subset never
+        selected on. None when the subset takes the whole split."""
+        count = self.val_y.shape[0]
+        if val >= count:
+            return None
+        keep = torch.ones(count, dtype=torch.bool)
+        keep[stratified_indices(self.val_y, val).cpu()] = False
+        rest = torch.nonzero(keep).flatten().to(self.val_y.device)
+        if n is not None and n < rest.numel():
+            rest = rest[stratified_indices(self.val_y[rest], n).to(rest.device)]
+        return replace(self, val_x=_take(self.val_x, rest), val_y=self.val_y[rest])
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> normalized float32 at the model's input size (centre-cropped when the
         cached images are larger; one fused affine map: x * scale + shift)."""

@@ -46,6 +46,10 @@ class Budget:
     train_subset: int | None = field(default=None, metadata=bounds(low=2, high=100_000_000))
     val_subset: int | None = field(default=None, metadata=bounds(low=1, high=100_000_000))
     test_subset: int | None = field(default=None, metadata=bounds(low=1, high=100_000_000))
+    # validation images the search never reads (a stratified draw of those val_subset leaves), on which the
+    # recovered points and the baseline are judged and the headline is taken; None: on the search's own val
+    # images, whose front was selected on them (optimistic: docs/measurements.md). Not fingerprinted.
+    holdout_subset: int | None = field(default=None, metadata=bounds(low=1, high=100_000_000))
     # the reference plans' ratios under this budget (a short study spends its trials on the search);
     # None: search.reference_ratios
     reference_ratios: tuple[float, ...] | None = field(default=None, metadata=_ratio())
@@ -237,12 +241,12 @@ def scope_of(name: str, budget: Budget) -> str:
 
 def fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     """The settings a trial's values depend on, flattened to dotted keys: the config less the report
-    section, the other budgets, the budget's trial total and the starting checkpoint's path (its
+    section, the other budgets, the budget's trial total and holdout, and the starting checkpoint's path (its
     digest is pinned separately)."""
     plain = to_plain(cfg)
     plain.pop("report"), plain.pop("from_checkpoint"), plain.pop("weights")  # the weights count by checksum
     active = dict(plain.pop("budgets")[cfg.budget])
-    active.pop("trials"), active.pop("scope")  # neither changes what a trial scores
+    active.pop("trials"), active.pop("scope"), active.pop("holdout_subset")  # none changes what a trial scores
     plain["budgets"] = {cfg.budget: active}
     return dict(_flatten(plain))
 

@@ -15,7 +15,7 @@ from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_w
 from search.config import StudyConfig
 from search.results._int8 import front_int8
 from search.results._render import (PROJECTIONS, SENSITIVITY_PNG, Results, pick_command, plot_front, plot_projections,
-                                    int8_speedup_text, plot_sensitivity, pyplot, render_markdown, selection_accuracy,
+                                    int8_speedup_text, plot_sensitivity, pyplot, render_markdown, selection_drop,
                                     speedup_text)
 from search.results._noise import Paired, trial_hits
 from search.results._verdict import headline_gain, size_gain, verdict
@@ -30,7 +30,7 @@ INT8_COLUMNS = ["int8_val_accuracy", "int8_test_accuracy", "int8_top1_agreement"
                 "int8_ort_b64_ms", *[f"int8_b{b}_speedup{end}" for b in (1, 64) for end in ("", "_low", "_high")],
                 "int8_kept_fp32"]
 CSV_COLUMNS = ["trial", "headline", "reference", "size_mb", "params", "macs", "pruned_pct", "val_accuracy",
-               "test_accuracy", "recovered_val_accuracy", "recovered_test_accuracy", "accuracy_drop",
+               "test_accuracy", "recovered_val_accuracy", "recovered_test_accuracy", "accuracy_drop", "holdout_drop",
                *LATENCY_COLUMNS, *[c.replace("_ms", "_speedup") + end for c in LATENCY_COLUMNS for end in ("", "_low", "_high")],
                *INT8_COLUMNS, "checkpoint", "recovered_checkpoint", "plan"]
 
@@ -99,7 +99,8 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
     return Results(table=table, headline=best, references=reference_gaps(study, paired), int8_failed=failed,
                    warning=undertrained(study, recovered, baseline, cfg.report.undertrained_margin),
                    baseline_latency=timing.get("start"), latency_setting=setting(data.device) if timing else None,
-                   widths=widths, verdict=verdict(completed(study), best, baseline, cfg.report.headline_max_drop, paired),
+                   widths=widths, holdout_images=max((r.holdout_images for r in recovered.values()), default=0),
+                   verdict=verdict(completed(study), best, baseline, cfg.report.headline_max_drop, paired),
                    device=str(data.device), wall_s=wall_seconds(study),
                    gain=headline_gain(completed(study), best, paired), sensitivity=study_map(study),
                    size_gain=size_gain(completed(study), best, baseline, cfg.report.headline_max_drop))
@@ -174,6 +175,7 @@ def _row(out: Path, t: FrozenTrial, rec: TrialRecord, recovery: RecoveryRecord |
             "recovered_test_accuracy": recovery.test_accuracy if recovery else None,
             "accuracy_drop": 100.0 * (baseline.test_accuracy - final_test) if final_test is not None
             and baseline.test_accuracy is not None else None,
+            "holdout_drop": recovery.holdout_drop if recovery else None,
             "checkpoint": _relative(out, rec.checkpoint),
             "recovered_checkpoint": _relative(out, recovery.checkpoint) if recovery else None,
             "plan": json.dumps(rec.plan)}
@@ -199,12 +201,13 @@ def _ref_label(rec: TrialRecord) -> str | None:
 
 
 def headline(table: pd.DataFrame, baseline: BaselineFigures, max_drop: float) -> pd.Series | None:
-    """The smallest front point whose *validation* accuracy (recovered, when any point was) is within
-    ``max_drop`` points of the baseline's; the test split is never read here."""
+    """The smallest front point whose *validation* accuracy (recovered, when any point was; on the
+    holdout, when the point was judged there) is within ``max_drop`` points of the baseline's on the
+    same images; the test split is never read here."""
     if table.empty:
         return None
     pool = table[table["recovered_val_accuracy"].notna()] if table["recovered_val_accuracy"].notna().any() else table
-    ok = pool[[100.0 * (baseline.val_accuracy - selection_accuracy(r)) <= max_drop for _, r in pool.iterrows()]]
+    ok = pool[[selection_drop(r, baseline) <= max_drop for _, r in pool.iterrows()]]
     return None if ok.empty else ok.sort_values("size_mb").iloc[0]
 
 
@@ -295,8 +298,9 @@ def summary(cfg: StudyConfig, out: Path, results: Results, baseline: BaselineFig
     if best is not None:
         head = {k: (None if pd.isna(best[k]) else best[k].item() if hasattr(best[k], "item") else best[k])
                 for k in ("trial", "size_mb", "pruned_pct", "accuracy_drop", "val_accuracy", "test_accuracy",
-                          "recovered_val_accuracy", "recovered_test_accuracy", "macs", "ort_b1_ms", "ort_b1_speedup", "ort_b1_speedup_low",
-                          "ort_b1_speedup_high")}
+                          "recovered_val_accuracy", "recovered_test_accuracy", "holdout_drop", "macs", "ort_b1_ms",
+                          "ort_b1_speedup", "ort_b1_speedup_low", "ort_b1_speedup_high")}
+        head["holdout_images"] = results.holdout_images if head["holdout_drop"] is not None else 0
         head["ort_b1_speedup_text"] = speedup_text(best, "ort", 1)
         head["kind"] = "reference" if isinstance(best["reference"], str) else "searched"
         head["gain"] = results.gain

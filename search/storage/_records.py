@@ -126,6 +126,18 @@ class RecoveryRecord:
     checkpoint: str          # artifact id (a study-level artifact)
     epochs: float
     seconds: float
+    # judged on the validation images the search never read (the budget's holdout_subset): the point's and
+    # the baseline's accuracy there, and how many images; None / 0 where the budget sets no holdout
+    holdout_val_accuracy: float | None = None
+    holdout_baseline_val_accuracy: float | None = None
+    holdout_images: int = 0
+
+    @property
+    def holdout_drop(self) -> float | None:
+        """Points of validation accuracy below the baseline's on the holdout (None: not judged there)."""
+        if self.holdout_val_accuracy is None or self.holdout_baseline_val_accuracy is None:
+            return None
+        return 100.0 * (self.holdout_baseline_val_accuracy - self.holdout_val_accuracy)
 
 
 def recoveries(study: optuna.Study) -> dict[int, RecoveryRecord]:

@@ -19,8 +19,8 @@ from pruning import (BaselineFigures, Checkpoint, Dataset, PruningRecord, evalua
                      train, with_metrics)
 from search.config import StudyConfig, fault
 from search.results import front_trials
-from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, file_lock, precision_of, recoveries, save_recovery,
-                            trial_artifact)
+from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, artifact_path, file_lock, precision_of, recoveries,
+                            save_recovery, trial_artifact)
 from search.trial import OpenStudy, in_precision
 
 REACH = 3.0  # recovery brings a point up by one to two points: those within 3x the drop are worth a try
@@ -60,7 +60,8 @@ def _spread(indices: list[int], recs: list[TrialRecord], k: int) -> list[int]:
 
 
 def recover(opened: OpenStudy, *, progress: bool = True) -> list[RecoveryRecord]:
-    """Recover the chosen front points not recovered yet; returns the new records."""
+    """Recover the chosen front points not recovered yet, and judge on the holdout any recovered point
+    not judged there yet (a study recovered before its budget set one); returns the new records."""
     cfg, out, study, data, start, baseline = (opened.cfg, opened.out, opened.study, opened.data, opened.start,
                                               opened.baseline)
     store = FileSystemArtifactStore(str(artifact_dir(out)))
@@ -69,16 +70,41 @@ def recover(opened: OpenStudy, *, progress: bool = True) -> list[RecoveryRecord]
         chosen = targets(front_trials(study), baseline, cfg.report.recover_points, cfg.report.headline_max_drop)
         have = recoveries(study)
         todo = [n for n in chosen if n not in have]
+        judge = Judge(opened) if cfg.spend.holdout_subset else None
+        for number, rec in sorted(have.items()):
+            if judge and judge.data is not None and rec.holdout_images == 0:
+                ckpt = load_checkpoint(artifact_path(out, rec.checkpoint), expect_model=cfg.model)
+                save_recovery(study, replace(rec, **judge(ckpt.model)))
         for i, number in enumerate(todo, 1):
             if progress:
                 print(f"recovering trial {number} ({i}/{len(todo)})", file=sys.stderr, flush=True)
-            done.append(_recover_one(cfg, out, study, number, data, start, store, progress))
+            done.append(_recover_one(cfg, out, study, number, data, start, store, progress, judge))
             fault("between_recoveries")
     return done
 
 
+class Judge:
+    """Scores models on the study's holdout (the validation images its search never read) in the study's
+    precision, beside the baseline's accuracy on the same images (scored once)."""
+
+    def __init__(self, opened: OpenStudy):
+        # a study pruned --from a pruned checkpoint holds its baseline's figures, not its model: not judged
+        self.data = opened.holdout if opened.start.meta.baseline is None else None
+        self.precision = precision_of(opened.study, opened.cfg.finetune.precision, opened.data.device)
+        self._start = opened.start
+        self._baseline: float | None = None
+
+    def __call__(self, model) -> dict:
+        if self.data is None:
+            return {}
+        if self._baseline is None:
+            self._baseline = evaluate(self._start.model, self.data, "val", precision=self.precision)
+        return {"holdout_val_accuracy": evaluate(model, self.data, "val", precision=self.precision),
+                "holdout_baseline_val_accuracy": self._baseline, "holdout_images": self.data.count("val")}
+
+
 def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, data: Dataset, start: Checkpoint,
-                 store: FileSystemArtifactStore, progress: bool) -> RecoveryRecord:
+                 store: FileSystemArtifactStore, progress: bool, judge: Judge | None = None) -> RecoveryRecord:
     rec = TrialRecord.read(study.trials[number])
     ckpt = load_checkpoint(trial_artifact(out, rec.checkpoint, rec.checkpoint_sha256, number), expect_model=cfg.model)
     # the study's one precision, as in the search (a recovery recipe's own explicit precision trains in it,
@@ -100,6 +126,6 @@ def _recover_one(cfg: StudyConfig, out: Path, study: optuna.Study, number: int, 
         artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study,
                                    mimetype="application/octet-stream")
     record = RecoveryRecord(trial=number, val_accuracy=val, test_accuracy=test, checkpoint=artifact,
-                            epochs=recipe.epochs, seconds=seconds)
+                            epochs=recipe.epochs, seconds=seconds, **(judge(ckpt.model) if judge else {}))
     save_recovery(study, record)
     return record

@@ -59,17 +59,35 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     return conv
 
 
+def _whole_dataset(cfg: StudyConfig, opts: RunOptions) -> Dataset:
+    if opts.data_dir and Path(opts.data_dir).is_file():
+        raise UsageError(f"--data-dir {opts.data_dir} is a file; give the folder that holds the dataset")
+    return load_dataset(cfg.dataset, data_dir=opts.data_dir, val_fraction=cfg.val_fraction, seed=VAL_SPLIT_SEED,
+                        download=opts.download, augment=cfg.augment, image=image_spec(cfg), cache_mb=opts.cache_mb,
+                        workers=opts.loader_workers)
+
+
 def load_data(cfg: StudyConfig, opts: RunOptions) -> Dataset:
     """The study's dataset at the model's input, cut to the budget's subsets (stratified draws), on
     the run's device."""
     spend = cfg.spend
-    if opts.data_dir and Path(opts.data_dir).is_file():
-        raise UsageError(f"--data-dir {opts.data_dir} is a file; give the folder that holds the dataset")
-    data = load_dataset(cfg.dataset, data_dir=opts.data_dir, val_fraction=cfg.val_fraction, seed=VAL_SPLIT_SEED,
-                        download=opts.download, augment=cfg.augment, image=image_spec(cfg), cache_mb=opts.cache_mb,
-                        workers=opts.loader_workers)
-    data = data.subset(train=spend.train_subset, val=spend.val_subset, test=spend.test_subset)
+    data = _whole_dataset(cfg, opts).subset(train=spend.train_subset, val=spend.val_subset, test=spend.test_subset)
     return data.to(resolve_device(opts.device))
+
+
+def load_holdout(cfg: StudyConfig, opts: RunOptions) -> Dataset | None:
+    """The validation images the search never reads, on which the recovered points and the baseline
+    are judged (the budget's ``holdout_subset`` of what its ``val_subset`` leaves; the val split of the
+    dataset returned). None when the budget sets no holdout, or fewer images are left than it asks
+    for and than the search's own val subset: that judge would read fewer images than the search did."""
+    spend = cfg.spend
+    if not spend.holdout_subset or not spend.val_subset:
+        return None
+    whole = _whole_dataset(cfg, opts)
+    held = whole.holdout(val=spend.val_subset, n=spend.holdout_subset)
+    if held is None or held.count("val") < min(spend.val_subset, spend.holdout_subset):
+        return None
+    return held.subset(train=1, test=1).to(resolve_device(opts.device))
 
 
 def build_model(cfg: StudyConfig, data: Dataset) -> nn.Module:

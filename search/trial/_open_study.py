@@ -15,7 +15,7 @@ from optuna.storages import BaseStorage
 from pruning import BaselineFigures, Checkpoint, Dataset
 from search.config import RunOptions, StudyConfig
 from search.storage import baseline_of, precision_of
-from search.trial._context import SearchContext, build_context, load_data, start_checkpoint
+from search.trial._context import SearchContext, build_context, load_data, load_holdout, start_checkpoint
 from search.trial._sensitivity import aim_spread, stored_center
 
 
@@ -35,6 +35,12 @@ class OpenStudy:
     @cached_property
     def data(self) -> Dataset:
         return load_data(self.cfg, self.opts)
+
+    @cached_property
+    def holdout(self) -> Dataset | None:
+        """The validation images the search never read, that the recovered points are judged on (None:
+        the budget sets none)."""
+        return load_holdout(self.cfg, self.opts)
 
     @cached_property
     def start(self) -> Checkpoint:

@@ -33,6 +33,25 @@ def test_validation_split_is_deterministic_and_disjoint():
     assert not torch.equal(a.val_x, c.val_x)
 
 
+def test_the_holdout_is_the_val_images_the_subset_leaves_out(fashion_mnist):
+    from dataclasses import replace
+    n = fashion_mnist.val_y.shape[0]
+    tagged = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)  # each val image carries its index in two pixels
+    tagged[:, 0, 0, 0], tagged[:, 0, 0, 1] = torch.arange(n) // 256, torch.arange(n) % 256
+    d = replace(fashion_mnist, val_x=tagged)
+    index = lambda ds: {int(x[0, 0, 0]) * 256 + int(x[0, 0, 1]) for x in ds.val_x}  # noqa: E731
+    searched = index(d.subset(val=600))
+    rest = d.holdout(val=600)
+    assert len(searched) == 600 and rest.count("val") == n - 600
+    assert not searched & index(rest) and searched | index(rest) == set(range(n))  # disjoint, and all of the split
+    drawn = d.holdout(val=600, n=1000)
+    assert drawn.count("val") == 1000 and not searched & index(drawn)
+    share = torch.bincount(rest.val_y, minlength=10).double() * 1000 / rest.count("val")
+    assert (torch.bincount(drawn.val_y, minlength=10) - share).abs().max() < 1  # stratified: each class in proportion
+    assert d.holdout(val=n) is None and d.holdout(val=n + 5) is None
+    assert torch.equal(d.holdout(val=600).train_x, d.train_x)  # only the val split changes
+
+
 def test_missing_dataset_offline_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(_builtin, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     with pytest.raises(DatasetError) as info:

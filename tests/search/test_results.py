@@ -10,10 +10,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from pruning import BaselineFigures, load_checkpoint
+from pruning import BaselineFigures, evaluate, load_checkpoint
 from search import run, train
 from search.config import ENV
-from search.storage import recoveries
+from search.storage import precision_of, recoveries
 from search.results._report import headline
 from tests.conftest import (PYTHON, REPO, TINY_LENET, base_args, cli, merged, smoke_budget, study_of, without_faults,
                             write_config)
@@ -40,6 +40,62 @@ def test_the_headline_never_reads_the_test_split():
 def test_the_headline_uses_recovered_figures_when_there_are_any():
     table = _table([(0, 0.1, 0.85, 0.85, 0.895, 0.80), (1, 0.2, 0.895, 0.9, None, None), (2, 0.5, 0.9, 0.9, 0.9, 0.9)])
     assert headline(table, REF, 1.0)["trial"] == 0  # recovered into the drop; trial 1 was never recovered
+
+
+def test_a_point_judged_on_the_holdout_is_chosen_by_its_drop_there():
+    # trial 0 is within the bar on the search's val images but 1.6 pts down on the held-out ones; trial 1
+    # the other way round: the holdout decides, for the headline and for pick --max-drop alike
+    from search.pick import choose
+    table = _table([(0, 0.1, 0.85, 0.85, 0.899, 0.88), (1, 0.2, 0.85, 0.85, 0.880, 0.89), (2, 0.5, 0.9, 0.9, 0.9, 0.9)])
+    table["holdout_drop"] = [1.6, 0.4, 0.0]
+    assert headline(table, REF, 1.0)["trial"] == 1
+    assert choose(table, max_drop=1.0, baseline=REF)["trial"] == 1
+    assert headline(table.drop(columns="holdout_drop"), REF, 1.0)["trial"] == 0  # judged on the search's own val
+    table["holdout_drop"] = [None, 0.4, 0.0]  # a point not judged there is chosen by its val drop
+    assert headline(table, REF, 1.0)["trial"] == 0 and choose(table, max_drop=1.0, baseline=REF)["trial"] == 0
+
+
+@pytest.mark.slow
+def test_a_study_recovered_before_its_budget_set_a_holdout_is_judged_there_without_retraining(searched, tmp_path,
+                                                                                              fashion_mnist):
+    import shutil
+    from search import recover
+    config, out = searched
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    assert recover.main(base_args(config, copy) + ["--quiet", "--points", "2"]) == 0
+    before = recoveries(study_of(copy))
+    assert len(before) == 2 and all(r.holdout_images == 0 for r in before.values())
+    assert recover.main(base_args(config, copy) + ["--quiet", "--points", "2", "--holdout", "1500"]) == 0
+    after = recoveries(study_of(copy))
+    assert set(after) == set(before)
+    for n, r in after.items():  # the same recovered checkpoint and figures, now judged on 1,500 other images
+        old = before[n]
+        assert (r.checkpoint, r.val_accuracy, r.test_accuracy, r.seconds) == (old.checkpoint, old.val_accuracy,
+                                                                             old.test_accuracy, old.seconds)
+        assert r.holdout_images == 1500 and 0 < r.holdout_val_accuracy <= 1
+    # the baseline scored on the same 1,500 images: those the search's 600 leave, drawn as the data seam draws
+    study = study_of(copy)
+    images = fashion_mnist.holdout(val=TINY_LENET["budgets"]["smoke"]["val_subset"], n=1500)
+    expected = evaluate(load_checkpoint(copy / "baseline.pt").model, images, "val",
+                        precision=precision_of(study, "auto", images.device))
+    assert all(r.holdout_baseline_val_accuracy == pytest.approx(expected) for r in after.values())
+    assert recover.main(base_args(config, copy) + ["--quiet", "--points", "3", "--holdout", "1500"]) == 0
+    new = {n: r for n, r in recoveries(study_of(copy)).items() if n not in after}
+    assert len(new) == 1 and all(r.holdout_images == 1500 and r.holdout_baseline_val_accuracy == pytest.approx(expected)
+                                 for r in new.values())  # a point recovered with a holdout is judged as it is recovered
+    after.update(new)
+    table = pd.read_csv(copy / "pareto.csv")
+    rows = table[table["recovered_val_accuracy"].notna()].set_index("trial")
+    for n, r in after.items():
+        assert rows.loc[n, "holdout_drop"] == pytest.approx(r.holdout_drop)
+    answer = json.loads((copy / "report.json").read_text())
+    within = [n for n, r in after.items() if r.holdout_drop <= 1.0]  # the tiny config's headline_max_drop
+    smallest = min(within, key=lambda n: rows.loc[n, "size_mb"]) if within else None
+    assert (answer["headline"] or {}).get("trial") == smallest
+    if smallest is not None:
+        assert answer["headline"]["holdout_images"] == 1500
+        assert "1,500 validation images the search never read" in (copy / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")
