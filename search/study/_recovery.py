@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import optuna
@@ -72,7 +73,7 @@ def recover(opened: OpenStudy, *, progress: bool = True) -> list[RecoveryRecord]
         todo = [n for n in chosen if n not in have]
         judge = Judge(opened) if cfg.spend.holdout_subset else None
         for number, rec in sorted(have.items()):
-            if judge and judge.data is not None and rec.holdout_images == 0:
+            if judge and rec.holdout_images == 0 and judge.data is not None:
                 ckpt = load_checkpoint(artifact_path(out, rec.checkpoint), expect_model=cfg.model)
                 save_recovery(study, replace(rec, **judge(ckpt.model)))
         for i, number in enumerate(todo, 1):
@@ -88,18 +89,23 @@ class Judge:
     precision, beside the baseline's accuracy on the same images (scored once)."""
 
     def __init__(self, opened: OpenStudy):
-        # a study pruned --from a pruned checkpoint holds its baseline's figures, not its model: not judged
-        self.data = opened.holdout if opened.start.meta.baseline is None else None
-        self.precision = precision_of(opened.study, opened.cfg.finetune.precision, opened.data.device)
-        self._start = opened.start
+        self._opened = opened
         self._baseline: float | None = None
+
+    @cached_property
+    def data(self) -> Dataset | None:
+        """The holdout, loaded on first use; None for a study pruned --from a pruned checkpoint (it holds
+        its baseline's figures, not its model)."""
+        return self._opened.holdout if self._opened.start.meta.baseline is None else None
 
     def __call__(self, model) -> dict:
         if self.data is None:
             return {}
+        opened = self._opened
+        precision = precision_of(opened.study, opened.cfg.finetune.precision, opened.data.device)
         if self._baseline is None:
-            self._baseline = evaluate(self._start.model, self.data, "val", precision=self.precision)
-        return {"holdout_val_accuracy": evaluate(model, self.data, "val", precision=self.precision),
+            self._baseline = evaluate(opened.start.model, self.data, "val", precision=precision)
+        return {"holdout_val_accuracy": evaluate(model, self.data, "val", precision=precision),
                 "holdout_baseline_val_accuracy": self._baseline, "holdout_images": self.data.count("val")}
 
 

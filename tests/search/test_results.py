@@ -55,6 +55,21 @@ def test_a_point_judged_on_the_holdout_is_chosen_by_its_drop_there():
     assert headline(table, REF, 1.0)["trial"] == 0 and choose(table, max_drop=1.0, baseline=REF)["trial"] == 0
 
 
+def test_a_study_pruned_from_a_pruned_checkpoint_is_not_judged_on_a_holdout():
+    # it holds its baseline's figures, not its model: a drop there would be from the wrong model
+    from types import SimpleNamespace
+    from search.study._recovery import Judge
+
+    class Opened:
+        start = SimpleNamespace(meta=SimpleNamespace(baseline=REF))  # a pruned checkpoint's: its baseline's figures
+
+        @property
+        def holdout(self):
+            raise AssertionError("the holdout was loaded")
+    judge = Judge(Opened())
+    assert judge.data is None and judge(object()) == {}
+
+
 @pytest.mark.slow
 def test_a_study_recovered_before_its_budget_set_a_holdout_is_judged_there_without_retraining(searched, tmp_path,
                                                                                               fashion_mnist):
