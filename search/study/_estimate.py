@@ -134,8 +134,10 @@ def _estimate(cfg: StudyConfig, opts: RunOptions, data: Dataset, per_image: floa
     evals = (1 + len(cfg.search.rungs)) * n_val * per_image / 3  # a forward pass is about a third of a step
     per_trial = TRIAL_SHARE * ft.total_steps(n_train) * ft.batch_size * per_image + evals + surgery_s
     rec = cfg.recovery_recipe(0)
-    recovery = cfg.report.recover_points * (rec.total_steps(n_train) * rec.batch_size * per_image * TRIAL_SHARE
-                                            + surgery_s) if opts.recover else 0.0
+    held = (cfg.spend.holdout_subset or 0) if cfg.spend.val_subset else 0  # each recovered point and the baseline judged
+    recovery = (cfg.report.recover_points * (rec.total_steps(n_train) * rec.batch_size * per_image * TRIAL_SHARE
+                                             + surgery_s) + (cfg.report.recover_points + 1) * held * per_image / 3
+                if opts.recover else 0.0)
     report = report_seconds(cfg, opts, data, per_image)
     report += FRONT_PER_RECOVERED * cfg.report.recover_points * surgery_s if opts.write_report else 0.0
     return Estimate(baseline_s=baseline, trials_s=trials_left * per_trial / max(1, opts.workers),
