@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from search.results._deploy import VERIFY_BATCH, export_paths, int8_path, ship, sidecar_path
 from search.results._int8 import check_calibration_count, int8_figures, int8_table, ort_timer
-from search.results._render import PROJECTIONS, SENSITIVITY_PNG, pyplot, selection_accuracy, selection_drop
+from search.results._plots import pyplot
+from search.results._render import PROJECTIONS, SENSITIVITY_PNG, selection_accuracy, selection_drop
 from search.results._report import collect, front_trials, reference_gaps, study_pairs, write_report
 
 __all__ = ["PROJECTIONS", "SENSITIVITY_PNG", "VERIFY_BATCH", "check_calibration_count", "collect", "export_paths",

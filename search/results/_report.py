@@ -14,9 +14,9 @@ from torch import nn
 from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, evaluate, load_checkpoint
 from search.config import StudyConfig
 from search.results._int8 import front_int8
-from search.results._render import (PROJECTIONS, SENSITIVITY_PNG, Results, pick_command, plot_front, plot_projections,
-                                    int8_speedup_text, plot_sensitivity, pyplot, render_markdown, selection_drop,
-                                    speedup_text)
+from search.results._plots import plot_front, plot_projections, plot_sensitivity, pyplot
+from search.results._render import (PROJECTIONS, SENSITIVITY_PNG, Results, int8_speedup_text, pick_command,
+                                    render_markdown, selection_drop, speedup_text)
 from search.results._noise import Paired, trial_hits
 from search.results._verdict import headline_gain, size_gain, verdict
 from search.storage import (TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, axes, completed, precision_of, recoveries,
