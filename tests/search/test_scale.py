@@ -198,10 +198,16 @@ def test_postgres_workers_retry_a_killed_workers_trial(tmp_path, postgres_url, f
                 p.kill()
     study = optuna.load_study(study_name="lenet5-fashion-mnist", storage=storage)
     check_finished(study, 6)
-    assert study.trials[killed].state == TrialState.FAIL
-    retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == killed]
+    # the trial the kill landed in: the one seen running, or, when that one finished between the look and
+    # the kill, the victim's next (no clock decides which)
+    dead = [t for t in study.trials if t.state == TrialState.FAIL
+            and (t.user_attrs.get("worker") or "").endswith(f":{victim.pid}")]
+    assert len(dead) == 1, [(t.number, t.state) for t in study.trials]
+    assert dead[0].number == killed or study.trials[killed].state == TrialState.COMPLETE
+    retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == dead[0].number]
     assert len(retries) == 1 and retries[0].state in FINISHED
-    assert retries[0].params == study.trials[killed].params
+    if "plan" in dead[0].user_attrs:  # all its ratios sampled: the retry runs the same plan
+        assert retries[0].params == dead[0].params
 
 
 def test_a_killed_postgres_server_stops_the_run_in_one_line_and_the_study_resumes(tmp_path, postgres_server,
