@@ -79,13 +79,22 @@ def run_seed(root: Path, model: str, budget: str, seed: int, baseline: Path | No
     return out, time.perf_counter() - start
 
 
+def _share(r: dict) -> str:
+    """The map's share of the trials' fine-tune seconds and of the whole job's wall time."""
+    if not r.get("map_s"):
+        return ""
+    parts = [f"{100 * r['map_s'] / r['finetune_s']:.0f} % of the fine-tune"] if r.get("finetune_s") else []
+    parts += [f"{100 * r['map_s'] / r['wall_s']:.1f} % of the job"] if r.get("wall_s") else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _print(seed, r: dict) -> None:
     counts = {v: sum(1 for g in r["gaps"] if g["verdict"] == v) for v in ("win", "noise", "loss", "none as small")}
     print(f"seed {seed}: headline {r['headline_kind']} trial {r['headline_trial']}, "
           f"{_num(r['headline_pct'], 1)} % smaller, test drop {_num(r['headline_drop'])} pts; references: "
           f"{counts['win']} won, {counts['noise']} inside the noise, {counts['loss']} lost, "
           f"{counts['none as small']} with no searched trial as small; HV searched {r['hv_searched']:.5f} vs "
-          f"references {r['hv_references']:.5f}; map {_num(r['map_s'], 0)} s; fine-tune {r['finetune_s']:.0f} s / "
+          f"references {r['hv_references']:.5f}; map {_num(r['map_s'], 0)} s{_share(r)}; fine-tune {r['finetune_s']:.0f} s / "
           f"{r['finetune_steps']} steps ({r['stopped']} of {r['trials']} trials stopped at a rung); "
           f"wall {_num(r.get('wall_s'), 0)} s", flush=True)
     for g in r["gaps"]:

@@ -296,13 +296,27 @@ def finetune(model: nn.Module, data: Dataset, *, steps: int | None = None, epoch
     return train(model, data, cfg, teacher=teacher, progress=progress, desc="finetune")
 
 
+# Images per evaluation batch. On a CPU a large batch's activations leave the caches: 64 images a batch
+# scored MobileNetV2 6.2x, DenseNet121 3.6x, LeNet5 2.0x, ResNet50 1.9x and VGG16 1.3x faster than 1,000
+# did, within 16 % of the best size of every registry model (bench/eval_batch.py, AMD EPYC, 2 threads;
+# docs/measurements.md). An accelerator keeps the large batch (unmeasured there).
+CPU_EVAL_BATCH = 64
+EVAL_BATCH = 1000
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """The evaluation batch for ``device``: :data:`CPU_EVAL_BATCH` on a CPU, :data:`EVAL_BATCH` elsewhere."""
+    return CPU_EVAL_BATCH if device.type == "cpu" else EVAL_BATCH
+
+
 @torch.no_grad()
-def correct(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+def correct(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int | None = None,
             precision: str = "auto") -> torch.Tensor:
     """Whether ``model`` classifies each image of a split right (a bool tensor on the CPU, in the
     split's fixed order, so two models' vectors pair image by image), in eval mode, under
-    ``precision`` (see :func:`resolve_precision`)."""
+    ``precision`` (see :func:`resolve_precision`); ``batch_size`` None: :func:`eval_batch_size`."""
     device = data.device
+    batch_size = batch_size or eval_batch_size(device)
     mode = resolve_precision(precision, model, device)
     model = prepare(model, device, mode)
     was_training = model.training
@@ -315,7 +329,7 @@ def correct(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: 
     return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
 
 
-def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int | None = None,
              precision: str = "auto") -> float:
     """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on a split, in eval mode, under
     ``precision`` (see :func:`resolve_precision`)."""
