@@ -89,3 +89,19 @@ def test_the_same_model_is_within_noise():
     same = itertools.cycle([1.0, 1.3, 0.8, 1.1, 0.9]).__next__
     up = interleaved_speedup(same, same, repeats=7, runs=1)
     assert up.within_noise() and up.low < 1 < up.high
+
+
+def test_evaluation_batches_of_the_cpu_default_score_every_image_as_one_batch_does(synthetic):
+    """The CPU's small evaluation batch (the cache's size, not the split's) changes the speed only:
+    the same verdict on every image, in the split's order, whatever the batch, a BN model in eval mode."""
+    torch.manual_seed(0)
+    model = _wide()
+    train(model, synthetic, TrainConfig(steps=2, lr=0.01), progress=False)  # half-trained: some answers wrong
+    n = synthetic.count("val")
+    assert _train.eval_batch_size(CPU) < n  # the default splits this split into several batches
+    whole = _train.correct(model, synthetic, "val", batch_size=n, precision="fp32")
+    default = _train.correct(model, synthetic, "val", precision="fp32")
+    odd = _train.correct(model, synthetic, "val", batch_size=7, precision="fp32")
+    assert whole.shape == (n,) and 0 < int(whole.sum()) < n  # right and wrong answers to pair
+    assert torch.equal(whole, default) and torch.equal(whole, odd)
+    assert _train.eval_batch_size(torch.device("cuda")) >= n  # an accelerator keeps the large batch
