@@ -1,7 +1,7 @@
 """Static INT8 with onnxruntime's own tools: ``quant_pre_process`` (shape inference and fusions),
 then ``quantize_static`` with per-channel weights, calibrated on the images it is given; and an
 accuracy bar that keeps the most sensitive layers in FP32 until the drop holds (the way NNCF's
-``quantize_with_accuracy_control`` does). onnxruntime.quantization is imported here only."""
+``quantize_with_accuracy_control`` does, its ranking from onnxruntime's ``qdq_loss_debug``). onnxruntime.quantization is imported here only."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +25,7 @@ QUANT_FORMAT = "qdq"
 # their calibration time (docs/measurements.md, bench/int8.py)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")  # the ops holding the weights: what a layer kept in FP32 means
+NOISE_IMAGES = 64  # calibration images the layers' quantization noise is measured on (every tensor is kept)
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,10 @@ def quantize_within(fp32: Path, dest: Path, calibration: Sequence[np.ndarray], v
                     val_labels: np.ndarray, settings: Int8Settings, *,
                     progress: Callable[[str], None] = lambda line: None) -> Int8Result:
     """INT8 of ``fp32`` at ``dest`` whose validation top-1 is at most ``settings.max_drop`` points under
-    FP32's. Over the bar, each quantized layer's sensitivity (the drop with that layer alone kept in
-    FP32 recovered, on the validation images) ranks them, and the most sensitive are kept in FP32,
-    one more at a time, until the drop holds. Raises :class:`ExportError` in one line when it holds only
-    with every layer in FP32."""
+    FP32's. Over the bar, the quantized layers are ranked by the quantization noise each one's input
+    and weights take (:func:`noise_ranking`) and the most sensitive are kept in FP32, the fewest
+    bisected, until the drop holds. Raises :class:`ExportError` in one line when it holds only with
+    every layer in FP32."""
     with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
         pre, cache = preprocess(fp32, Path(tmp) / "pre.onnx"), Path(tmp) / "calibration.json"
         nodes = quantizable_nodes(pre)
@@ -176,8 +177,13 @@ def quantize_within(fp32: Path, dest: Path, calibration: Sequence[np.ndarray], v
             quantize(pre, dest, calibration, method=settings.calibration_method, cache=cache, exclude=exclude)
             return float((onnx_predictions(dest, val) == val_labels).mean())
 
+        def rank() -> list[str]:
+            every = quantize(pre, Path(tmp) / "every.onnx", calibration, method=settings.calibration_method,
+                             cache=cache)
+            return noise_ranking(pre, every, nodes, [np.concatenate(calibration)[:NOISE_IMAGES]], Path(tmp))
+
         try:
-            kept, acc = keep_sensitive(nodes, base, accuracy_with, settings.max_drop, progress=progress)
+            kept, acc = keep_sensitive(nodes, base, accuracy_with, settings.max_drop, rank=rank, progress=progress)
         except BarMissed as exc:
             if settings.calibration_method == "percentile":
                 raise
@@ -189,23 +195,52 @@ def quantize_within(fp32: Path, dest: Path, calibration: Sequence[np.ndarray], v
         return Int8Result(dest, acc, base, kept, len(nodes) - len(kept) - len(left), left)
 
 
+def noise_ranking(pre: Path, int8: Path, nodes: Sequence[str], batches: Sequence[np.ndarray], tmp: Path) -> list[str]:
+    """``nodes`` most sensitive first, from one run of the all-quantized file ``int8`` (QDQ) on ``batches``:
+    a node's sensitivity is the relative noise power its quantization adds, that of its input
+    activation (the QuantizeLinear input against the DequantizeLinear output, onnxruntime's
+    ``qdq_loss_debug``) plus that of its weights (their SQNR against ``pre``'s). One run instead of a
+    quantize-and-score per node: DenseNet121's 121 layers took 129 runs, 15 s each on two cores, per
+    front point (docs/measurements.md, "INT8's layer ranking")."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    with _quiet():
+        augmented = tmp / "noise.onnx"
+        debug.modify_model_output_intermediate_tensors(str(int8), str(augmented),
+                                                        op_types_for_saving=["QuantizeLinear", "DequantizeLinear"])
+        matched = debug.create_activation_matching(debug.collect_activations(str(augmented), _reader(batches)))
+        weights = debug.compute_weight_error(debug.create_weight_matching(str(pre), str(int8)))
+    sqnr = debug.compute_signal_to_quantization_noice_ratio
+    activations = {name: sqnr(m["pre_qdq"], m["post_qdq"]) for name, m in matched.items()
+                   if m.get("pre_qdq") and m.get("post_qdq")}
+    inputs = {n.name: n.input for n in onnx.load(str(pre)).graph.node}
+
+    def noise(node: str) -> float:  # relative noise power: 10^(-SQNR/10) per quantized operand
+        operands = (activations.get(inputs[node][0]), weights.get(inputs[node][1]) if len(inputs[node]) > 1 else None)
+        return sum(10 ** (-float(db) / 10) for db in operands if db is not None and np.isfinite(db))
+    return sorted(nodes, key=lambda node: -noise(node))  # stable: graph order among equals
+
+
 class BarMissed(ExportError):
     """INT8 cannot hold the accuracy bar (not a failure of the tools: a property of the model and its
     calibration)."""
 
 
 def keep_sensitive(nodes: Sequence[str], fp32_accuracy: float, accuracy_with: Callable[[Sequence[str]], float],
-                   max_drop: float, *, progress: Callable[[str], None] = lambda line: None) -> tuple[tuple[str, ...], float]:
+                   max_drop: float, *, rank: Callable[[], Sequence[str]],
+                   progress: Callable[[str], None] = lambda line: None) -> tuple[tuple[str, ...], float]:
     """The fewest most sensitive ``nodes`` to keep in FP32 so that ``accuracy_with(kept)`` (a fraction)
-    is at most ``max_drop`` points under ``fp32_accuracy``, and that accuracy. A node's sensitivity is
-    the accuracy with it alone kept in FP32; raises :class:`ExportError` when the bar holds only with
-    every node in FP32 (that is the FP32 file, not an INT8 one).
+    is at most ``max_drop`` points under ``fp32_accuracy``, and that accuracy; ``rank()`` orders the
+    nodes most sensitive first (called only when the bar misses). Raises :class:`ExportError` when the
+    bar holds only with every node in FP32 (that is the FP32 file, not an INT8 one).
 
-    Each call quantizes and scores the whole model, so on a model of many layers (ResNet50: 54) the
-    calls are the cost: 107 on a ResNet50 whose bar never held, 9 minutes of a report. Keeping a layer
-    in FP32 is taken to lose no accuracy, so the bar is first tried with every node kept — when even
-    that misses, the operators onnxruntime quantizes besides them lose it, and no ranking can help —
-    and the fewest to keep is bisected over the ranking: n + 2 + log2(n) calls at most, not 2n."""
+    Each ``accuracy_with`` quantizes and scores the whole model, so the calls are the cost. Keeping a
+    layer in FP32 is taken to lose no accuracy, so the bar is first tried with every node kept — when
+    even that misses, the operators onnxruntime quantizes besides them lose it, and no ranking can
+    help — and the fewest to keep is bisected over the ranking: 2 + log2(n) calls at most. (Ranking
+    each node by a call with it alone kept, as this did before, made ResNet50's 54 layers 107 calls,
+    9 minutes of a report, and DenseNet121's 121 layers 129.)"""
     acc = accuracy_with(())
     if _holds(fp32_accuracy, acc, max_drop):
         return (), acc
@@ -215,10 +250,9 @@ def keep_sensitive(nodes: Sequence[str], fp32_accuracy: float, accuracy_with: Ca
         raise BarMissed(f"INT8 cannot hold --max-int8-drop {max_drop}: even with all {n} Conv/Gemm/MatMul layers kept "
                         f"in FP32 val top-1 is {100 * every:.2f} % against FP32's {100 * fp32_accuracy:.2f} % (the "
                         f"quantized activations lose it); ship the FP32 file or raise the bar")
-    progress(f"INT8 loses {100 * (fp32_accuracy - acc):.2f} pt of val top-1 (bar {max_drop}); ranking "
-             f"{n} layers by sensitivity")
-    alone = {node: accuracy_with([node]) for node in nodes}
-    ranked = sorted(nodes, key=lambda node: -alone[node])  # stable: graph order among equals
+    progress(f"INT8 loses {100 * (fp32_accuracy - acc):.2f} pt of val top-1 (bar {max_drop}); keeping the noisiest "
+             f"of {n} layers in FP32")
+    ranked = list(rank())
     # the fewest of the ranking to keep: misses with ``low`` kept (its accuracy ``missed``), holds with ``high``
     low, missed, high, held = 0, acc, n, every
     while high - low > 1:

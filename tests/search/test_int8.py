@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
+import torch
 
 from pruning import ExportError
 from pruning import eval_batches, quantization
@@ -143,32 +144,62 @@ def test_an_int8_bar_that_cannot_hold_writes_nothing(study, tmp_path, capsys, mo
 
 
 def test_the_most_sensitive_layers_are_kept_fp32_until_the_drop_holds():
-    """Layer b costs 3 points alone, c 1 point, a nothing: keeping b then c in FP32 is the answer,
-    found by trying every layer kept, ranking each alone, then bisecting the ranking."""
+    """Layer b costs 3 points, c 1 point, a nothing: keeping b then c in FP32 is the answer, found by
+    trying every layer kept, then bisecting the ranking (asked for only once the bar misses)."""
     cost = {"a": 0.0, "b": 0.03, "c": 0.01}
-    calls = []
+    calls, ranked = [], []
 
     def accuracy_with(kept):
         calls.append(tuple(kept))
         return 0.9 - sum(v for k, v in cost.items() if k not in kept)
-    assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 0.5) == (("b", "c"), pytest.approx(0.9))
-    assert calls == [(), ("a", "b", "c"), ("a",), ("b",), ("c",), ("b",), ("b", "c")]
-    assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 4.0) == ((), pytest.approx(0.86))
+
+    def rank():
+        ranked.append(1)
+        return ["b", "c", "a"]
+    assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 0.5, rank=rank) == \
+        (("b", "c"), pytest.approx(0.9))
+    assert calls == [(), ("a", "b", "c"), ("b",), ("b", "c")] and ranked == [1]
+    assert quantization.keep_sensitive(["a", "b", "c"], 0.9, accuracy_with, 4.0, rank=rank) == ((), pytest.approx(0.86))
+    assert ranked == [1]  # the bar held at once: no ranking
 
 
 def test_an_int8_bar_no_ranking_can_hold_fails_fast():
     """Even with every layer kept in FP32 the drop misses (the quantized activations lose it): one
-    line after two runs, not a ranking of every layer; when it holds only with all of them, the line
-    says so after the bisection (log2 of the layers, not one run per layer)."""
+    line after two runs, before any ranking; when it holds only with all of them, the line says so
+    after the bisection (log2 of the layers)."""
     calls = []
+    nodes = [f"n{i}" for i in range(40)]
     with pytest.raises(ExportError, match="even with all 40 Conv/Gemm/MatMul layers kept in FP32"):
-        quantization.keep_sensitive([f"n{i}" for i in range(40)], 0.9, lambda kept: calls.append(1) or 0.5, 0.5)
+        quantization.keep_sensitive(nodes, 0.9, lambda kept: calls.append(1) or 0.5, 0.5, rank=pytest.fail)
     assert len(calls) == 2
     calls.clear()
-    nodes = [f"n{i}" for i in range(40)]
     with pytest.raises(ExportError, match="with 39 of 40 layers kept in FP32 val top-1 is 50.00 %"):
-        quantization.keep_sensitive(nodes, 0.9, lambda kept: calls.append(1) or (0.9 if len(kept) == 40 else 0.5), 0.5)
-    assert len(calls) == 2 + 40 + 6  # nothing kept, all kept, each alone, ceil(log2(40)) bisection steps
+        quantization.keep_sensitive(nodes, 0.9, lambda kept: calls.append(1) or (0.9 if len(kept) == 40 else 0.5), 0.5,
+                                    rank=lambda: nodes)
+    assert len(calls) == 2 + 6  # nothing kept, all kept, ceil(log2(40)) bisection steps
+
+
+def test_the_noise_ranking_puts_the_layer_whose_weights_int8_cannot_hold_first(tmp_path):
+    """Three convolutions; the middle one's every output channel has one weight 10^4 times its others,
+    so per-channel INT8 rounds the others to 0: from one run of the quantized file, that layer ranks
+    first."""
+    from torch import nn
+
+    from pruning import export_onnx
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=1)).eval()
+    with torch.no_grad():
+        model[2].weight[:, 0, 0, 0] = 1e4 * model[2].weight.abs().max()
+    x = torch.randn(16, 1, 8, 8)
+    fp32 = export_onnx(model, tmp_path / "m.onnx", x[:1])
+    pre = quantization.preprocess(fp32, tmp_path / "pre.onnx")
+    batches = [x.numpy()]
+    int8 = quantization.quantize(pre, tmp_path / "int8.onnx", batches, method="minmax", cache=tmp_path / "cache.json")
+    nodes = quantization.quantizable_nodes(pre)
+    ranked = quantization.noise_ranking(pre, int8, nodes, batches, tmp_path)
+    assert sorted(ranked) == sorted(nodes) and len(nodes) == 3
+    assert ranked[0] == nodes[1], ranked
 
 
 @pytest.mark.parametrize("method, hinted", [("minmax", True), ("entropy", True), ("percentile", False)])
