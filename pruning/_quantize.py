@@ -25,7 +25,8 @@ QUANT_FORMAT = "qdq"
 # their calibration time (docs/measurements.md, bench/int8.py)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")  # the ops holding the weights: what a layer kept in FP32 means
-NOISE_IMAGES = 64  # calibration images the layers' quantization noise is measured on (every tensor is kept)
+NOISE_IMAGES = 64  # calibration images the layers' quantization noise is measured on
+NOISE_BATCH = 8  # images per pass of the noise measurement (every layer's input is fetched)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def quantize_within(fp32: Path, dest: Path, calibration: Sequence[np.ndarray], v
         def rank() -> list[str]:
             every = quantize(pre, Path(tmp) / "every.onnx", calibration, method=settings.calibration_method,
                              cache=cache)
-            return noise_ranking(pre, every, nodes, [np.concatenate(calibration)[:NOISE_IMAGES]], Path(tmp))
+            return noise_ranking(pre, every, nodes, np.concatenate(calibration)[:NOISE_IMAGES], Path(tmp))
 
         try:
             kept, acc = keep_sensitive(nodes, base, accuracy_with, settings.max_drop, rank=rank, progress=progress)
@@ -195,31 +196,46 @@ def quantize_within(fp32: Path, dest: Path, calibration: Sequence[np.ndarray], v
         return Int8Result(dest, acc, base, kept, len(nodes) - len(kept) - len(left), left)
 
 
-def noise_ranking(pre: Path, int8: Path, nodes: Sequence[str], batches: Sequence[np.ndarray], tmp: Path) -> list[str]:
-    """``nodes`` most sensitive first, from one run of the all-quantized file ``int8`` (QDQ) on ``batches``:
-    a node's sensitivity is the relative noise power its quantization adds, that of its input
-    activation (the QuantizeLinear input against the DequantizeLinear output, onnxruntime's
-    ``qdq_loss_debug``) plus that of its weights (their SQNR against ``pre``'s). One run instead of a
-    quantize-and-score per node: DenseNet121's 121 layers took 129 runs, 15 s each on two cores, per
-    front point (docs/measurements.md, "INT8's layer ranking")."""
+def noise_ranking(pre: Path, int8: Path, nodes: Sequence[str], images: np.ndarray, tmp: Path) -> list[str]:
+    """``nodes`` most sensitive first, from one pass of the all-quantized QDQ file ``int8`` over
+    ``images``: a node's sensitivity is the relative noise power its quantization adds, that of its
+    input activation (the tensor before its QuantizeLinear against its DequantizeLinear output,
+    accumulated batch by batch: keeping every tensor of DenseNet121 for 64 images took 24 GB) plus that
+    of its weights (onnxruntime's ``qdq_loss_debug`` SQNR against ``pre``'s). One pass instead of a
+    quantize-and-score per node: DenseNet121's 121 layers took 129 runs per front point, about 10
+    minutes on a quiet 2-core CPU (docs/measurements.md, "INT8's layer ranking")."""
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as debug
 
+    model = onnx.load(str(int8))
+    feeds = {i.name for i in model.graph.input}
+    pairs = {}  # node -> (its input before quantization, the same after QuantizeLinear + DequantizeLinear)
+    for n in model.graph.node:
+        if n.name in nodes and n.input and n.input[0].endswith(debug.DEQUANT_OUTPUT_SUFFIX):
+            pairs[n.name] = (n.input[0][:-len(debug.DEQUANT_OUTPUT_SUFFIX)], n.input[0])
+    fetch = sorted({t for pair in pairs.values() for t in pair} - feeds)
+    outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in fetch if t not in outputs)
+    onnx.save(model, str(tmp / "noise.onnx"))
+    session = ort_session(tmp / "noise.onnx")
+    signal, noise = dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0.0)
+    for i in range(0, len(images), NOISE_BATCH):
+        batch = images[i:i + NOISE_BATCH]
+        got = dict(zip(fetch, session.run(fetch, {INPUT: batch}))) | {INPUT: batch}
+        for node, (before, after) in pairs.items():
+            x = got[before].astype(np.float64)
+            signal[node] += float(np.square(x).sum())
+            noise[node] += float(np.square(x - got[after]).sum())
     with _quiet():
-        augmented = tmp / "noise.onnx"
-        debug.modify_model_output_intermediate_tensors(str(int8), str(augmented),
-                                                        op_types_for_saving=["QuantizeLinear", "DequantizeLinear"])
-        matched = debug.create_activation_matching(debug.collect_activations(str(augmented), _reader(batches)))
         weights = debug.compute_weight_error(debug.create_weight_matching(str(pre), str(int8)))
-    sqnr = debug.compute_signal_to_quantization_noice_ratio
-    activations = {name: sqnr(m["pre_qdq"], m["post_qdq"]) for name, m in matched.items()
-                   if m.get("pre_qdq") and m.get("post_qdq")}
     inputs = {n.name: n.input for n in onnx.load(str(pre)).graph.node}
 
-    def noise(node: str) -> float:  # relative noise power: 10^(-SQNR/10) per quantized operand
-        operands = (activations.get(inputs[node][0]), weights.get(inputs[node][1]) if len(inputs[node]) > 1 else None)
-        return sum(10 ** (-float(db) / 10) for db in operands if db is not None and np.isfinite(db))
-    return sorted(nodes, key=lambda node: -noise(node))  # stable: graph order among equals
+    def relative(node: str) -> float:
+        total = noise[node] / signal[node] if signal.get(node) else 0.0
+        db = weights.get(inputs[node][1]) if len(inputs[node]) > 1 else None
+        return total + (10 ** (-float(db) / 10) if db is not None and np.isfinite(db) else 0.0)
+    return sorted(nodes, key=lambda node: -relative(node))  # stable: graph order among equals
 
 
 class BarMissed(ExportError):

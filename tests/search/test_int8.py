@@ -197,7 +197,7 @@ def test_the_noise_ranking_puts_the_layer_whose_weights_int8_cannot_hold_first(t
     batches = [x.numpy()]
     int8 = quantization.quantize(pre, tmp_path / "int8.onnx", batches, method="minmax", cache=tmp_path / "cache.json")
     nodes = quantization.quantizable_nodes(pre)
-    ranked = quantization.noise_ranking(pre, int8, nodes, batches, tmp_path)
+    ranked = quantization.noise_ranking(pre, int8, nodes, x.numpy(), tmp_path)
     assert sorted(ranked) == sorted(nodes) and len(nodes) == 3
     assert ranked[0] == nodes[1], ranked
 
