@@ -24,7 +24,7 @@ from search.storage import artifact_path
 from search.trial import BATCHES, ORT_THREADS, SPEEDUP_REPEATS
 
 EVAL_BATCH = 64  # onnxruntime batches when scoring a split: 256 scored a pruned DenseNet121 1.25x slower (caches)
-CALIBRATION_BATCH = 256  # onnxruntime batches when calibrating the activation ranges
+CALIBRATION_BATCH = 32  # calibration batches: at 256, calibrating a pruned DenseNet121 held 8-24 GB (ORT's arena)
 INT8_CACHE = "int8.json"  # the report's INT8 figures, by artifact id and settings
 
 
