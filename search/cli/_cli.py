@@ -314,8 +314,8 @@ def add_int8_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=d.calibration_method,
                         help="how the ranges are read from them")
     parser.add_argument("--max-int8-drop", type=number(float, low=0, high=100), default=d.max_drop,
-                        help="the most val top-1 points INT8 may lose against FP32; over it the most sensitive "
-                             "layers stay FP32 until it holds, or nothing is written")
+                        help="the most val top-1 points INT8 may lose against FP32; over it the layers INT8 makes "
+                             "noisiest stay FP32 until it holds, or nothing is written")
 
 
 def int8_settings(args: argparse.Namespace):

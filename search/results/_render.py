@@ -258,8 +258,8 @@ def _front(table: pd.DataFrame) -> list[str]:
 
 
 INT8_NOTE = (" INT8: the recovered point's static INT8 ONNX file, made as `search.pick --export onnx --int8` makes "
-             "it with its defaults (onnxruntime QDQ, per-channel weights, up to 512 calibration images, the most "
-             "sensitive layers kept FP32 until its val top-1 is within 0.5 pt of the FP32 file's); its val "
+             "it with its defaults (onnxruntime QDQ, per-channel weights, up to 512 calibration images, the layers "
+             "INT8 makes noisiest kept FP32 until its val top-1 is within 0.5 pt of the FP32 file's); its val "
              "top-1, file MB, onnxruntime ms (1 thread) and its speed-up over the same point's FP32 file "
              "(interleaved repeats; below 1x: INT8 is slower). pareto.csv adds its test top-1, its top-1 "
              "agreement with FP32 and the layers kept in FP32.")
