@@ -202,6 +202,28 @@ def test_the_noise_ranking_puts_the_layer_whose_weights_int8_cannot_hold_first(t
     assert ranked[0] == nodes[1], ranked
 
 
+def test_a_bar_missed_at_first_keeps_the_noisiest_layer_of_the_real_file(picked, tmp_path, monkeypatch):
+    """End to end on the picked LeNet5 file: the bar misses with every layer quantized and holds once
+    any is kept (forced), so one layer is kept, and it is the first of the noise ranking of the same
+    all-INT8 file, which is asked for once."""
+    from pruning import Int8Settings, quantize_within
+
+    folder = picked[0]
+    shape = ort.InferenceSession(str(folder / "p.onnx")).get_inputs()[0].shape
+    x = np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32)
+    verdicts = iter([False])  # the first call (nothing kept) misses; every later one holds
+    monkeypatch.setattr(quantization, "_holds", lambda fp32, int8, max_drop: next(verdicts, True))
+    ranked = []
+    real = quantization.noise_ranking
+    monkeypatch.setattr(quantization, "noise_ranking", lambda *a: ranked.append(real(*a)) or ranked[-1])
+    result = quantize_within(folder / "p.onnx", tmp_path / "p.int8.onnx", [x], [x], np.zeros(16, np.int64),
+                             Int8Settings())
+    pre = quantization.preprocess(folder / "p.onnx", tmp_path / "pre.onnx")
+    assert len(ranked) == 1 and sorted(ranked[0]) == sorted(quantization.quantizable_nodes(pre))
+    assert result.kept_fp32 == (ranked[0][0],)
+    assert any(layer.startswith(f"{ranked[0][0]} (") for layer in quantization.unquantized_layers(result.path))
+
+
 @pytest.mark.parametrize("method, hinted", [("minmax", True), ("entropy", True), ("percentile", False)])
 def test_an_int8_bar_that_fails_names_the_calibration_that_clips_outliers(picked, method, hinted, monkeypatch):
     """A bar that fails at minmax or entropy calibration says to try percentile (a ResNet50 point lost
