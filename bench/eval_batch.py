@@ -1,6 +1,6 @@
 """Evaluation images/s of each registry model by batch size, under the ``precision: auto`` policy a
 study resolves for it (``pruning.evaluate``: eval mode, no grad), repeats interleaved across the sizes
-so a neighbour's load hits every size alike. What ``pruning._train.CPU_EVAL_BATCH`` was chosen from.
+so a neighbour's load hits every size alike. What the CPU's evaluation batch (``pruning.eval_batch_size``) was chosen from.
 
     python bench/eval_batch.py [--models lenet5 vgg16] [--sizes 1000 256 64 32] [--images 1000] [--repeats 3]
 
@@ -16,8 +16,7 @@ import _common
 import torch
 
 from models import create_model, list_models
-from pruning import evaluate, load_dataset
-from pruning._train import CPU_EVAL_BATCH, precision_for
+from pruning import eval_batch_size, evaluate, load_dataset, precision_for
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cpu")
     _common.header("evaluation images/s by batch size", device)
-    print(f"# CPU: {_common.cpu_model()}; the CPU default now: {CPU_EVAL_BATCH}")
+    print(f"# CPU: {_common.cpu_model()}; the CPU default now: {eval_batch_size(device)}")
     data = load_dataset("fashion-mnist", data_dir=args.data_dir, download=False).subset(val=args.images)
     for name in args.models:
         torch.manual_seed(0)

@@ -20,8 +20,8 @@ from pruning._export import (ExportError, INPUT, OUTPUT, Verification, export_on
                              uses_external_data, verify_onnx, verify_standalone)
 from pruning._io import atomic_write, atomic_write_text, current_umask
 from pruning._measure import Measurement, SpeedUp, interleaved_speedup, measure
-from pruning._train import (TrainConfig, TrainHooks, TrainResult, TrainState, autocast, correct, evaluate, finetune, prepare,
-                            precision_for, resolve_precision, train)
+from pruning._train import (TrainConfig, TrainHooks, TrainResult, TrainState, autocast, correct, eval_batch_size, evaluate,
+                            finetune, prepare, precision_for, resolve_precision, train)
 from pruning._units import (GRANULARITIES, Unit, channels_to_keep, expand_plan, find_classifier, plan_keys,
                             prunable_units, tree_stages, validate_plan)
 from pruning._typed import bounds, check_fields, from_plain, to_plain
@@ -37,7 +37,7 @@ __all__ = [
     "PlanError", "Preprocessing", "PruningError", "PruningRecord", "SpeedUp", "TrainConfig",
     "TrainHooks", "TrainResult", "TrainState", "TrainingDiverged", "Unit", "Verification", "apply_plan",
     "atomic_write", "atomic_write_text", "autocast", "correct", "bounds", "channels_to_keep", "check_fields", "checksum",
-    "evaluate", "expand_plan", "export_onnx", "external_data_path", "find_classifier", "finetune", "from_plain",
+    "eval_batch_size", "evaluate", "expand_plan", "export_onnx", "external_data_path", "find_classifier", "finetune", "from_plain",
     "global_ranking_plans", "image_spec_of", "interleaved_speedup", "library_versions", "load_checkpoint",
     "load_dataset", "load_pruned", "measure", "onnx_latency", "plan_keys", "prepare", "prunable_safely",
     "prunable_units", "precision_for", "read_meta", "recalibrate_bn", "resolve_precision", "save_pruned", "synthetic_splits",
