@@ -203,7 +203,7 @@ def noise_ranking(pre: Path, int8: Path, nodes: Sequence[str], images: np.ndarra
     accumulated batch by batch: keeping every tensor of DenseNet121 for 64 images took 24 GB) plus that
     of its weights (onnxruntime's ``qdq_loss_debug`` SQNR against ``pre``'s). One pass instead of a
     quantize-and-score per node: DenseNet121's 121 layers took 129 runs per front point, about 10
-    minutes on a quiet 2-core CPU (docs/measurements.md, "INT8's layer ranking")."""
+    minutes on a quiet 2-core CPU (docs/measurements.md, "DenseNet121 `cpu` again")."""
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as debug
 
