@@ -15,7 +15,7 @@ from pruning import BaselineFigures, PruningRecord, evaluate, load_checkpoint, m
 from search.cli import add_int8_flags, add_study_flags, int8_settings, number, open_study, run_cli, study_parser
 from search.config import UsageError, quiet_libraries
 from search.results import (check_calibration_count, collect, export_paths, int8_table, selection_accuracy,
-                            selection_drop, ship)
+                            selection_drop, ship, within_drop)
 from search.storage import check_targets, precision_of, refuse_other_study, refuse_own_file
 from search.trial import in_precision, test_accuracy
 
@@ -69,7 +69,7 @@ def choose(table: pd.DataFrame, *, max_size_mb=None, min_accuracy=None, max_drop
     if min_accuracy is not None:
         ok, what = table[table["selection"] >= min_accuracy - 1e-12], f"val accuracy {min_accuracy:.4f}"
     else:
-        ok = table[table["drop"] <= max_drop + 1e-9]
+        ok = table[[within_drop(d, max_drop) for d in table["drop"]]]
         what = f"val accuracy {baseline.val_accuracy - max_drop / 100.0:.4f} (within {max_drop:g} pts of the baseline's)"
     if ok.empty:
         raise UsageError(f"no front point reaches {what}; the most accurate: "

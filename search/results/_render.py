@@ -50,6 +50,14 @@ def selection_drop(row: pd.Series, baseline: BaselineFigures) -> float:
     return 100.0 * (baseline.val_accuracy - selection_accuracy(row))
 
 
+DROP_TOLERANCE = 1e-9  # points: 20 of 2,000 images is 1.0 pt, which floating point reads as 1.0000000000000009
+
+
+def within_drop(drop: float, max_drop: float) -> bool:
+    """Whether a drop (points) holds the bar ``max_drop``: exactly on it counts as within."""
+    return drop <= max_drop + DROP_TOLERANCE
+
+
 def selection_accuracy(row: pd.Series) -> float:
     """The validation accuracy a point is chosen by: after recovery when it was recovered."""
     rv = row["recovered_val_accuracy"]

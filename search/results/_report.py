@@ -16,7 +16,7 @@ from search.config import StudyConfig
 from search.results._int8 import front_int8
 from search.results._plots import plot_front, plot_projections, plot_sensitivity, pyplot
 from search.results._render import (PROJECTIONS, SENSITIVITY_PNG, Results, int8_speedup_text, pick_command,
-                                    render_markdown, selection_drop, speedup_text)
+                                    render_markdown, selection_drop, speedup_text, within_drop)
 from search.results._noise import Paired, trial_hits
 from search.results._verdict import headline_gain, size_gain, verdict
 from search.storage import (TEST_CACHE, RecoveryRecord, TrialRecord, artifact_path, axes, completed, precision_of, recoveries,
@@ -207,7 +207,7 @@ def headline(table: pd.DataFrame, baseline: BaselineFigures, max_drop: float) ->
     if table.empty:
         return None
     pool = table[table["recovered_val_accuracy"].notna()] if table["recovered_val_accuracy"].notna().any() else table
-    ok = pool[[selection_drop(r, baseline) <= max_drop for _, r in pool.iterrows()]]
+    ok = pool[[within_drop(selection_drop(r, baseline), max_drop) for _, r in pool.iterrows()]]
     return None if ok.empty else ok.sort_values("size_mb").iloc[0]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pruning import BaselineFigures
+from search.results._render import within_drop
 from search.storage import TrialRecord
 
 
@@ -61,8 +62,9 @@ def size_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None
     size over the headline's); None without a headline or without such a reference."""
     if headline is None:
         return None
-    number, size, bar = int(headline["trial"]), float(headline["size_mb"]), baseline.val_accuracy - max_drop / 100
-    holding = [(t.number, r) for t, r in done if r.reference and r.val_accuracy >= bar and t.number != number]
+    number, size = int(headline["trial"]), float(headline["size_mb"])
+    holding = [(t.number, r) for t, r in done if r.reference and t.number != number
+               and within_drop(100 * (baseline.val_accuracy - r.val_accuracy), max_drop)]
     if not holding:
         return None
     n, best = min(holding, key=lambda p: p[1].size_mb)

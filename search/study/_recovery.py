@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 from pruning import (BaselineFigures, Checkpoint, Dataset, PruningRecord, evaluate, load_checkpoint, save_pruned,
                      train, with_metrics)
 from search.config import StudyConfig, fault
-from search.results import front_trials
+from search.results import front_trials, within_drop
 from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, artifact_path, file_lock, precision_of, recoveries,
                             save_recovery, trial_artifact)
 from search.trial import OpenStudy, in_precision
@@ -41,7 +41,7 @@ def choose(front: list[FrozenTrial], baseline: BaselineFigures, count: int, max_
         return []
     recs = [TrialRecord.read(t) for t in front]  # front_trials: smallest first
     drops = [100.0 * (baseline.val_accuracy - r.val_accuracy) for r in recs]
-    ok = [i for i, d in enumerate(drops) if d <= max_drop]
+    ok = [i for i, d in enumerate(drops) if within_drop(d, max_drop)]
     logs = [math.log(max(r.size_mb, 1e-9)) for r in recs]
     after: dict[int, float] = {}  # front index -> drop after recovery
 
@@ -75,9 +75,9 @@ def _step(drops: list[float], logs: list[float], after: dict[int, float], max_dr
     predicts which points it brings within the drop; the smallest of those is tried, but never one
     below the middle (in log size) of the points left: a prediction that is too hopeful costs no more
     than bisection."""
-    passing = [i for i, d in after.items() if d <= max_drop]
+    passing = [i for i, d in after.items() if within_drop(d, max_drop)]
     lo = min(passing, default=len(drops))
-    hi = max((i for i, d in after.items() if d > max_drop and i < lo), default=-1)
+    hi = max((i for i, d in after.items() if not within_drop(d, max_drop) and i < lo), default=-1)
     cands = [i for i in range(hi + 1, lo) if i not in after and drops[i] <= REACH * max_drop]
     if not cands:
         return None
@@ -87,7 +87,7 @@ def _step(drops: list[float], logs: list[float], after: dict[int, float], max_dr
     share = after[ref] / drops[ref] if drops[ref] > 0 else 0.0
     if share <= 0:
         return mid
-    hopeful = [i for i in cands if drops[i] * share <= max_drop]
+    hopeful = [i for i in cands if within_drop(drops[i] * share, max_drop)]
     return max(min(hopeful), mid) if hopeful else max(cands)
 
 

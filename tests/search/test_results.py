@@ -55,6 +55,20 @@ def test_a_point_judged_on_the_holdout_is_chosen_by_its_drop_there():
     assert headline(table, REF, 1.0)["trial"] == 0 and choose(table, max_drop=1.0, baseline=REF)["trial"] == 0
 
 
+def test_a_drop_exactly_on_the_bar_holds_it_for_the_headline_pick_and_recovery():
+    # 20 of 2,000 held-out images is 1.0 pt, which floating point computes as 1.0000000000000009
+    from search.pick import choose
+    from search.study._recovery import _step
+    drop = 100 * (0.9075 - 0.8975)
+    assert drop > 1.0
+    table = _table([(0, 0.1, 0.85, 0.85, 0.899, 0.88), (1, 0.2, 0.9, 0.9, 0.9, 0.9)])
+    table["holdout_drop"] = [drop, 0.0]
+    assert headline(table, REF, 1.0)["trial"] == 0
+    assert choose(table, max_drop=1.0, baseline=REF)["trial"] == 0
+    # recovery reads it as within the bar: the next step goes below it, not above
+    assert _step([3.0, 2.0, 1.5], [0.0, 1.0, 2.0], {1: drop}, 1.0) == 0
+
+
 def test_a_study_pruned_from_a_pruned_checkpoint_is_not_judged_on_a_holdout():
     # it holds its baseline's figures, not its model: a drop there would be from the wrong model
     from types import SimpleNamespace
