@@ -6,8 +6,9 @@ the reference's size, with the paired bootstrap interval of the gain.
     python bench/search_value.py --existing DIR [DIR ...]     # analyse finished study folders only
 
 Per seed (one ``search.run`` each, the first one's baseline copied into the others): at every
-reference, the best searched trial of no larger size and its gain (validation, points) with the
-paired 95 % interval — "win" when the interval is above 0, "loss" below, "noise" across; the
+reference, the best searched trial of no larger size (the most accurate on the search's validation
+images) and its gain (validation, points; on the images the search never read where the budget holds
+some out, as the report) with the paired 95 % interval — "win" when the interval is above 0, "loss" below, "noise" across; the
 recovered headline (its kind, % smaller, test drop); hypervolume of the searched trials alone and of
 the references alone (reference point: the baseline's size, accuracy 0); the map's seconds, the
 trials' fine-tune seconds and steps, and the whole run's wall time. Then the medians over seeds.
@@ -39,7 +40,8 @@ def analyse(out: Path, model: str, budget: str) -> dict:
     args = study_parser("bench", "", "").parse_args(["--model", model, "--budget", budget, "--out", str(out)])
     found = open_existing(*resolve(args))
     study = found.study
-    gaps = reference_gaps(study, study_pairs(found.cfg, found.out, study, found.data))
+    pairs = study_pairs(found.cfg, found.out, study, found.data, found.holdout)  # the report's images
+    gaps = reference_gaps(study, pairs)
     done = completed(study)
     base = found.baseline
     searched = [(r.size_mb, r.val_accuracy) for _, r in done if not r.reference]
@@ -57,7 +59,7 @@ def analyse(out: Path, model: str, budget: str) -> dict:
         low, high = g["gain_low"], g["gain_high"]
         rows.append({"ref": f"{g['reference']} {g['ratio']:g}", "size_mb": g["size_mb"], "gain": g["gain_pts"],
                      "low": low, "high": high, "verdict": "win" if low > 0 else "loss" if high < 0 else "noise"})
-    return {"folder": str(out), "gaps": rows, "headline_kind": head.get("kind"),
+    return {"folder": str(out), "gaps": rows, "judged": pairs.where(), "headline_kind": head.get("kind"),
             "headline_pct": head.get("pruned_pct"), "headline_drop": head.get("accuracy_drop"),
             "headline_trial": head.get("trial"), "hv_searched": hypervolume(searched, base.size_mb),
             "hv_references": hypervolume(refs, base.size_mb), "map_s": study.user_attrs.get(SECONDS_KEY),
@@ -92,7 +94,7 @@ def _print(seed, r: dict) -> None:
     counts = {v: sum(1 for g in r["gaps"] if g["verdict"] == v) for v in ("win", "noise", "loss", "none as small")}
     print(f"seed {seed}: headline {r['headline_kind']} trial {r['headline_trial']}, "
           f"{_num(r['headline_pct'], 1)} % smaller, test drop {_num(r['headline_drop'])} pts; references: "
-          f"{counts['win']} won, {counts['noise']} inside the noise, {counts['loss']} lost, "
+          f"{counts['win']} won, {counts['noise']} inside the noise, {counts['loss']} lost ({r['judged']}), "
           f"{counts['none as small']} with no searched trial as small; HV searched {r['hv_searched']:.5f} vs "
           f"references {r['hv_references']:.5f}; map {_num(r['map_s'], 0)} s{_share(r)}; fine-tune {r['finetune_s']:.0f} s / "
           f"{r['finetune_steps']} steps ({r['stopped']} of {r['trials']} trials stopped at a rung); "

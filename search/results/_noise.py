@@ -1,5 +1,8 @@
 """Gains with their noise: two plans compared on the same validation images, image by image.
 
+The images are the ones the search never read where the budget holds some out: the searched candidate
+compared with a reference is the best of many on the search's own images, which flatters it there.
+
 A difference of accuracies measured on one set of images is paired: both models saw the same
 images, so the noise of the difference is that of the images on which they *disagree*, much less
 than each accuracy's own (σ ≈ 0.95 pt on 1,000 images). The interval is a paired bootstrap of
@@ -54,11 +57,23 @@ def paired_gain(a: torch.Tensor, b: torch.Tensor, *, seed: int = 0) -> Gain:
 
 @dataclass
 class Paired:
-    """Per-image correctness of trials' checkpoints on the validation split, computed once per trial
-    (``load``: trial number -> that trial's hits)."""
+    """Per-image correctness of trials' checkpoints on one set of validation images, computed once per
+    trial (``load``: trial number -> that trial's hits). ``held_out``: the images are ones the search
+    never read, so a candidate it chose for scoring well on its own images is not flattered there."""
 
     load: Callable[[int], torch.Tensor]
+    images: int = 0
+    held_out: bool = False
     _hits: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def where(self) -> str:
+        """The images, in words: "on the 5,000 validation images the search never read"."""
+        if self.held_out:
+            return f"on the {self.images:,} validation images the search never read"
+        return f"on the search's {self.images:,} validation images"
+
+    def accuracy(self, trial: int) -> float:
+        return float(self.hits(trial).float().mean())
 
     def hits(self, trial: int) -> torch.Tensor:
         if trial not in self._hits:
@@ -66,7 +81,7 @@ class Paired:
         return self._hits[trial]
 
     def gain(self, a: int, b: int) -> Gain:
-        """Trial ``a``'s validation accuracy minus trial ``b``'s, paired."""
+        """Trial ``a``'s accuracy minus trial ``b``'s on these images, paired."""
         return paired_gain(self.hits(a), self.hits(b))
 
 

@@ -38,6 +38,7 @@ class Results:
     sensitivity: object | None = None      # the study's sensitivity map (search.trial.SensitivityMap), when it has one
     int8_failed: dict = field(default_factory=dict)  # trial -> why its INT8 file could not be made (report.int8)
     holdout_images: int = 0                # the validation images the search never read that recovered points were judged on
+    judged: str | None = None              # the images the references and their searched rivals are compared on, in words
 
 
 def selection_drop(row: pd.Series, baseline: BaselineFigures) -> float:
@@ -134,7 +135,7 @@ def render_markdown(cfg: StudyConfig, out: Path, study: optuna.Study, results: R
     lines += _int8_failures(results.int8_failed)
     lines += _projections(cfg, study)
     lines += _widths(results)
-    lines += _references(results.references)
+    lines += _references(results.references, results.judged)
     lines += _sensitivity(results, study.user_attrs.get(SECONDS_KEY))
     return "\n".join(lines) + "\n"
 
@@ -308,14 +309,15 @@ def _projections(cfg: StudyConfig, study: optuna.Study) -> list[str]:
     return lines + [""]
 
 
-def _references(gaps: pd.DataFrame) -> list[str]:
+def _references(gaps: pd.DataFrame, judged: str | None = None) -> list[str]:
     lines = ["## Search vs. the classic allocations", "",
              "Each reference plan — the same ratio in every unit (uniform), Torch-Pruning's global L1 ranking "
              "at the same target ratio (global), and the sensitivity map's threshold allocation at the uniform "
              "plan's size (sensitivity: NVIDIA Model Optimizer's FastNAS, AIMET) — measured under the same "
-             "fine-tune budget, beside the best searched candidate of no larger size, on validation accuracy. "
-             "The gain's interval is a paired bootstrap over the same validation images (95 %); one that "
-             "holds 0 is inside the noise.", "",
+             "fine-tune budget, beside the best searched candidate of no larger size (the most accurate on the "
+             "search's validation images), on validation accuracy"
+             + (f" {judged}" if judged else "") + ". The gain's interval is a paired bootstrap over the same "
+             "images (95 %); one that holds 0 is inside the noise.", "",
              "| reference | ratio | size MB | reference val acc | searched trial | searched size MB | "
              "searched val acc | gain (pts) | 95 % interval |", "|---|---|---|---|---|---|---|---|---|"]
     for _, r in gaps.iterrows():

@@ -67,10 +67,11 @@ def test_accuracies(out: Path, model: str, items: dict[str, str], data: Dataset,
 
 
 def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, baseline: BaselineFigures, start: Checkpoint, *,
-            latency: bool = True, noise: bool = True, progress: bool = False) -> Results:
+            latency: bool = True, noise: bool = True, progress: bool = False, holdout: Dataset | None = None) -> Results:
     """Everything the report files show. ``start`` is the model the study prunes (the speed-up
     reference and the "before" of the channel widths); ``latency`` measures every front point;
-    ``noise`` gives every gain its paired interval (each compared checkpoint scored image by image)."""
+    ``noise`` gives every gain its paired interval (each compared checkpoint scored image by image, on
+    ``holdout``'s validation images when the budget holds some out)."""
     front = front_trials(study)
     recovered = recoveries(study)
     for t in front:  # every front artifact is the file its trial wrote, before any figure is read from it
@@ -94,7 +95,7 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
         table.loc[table["trial"] == best["trial"], "headline"] = True
         best = table[table["trial"] == best["trial"]].iloc[0]
         widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"], expect_model=cfg.model).model)
-    paired = study_pairs(cfg, out, study, data) if noise else None
+    paired = study_pairs(cfg, out, study, data, holdout) if noise else None
     failed = {int(k[1:]): v["error"] for k, v in int8.items() if "error" in v}
     return Results(table=table, headline=best, references=reference_gaps(study, paired), int8_failed=failed,
                    warning=undertrained(study, recovered, baseline, cfg.report.undertrained_margin),
@@ -103,15 +104,20 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
                    verdict=verdict(completed(study), best, baseline, cfg.report.headline_max_drop, paired),
                    device=str(data.device), wall_s=wall_seconds(study),
                    gain=headline_gain(completed(study), best, paired), sensitivity=study_map(study),
+                   judged=paired.where() if paired else None,
                    size_gain=size_gain(completed(study), best, baseline, cfg.report.headline_max_drop))
 
 
-def study_pairs(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset) -> Paired:
+def study_pairs(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, holdout: Dataset | None = None,
+                ) -> Paired:
     """Per-image validation hits of the study's fine-tuned trials, loaded on demand, in the one
-    precision the study scores every figure in."""
+    precision the study scores every figure in: on ``holdout``'s validation images (the ones the search
+    never read) when the budget holds some out, else on the search's own."""
     precision = precision_of(study, cfg.finetune.precision, data.device)
     checkpoints = {t.number: (r.checkpoint, r.checkpoint_sha256) for t, r in completed(study) if r.checkpoint}
-    return Paired(trial_hits(out, cfg.model, checkpoints, data, precision))
+    images = holdout if holdout is not None else data
+    return Paired(trial_hits(out, cfg.model, checkpoints, images, precision), images=images.count("val"),
+                  held_out=holdout is not None)
 
 
 def study_map(study: optuna.Study) -> SensitivityMap | None:
@@ -217,8 +223,9 @@ GAP_COLUMNS = ["reference", "ratio", "trial", "size_mb", "reference_val_accuracy
 
 def reference_gaps(study: optuna.Study, paired: Paired | None = None) -> pd.DataFrame:
     """Each reference point (uniform, global ranking, sensitivity) beside the best searched candidate
-    of no larger size, on validation accuracy after the same fine-tune: what the search bought, with
-    the paired bootstrap interval of the gain when ``paired`` can load the two checkpoints."""
+    of no larger size (chosen on the search's validation accuracy, after the same fine-tune): what the
+    search bought. With ``paired``, the two accuracies and the gain are scored on its images (those the
+    search never read, where the budget holds some out), the gain with its paired bootstrap interval."""
     done = completed(study)
     searched = [(t, r) for t, r in done if r.reference is None]
     rows = []
@@ -226,12 +233,14 @@ def reference_gaps(study: optuna.Study, paired: Paired | None = None) -> pd.Data
         rivals = [(s, sr) for s, sr in searched if sr.size_mb <= r.size_mb]
         best = max(rivals, key=lambda p: p[1].val_accuracy, default=None)
         gain = paired.gain(best[0].number, t.number) if best and paired else None
+        ref_acc, best_acc = ((paired.accuracy(t.number), paired.accuracy(best[0].number)) if gain else
+                             (r.val_accuracy, best[1].val_accuracy if best else None))
         rows.append({"reference": r.reference, "ratio": r.reference_ratio, "trial": t.number, "size_mb": r.size_mb,
-                     "reference_val_accuracy": r.val_accuracy,
+                     "reference_val_accuracy": ref_acc if best else r.val_accuracy,
                      "searched_trial": best[0].number if best else None,
                      "searched_size_mb": best[1].size_mb if best else None,
-                     "searched_val_accuracy": best[1].val_accuracy if best else None,
-                     "gain_pts": 100 * (best[1].val_accuracy - r.val_accuracy) if best else None,
+                     "searched_val_accuracy": best_acc,
+                     "gain_pts": gain.points if gain else 100 * (best[1].val_accuracy - r.val_accuracy) if best else None,
                      "gain_low": gain.low if gain else None, "gain_high": gain.high if gain else None})
     return pd.DataFrame(rows, columns=GAP_COLUMNS)
 
@@ -266,7 +275,7 @@ def write_report(opened: OpenStudy, *, progress: bool = False) -> Written:
     a bar while the front points' latencies are measured)."""
     cfg, out, study, data, baseline, start = (opened.cfg, opened.out, opened.study, opened.data, opened.baseline,
                                               opened.start)
-    results = collect(cfg, out, study, data, baseline, start, progress=progress)
+    results = collect(cfg, out, study, data, baseline, start, progress=progress, holdout=opened.holdout)
     paths = {"csv": out / "pareto.csv", "md": out / "report.md", "png": out / "pareto.png"}
     atomic_write_text(paths["csv"], results.table.to_csv(index=False))
     atomic_write_text(paths["md"], render_markdown(cfg, out, study, results, baseline, data))

@@ -51,7 +51,7 @@ def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | 
             "gain_pts": 100 * (own.val_accuracy - best.val_accuracy)}
     if paired is not None:
         g = paired.gain(number, n)
-        gain.update(low=g.low, high=g.high, inside_noise=g.inside_noise)
+        gain.update(gain_pts=g.points, low=g.low, high=g.high, inside_noise=g.inside_noise, where=paired.where())
     return gain
 
 
@@ -89,9 +89,10 @@ def _gain(gain: dict | None) -> str:
     if "low" in gain:
         noise = (f" (paired 95 % interval {gain['low']:+.2f} to {gain['high']:+.2f}"
                  + (": inside the noise)" if gain["inside_noise"] else ")"))
+    where = f" {gain['where']}" if "where" in gain else ""
     return (f"Gain over the best reference no larger ({gain['reference']}, trial {gain['trial']}, "
             f"{gain['size_mb']:.4f} MB): {gain['gain_pts']:+.2f} pts validation accuracy after the same "
-            f"fine-tune{noise}.")
+            f"fine-tune{where}{noise}.")
 
 
 def _nearest(candidates: list[tuple[int, TrialRecord]], bar: float) -> str:

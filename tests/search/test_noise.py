@@ -1,0 +1,83 @@
+"""Gains with their noise: the paired bootstrap interval, and the references compared with their searched
+rivals on the validation images the search never read (the rival is the best of many on the search's own
+images, which flatter it there)."""
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from pruning import BaselineFigures
+from search.results._noise import Paired, paired_gain
+from search.results._report import reference_gaps
+from search.results._verdict import headline_gain, verdict
+
+
+def _hits(n: int, wrong: list[int]) -> torch.Tensor:
+    hits = torch.ones(n, dtype=torch.bool)
+    hits[wrong] = False
+    return hits
+
+
+def test_a_gain_on_the_same_images_is_paired():
+    same = _hits(1000, list(range(100)))
+    g = paired_gain(same, same)
+    assert g.points == 0 and g.low == 0 == g.high and g.inside_noise
+    # a wins on 30 images, never loses: +3.0 pts, the interval above 0 though each accuracy alone has σ ≈ 1 pt
+    g = paired_gain(_hits(1000, list(range(70))), same)
+    assert g.points == pytest.approx(3.0) and g.low > 0 and not g.inside_noise
+    # 30 up and 20 down: +1.0 pt, inside the noise on 1,000 images, beyond it on 10,000
+    up = torch.zeros(1000, dtype=torch.bool)
+    up[:30] = True
+    down = torch.zeros(1000, dtype=torch.bool)
+    down[30:50] = True
+    small = paired_gain(up, down)
+    big = paired_gain(up.repeat(10), down.repeat(10))
+    assert small.points == pytest.approx(1.0) == big.points
+    assert small.inside_noise and not big.inside_noise
+    with pytest.raises(ValueError):
+        paired_gain(up, up[:10])
+
+
+def _study(points) -> optuna.Study:
+    """(reference or None, size MB, val accuracy on the search's images) per trial."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for kind, size, acc in points:
+        attrs = {"val_accuracy": acc, "size_mb": size, "pruned_pct": 100 * (1 - size)}
+        if kind:
+            attrs.update(reference=kind.split()[0], reference_ratio=float(kind.split()[1]))
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs=attrs))
+    return study
+
+
+def test_references_are_compared_with_their_rivals_on_the_pairs_images():
+    # on the search's images trial 1 beat trial 2 and both beat the reference by 2-3 pts; on the held-out
+    # images trial 1 is 1 pt *below* the reference: its lead was the search's images flattering it
+    study = _study([("uniform 0.5", 0.5, 0.88), (None, 0.45, 0.91), (None, 0.40, 0.90)])
+    held = {0: _hits(2000, list(range(200))), 1: _hits(2000, list(range(220))), 2: _hits(2000, list(range(190)))}
+    paired = Paired(held.__getitem__, images=2000, held_out=True)
+    gaps = reference_gaps(study, paired)
+    row = gaps.iloc[0]
+    assert row["searched_trial"] == 1  # chosen on the search's images, as the search would have shipped it
+    assert row["gain_pts"] == pytest.approx(-1.0)
+    assert row["reference_val_accuracy"] == pytest.approx(0.90) and row["searched_val_accuracy"] == pytest.approx(0.89)
+    assert row["gain_low"] < 0 and row["gain_high"] < 0  # 20 images down, none up: a loss beyond the noise
+    assert paired.where() == "on the 2,000 validation images the search never read"
+    # without the pairs, the search's own figures
+    plain = reference_gaps(study).iloc[0]
+    assert plain["gain_pts"] == pytest.approx(3.0) and plain["reference_val_accuracy"] == pytest.approx(0.88)
+
+
+def test_the_verdict_states_the_headlines_gain_on_the_held_out_images():
+    import pandas as pd
+    from search.storage import completed
+    study = _study([("uniform 0.5", 0.4, 0.88), (None, 0.45, 0.91)])
+    held = {0: _hits(2000, list(range(200))), 1: _hits(2000, list(range(180)))}
+    paired = Paired(held.__getitem__, images=2000, held_out=True)
+    head = pd.Series({"trial": 1, "size_mb": 0.45})
+    gain = headline_gain(completed(study), head, paired)
+    assert gain["gain_pts"] == pytest.approx(1.0) and gain["trial"] == 0
+    base = BaselineFigures(params=1000, macs=1000, size_mb=1.0, val_accuracy=0.91, test_accuracy=0.91)
+    lines = verdict(completed(study), head, base, 1.0, paired)
+    assert "+1.00 pts validation accuracy after the same fine-tune on the 2,000 validation images the search " \
+           "never read" in lines[1]
