@@ -74,7 +74,8 @@ def markdown(table: pd.DataFrame) -> str:
                      + f" {r['headline'] or ''} | {gain} | {at_bar} | {r['budget'] or ''} | {r['device'] or ''} | {wall} | "
                        f"`{r['study']}` |")
     return "\n".join(lines) + "\n\nAccuracy drop: test accuracy points below the baseline's (recovered figures " \
-                              "where recovered); gain: validation points over the best reference no larger; smallest reference at the " \
+                              "where recovered); gain: validation points over the best reference no larger (on the images the " \
+                              "search never read, where the budget holds some out); smallest reference at the " \
                               "bar: the smallest classic plan within the same accuracy bar at search time; search " \
                               "wall time: the first trial's start to the last one's end.\n"
 
