@@ -46,9 +46,13 @@ def selection_drop(row: pd.Series, baseline: BaselineFigures) -> float:
     on the holdout when the point was judged there (the images the search never read), else
     ``selection_accuracy`` against the baseline's val accuracy."""
     hd = row.get("holdout_drop")
-    if hd is not None and not pd.isna(hd):
-        return float(hd)
-    return 100.0 * (baseline.val_accuracy - selection_accuracy(row))
+    return chosen_drop(selection_accuracy(row), None if hd is None or pd.isna(hd) else float(hd), baseline)
+
+
+def chosen_drop(val_accuracy: float, holdout_drop: float | None, baseline: BaselineFigures) -> float:
+    """The drop a point is chosen by (points): ``holdout_drop`` where it was judged on the holdout,
+    else ``val_accuracy`` below the baseline's."""
+    return holdout_drop if holdout_drop is not None else 100.0 * (baseline.val_accuracy - val_accuracy)
 
 
 DROP_TOLERANCE = 1e-9  # points: 20 of 2,000 images is 1.0 pt, which floating point reads as 1.0000000000000009

@@ -233,14 +233,16 @@ def reference_gaps(study: optuna.Study, paired: Paired | None = None) -> pd.Data
         rivals = [(s, sr) for s, sr in searched if sr.size_mb <= r.size_mb]
         best = max(rivals, key=lambda p: p[1].val_accuracy, default=None)
         gain = paired.gain(best[0].number, t.number) if best and paired else None
-        ref_acc, best_acc = ((paired.accuracy(t.number), paired.accuracy(best[0].number)) if gain else
-                             (r.val_accuracy, best[1].val_accuracy if best else None))
+        if gain:  # both scored on the pairs' images
+            ref_acc, best_acc, points = paired.accuracy(t.number), paired.accuracy(best[0].number), gain.points
+        else:
+            ref_acc, best_acc = r.val_accuracy, best[1].val_accuracy if best else None
+            points = 100 * (best_acc - ref_acc) if best else None
         rows.append({"reference": r.reference, "ratio": r.reference_ratio, "trial": t.number, "size_mb": r.size_mb,
-                     "reference_val_accuracy": ref_acc if best else r.val_accuracy,
+                     "reference_val_accuracy": ref_acc,
                      "searched_trial": best[0].number if best else None,
                      "searched_size_mb": best[1].size_mb if best else None,
-                     "searched_val_accuracy": best_acc,
-                     "gain_pts": gain.points if gain else 100 * (best[1].val_accuracy - r.val_accuracy) if best else None,
+                     "searched_val_accuracy": best_acc, "gain_pts": points,
                      "gain_low": gain.low if gain else None, "gain_high": gain.high if gain else None})
     return pd.DataFrame(rows, columns=GAP_COLUMNS)
 

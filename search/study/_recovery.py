@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 from pruning import (BaselineFigures, Checkpoint, Dataset, PruningRecord, evaluate, load_checkpoint, save_pruned,
                      train, with_metrics)
 from search.config import StudyConfig, fault
-from search.results import front_trials, within_drop
+from search.results import chosen_drop, front_trials, within_drop
 from search.storage import (RecoveryRecord, TrialRecord, artifact_dir, artifact_path, file_lock, precision_of, recoveries,
                             save_recovery, trial_artifact)
 from search.trial import OpenStudy, in_precision
@@ -58,13 +58,6 @@ def choose(front: list[FrozenTrial], baseline: BaselineFigures, count: int, max_
     for i in _spread([i for i in range(len(recs)) if i not in after], recs, count - len(after)):
         take(i)
     return [front[i].number for i in after]
-
-
-def drop_of(rec: RecoveryRecord, baseline: BaselineFigures) -> float:
-    """A recovered point's drop in the points the headline is chosen by: on the holdout where it was
-    judged there, else its validation accuracy below the baseline's."""
-    held = rec.holdout_drop
-    return held if held is not None else 100.0 * (baseline.val_accuracy - rec.val_accuracy)
 
 
 def _step(drops: list[float], logs: list[float], after: dict[int, float], max_drop: float) -> int | None:
@@ -132,7 +125,7 @@ def recover(opened: OpenStudy, *, progress: bool = True) -> list[RecoveryRecord]
                     fault("between_recoveries")
                 have[number] = _recover_one(cfg, out, study, number, data, start, store, progress, judge)
                 done.append(have[number])
-            return drop_of(have[number], baseline)
+            return chosen_drop(have[number].val_accuracy, have[number].holdout_drop, baseline)
 
         choose(front_trials(study), baseline, count, cfg.report.headline_max_drop, drop_after)
     return done
