@@ -81,3 +81,25 @@ def test_the_verdict_states_the_headlines_gain_on_the_held_out_images():
     lines = verdict(completed(study), head, base, 1.0, paired)
     assert "+1.00 pts validation accuracy after the same fine-tune on the 2,000 validation images the search " \
            "never read" in lines[1]
+
+
+def test_the_under_trained_warning_reads_the_holdout_where_the_points_were_judged_there():
+    """The most accurate candidate on the searched images beats a converged baseline by chance; judged on the
+    holdout, a recovered point must beat the baseline's accuracy there."""
+    from search.results._report import undertrained
+    from search.storage import RecoveryRecord
+
+    base = BaselineFigures(params=10, macs=10, size_mb=1.0, val_accuracy=0.907)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    flattered = dict(trial=3, val_accuracy=0.914, test_accuracy=None, checkpoint="a", epochs=3, seconds=1.0)
+    judged = {3: RecoveryRecord(**flattered, holdout_val_accuracy=0.9016, holdout_baseline_val_accuracy=0.9074,
+                                holdout_images=5000)}
+    assert undertrained(study, judged, base, 0.5) is None  # +0.7 on the searched images, -0.58 held out
+    above = {3: RecoveryRecord(**flattered, holdout_val_accuracy=0.9150, holdout_baseline_val_accuracy=0.9074,
+                               holdout_images=5000)}
+    line = undertrained(study, above, base, 0.5)
+    assert "recovered trial 3 reaches val accuracy 0.9150 on 5,000 validation images the search never read, 0.76" in line
+    assert "0.9074" in line
+    unjudged = {3: RecoveryRecord(**flattered)}  # no holdout: the search's own images, as before
+    assert "0.70 points above the baseline's 0.9070" in undertrained(study, unjudged, base, 0.5)
+    assert undertrained(study, unjudged, base, 1.0) is None
