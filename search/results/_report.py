@@ -256,7 +256,7 @@ def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], base
     there decides, and the search's own figures do not: the most accurate of dozens of candidates on
     the images that chose them beats a converged baseline by chance (MobileNetV2 `cpu`: +0.7 pt on the
     searched 1,000, while 18 baseline epochs instead of 12 moved the 15,000 held-out and test images by
-    -0.2)."""
+    -0.17)."""
     held = [(r.holdout_val_accuracy, r.holdout_baseline_val_accuracy, r.holdout_images, f"recovered trial {n}")
             for n, r in recovered.items() if r.holdout_drop is not None]
     if held:
