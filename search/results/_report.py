@@ -257,11 +257,11 @@ def undertrained(study: optuna.Study, recovered: dict[int, RecoveryRecord], base
     the images that chose them beats a converged baseline by chance (MobileNetV2 `cpu`: +0.7 pt on the
     searched 1,000, while 18 baseline epochs instead of 12 moved the 15,000 held-out and test images by
     -0.17)."""
-    held = [(r.holdout_val_accuracy, r.holdout_baseline_val_accuracy, r.holdout_images, f"recovered trial {n}")
-            for n, r in recovered.items() if r.holdout_drop is not None]
+    held = [(n, r) for n, r in recovered.items() if r.holdout_drop is not None]
     if held:
-        acc, base, images, who = max(held, key=lambda h: h[0] - h[1])
-        where = f" on {images:,} validation images the search never read"
+        n, r = min(held, key=lambda p: p[1].holdout_drop)
+        acc, base, who = r.holdout_val_accuracy, r.holdout_baseline_val_accuracy, f"recovered trial {n}"
+        where = f" on {r.holdout_images:,} validation images the search never read"
     else:
         candidates = [(r.val_accuracy, f"trial {t.number}") for t, r in completed(study)]
         candidates += [(r.val_accuracy, f"recovered trial {n}") for n, r in recovered.items()]

@@ -9,7 +9,7 @@ import torch
 
 from pruning import BaselineFigures
 from search.results._noise import Paired, paired_gain
-from search.results._report import reference_gaps
+from search.results import reference_gaps
 from search.results._verdict import headline_gain, verdict
 
 
