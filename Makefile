@@ -43,13 +43,16 @@ dashboard: setup
 	@test -f $(OUT)/journal.log || (echo "no study in $(OUT); run make search MODEL=$(MODEL) or pass OUT=<study folder>"; exit 2)
 	$(VENV)/bin/optuna-dashboard $(OUT)/journal.log --artifact-dir $(OUT)/artifacts $(ARGS)
 
+# Two pytest workers (one thread each: conftest.py), a file per worker so a module's shared study is
+# made once; then the few tests that need the machine to themselves (marked alone), on their own.
 test: setup postgres
-	$(PY) -m pytest -q --durations=30 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30 -m "not alone" tests; status=$$?; \
+	$(PY) -m pytest -q --durations=5 -m alone tests && exit $$status
 
 # The fast tier (under 3 minutes here): no subprocesses, servers, Ray, long training, or tests that
 # make whole studies of their own beyond the few shared per module.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 bench: setup
 	$(PY) bench/throughput.py

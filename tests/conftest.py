@@ -17,7 +17,13 @@ from pruning import DatasetError, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs two pytest workers on this machine's two cores: one thread each, for the commands
+    # they start too (two processes of two threads each on two cores spin against each other)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # A LeNet5 study small enough for seconds: a real Fashion-MNIST subset, a few fine-tune steps.
 TINY_LENET = {

@@ -75,6 +75,7 @@ def test_default_path_never_imports_ray(tmp_path, tiny_config, fashion_mnist):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.alone  # Ray's node start has a fixed 30-s deadline a busy machine can miss
 def test_ray_backend_runs_the_study(tmp_path, fashion_mnist):
     # Successive halving that stops most sampled candidates at rung 0, so the Ray path has to carry
     # PRUNED trials (and keep them off the front).
@@ -355,6 +356,7 @@ def ray_nodes():
         nodes.stop()
 
 
+@pytest.mark.alone  # Ray's node start has a fixed 30-s deadline a busy machine can miss
 def test_a_ray_cluster_loses_a_node_mid_trial_and_the_study_finishes(tmp_path, postgres_url, ray_nodes,
                                                                        fashion_mnist):
     """Two Ray worker nodes, PostgreSQL storage: the raylet of the node running a trial is SIGKILLed
