@@ -79,6 +79,8 @@ class SearchSpace:
     # shape 0 of the space: the uniform plan, or the sensitivity map's cost-aware allocation (uniform by
     # default so a study made before the map resumes as it was; the configs choose sensitivity)
     center: str = field(default="uniform", metadata=bounds(choices=CENTERS))
+    # around the map's centre, the most a sampled shape moves a key's ratio either way (search.trial._space)
+    center_offset: float = field(default=0.25, metadata=bounds(above=0, high=1))
     # the sensitivity map's grid: every key pruned alone at each of these ratios (at most max_ratio)
     sensitivity_ratios: tuple[float, ...] = field(default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                                                   metadata=bounds(above=0, below=1))
@@ -263,7 +265,8 @@ _NEUTRAL = (None, {}, [], (), "auto")  # defaults that change nothing for a stud
 # settings added since studies were first made, at the value that behaves as before they existed (a
 # study without a sensitivity map is centred on the uniform plan, and its grid is never read; a stored map
 # keeps the images it was scored on)
-_AS_BEFORE = {"search.center": ("uniform",), "search.sensitivity_ratios": None, "search.map_share": None}
+_AS_BEFORE = {"search.center": ("uniform",), "search.sensitivity_ratios": None, "search.map_share": None,
+              "search.center_offset": (0.25,)}
 
 
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:

@@ -40,16 +40,16 @@ def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model:
     limit = reference_limit(total_trials)
     ratios = _kept_ratios(cfg, kinds, limit)
     plans: dict[tuple[str, float], tuple[dict, dict]] = {}
-    g = cfg.search.granularity
+    g, offset = cfg.search.granularity, cfg.search.center_offset
     if "uniform" in kinds:
         for r in ratios:
             per_key = {k: r for k in keys}
-            plans[("uniform", r)] = (params_for(per_key, r, g, center), expand_plan(units, g, per_key))
+            plans[("uniform", r)] = (params_for(per_key, r, g, center, offset), expand_plan(units, g, per_key))
     if "global" in kinds:
         allocated = global_ranking_plans(model, ratios, example_input=example, max_ratio=cfg.search.max_ratio,
                                          round_to=cfg.search.round_to, keep=keep)
         for r, plan in allocated.items():
-            plans[("global", r)] = (params_for(_per_key(plan, units, keys, g), r, g, center), plan)
+            plans[("global", r)] = (params_for(_per_key(plan, units, keys, g), r, g, center, offset), plan)
     if "sensitivity" in kinds and sensitivity is not None:
         seen: list[dict] = []
         wanted = [r for r in ratios if ("sensitivity", r) in _keep({**plans, **{("sensitivity", q): None for q in ratios}},
@@ -58,7 +58,7 @@ def reference_plans(cfg: StudyConfig, units: list[Unit], keys: list[str], model:
             plan = expand_plan(units, g, per_key)
             if plan not in seen:  # two targets the map cannot tell apart give one plan: measure it once
                 seen.append(plan)
-                plans[("sensitivity", r)] = (params_for(per_key, r, g, center), plan)
+                plans[("sensitivity", r)] = (params_for(per_key, r, g, center, offset), plan)
     return _keep(plans, limit)
 
 

@@ -92,7 +92,8 @@ def _plan(ctx: SearchContext, trial: optuna.Trial, rec: TrialRecord) -> dict[str
         return dict(rec.plan)
     space = ctx.cfg.search
     return expand_plan(ctx.units, space.granularity,
-                       ratios(trial.params, ctx.keys, space.granularity, space.max_ratio, ctx.center))
+                       ratios(trial.params, ctx.keys, space.granularity, space.max_ratio, ctx.center,
+                              space.center_offset))
 
 
 def _run(ctx: SearchContext, io: TrialIO) -> Outcome:

@@ -237,7 +237,7 @@ def aim_spread(ctx: SearchContext, study: optuna.Study) -> None:
             return None
         target = float(targets[order[(number // 2) % len(targets)]])
         size = lambda level: _measure_of(ctx, plan_ratios({LEVEL: level, **shape}, ctx.keys, space.granularity,  # noqa: E731
-                                                          space.max_ratio, ctx.center))
+                                                          space.max_ratio, ctx.center, space.center_offset))
         return bisect_parameter(size, target, 0.0, space.max_ratio, steps=AIM_STEPS)  # max_ratio: can't get that small
 
     sampler.aim = aim

@@ -9,8 +9,8 @@ At ``global`` granularity the level is the plan.
 
 With a sensitivity map (``search.center: sensitivity``) the centre moves: shape 0 at a level is the
 map's cost-aware allocation of that level's size (:func:`search.trial._sensitivity.center_table`),
-and a shape moves its key's ratio *additively*, by up to ``OFFSET`` either way (a key the map spares
-has ratio 0 at the centre, which no factor would move). The sampler starts from the best allocation
+and a shape moves its key's ratio *additively*, by up to ``search.center_offset`` either way (a key the
+map spares has ratio 0 at the centre, which no factor would move; 0.25 by default). The sampler starts from the best allocation
 known without a fine-tune and refines around it.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import optuna
 
 from search.config import LEVEL
 SHAPE_RANGE = 2.0  # a key's ratio is the level times 2**shape: from a quarter to four times the level
-OFFSET = 0.25      # around a map's centre, the most a shape moves a key's ratio either way
+OFFSET = 0.25      # around a map's centre, the most a shape moves a key's ratio either way (search.center_offset's default)
 
 Center = list  # [(level, {key: ratio}), ...] at increasing levels: the cost-aware plan of each level
 
@@ -48,19 +48,20 @@ def center_at(center: Center, level: float) -> dict[str, float]:
 
 
 def ratios(params: dict[str, float], keys: list[str], granularity: str, max_ratio: float,
-           center: Center | None = None) -> dict[str, float]:
-    """The ratio of every plan key from a sampled trial's parameters (what the objective reads)."""
+           center: Center | None = None, offset: float = OFFSET) -> dict[str, float]:
+    """The ratio of every plan key from a sampled trial's parameters (what the objective reads);
+    ``offset``: around a centre, the most a shape moves a key's ratio."""
     level = params[LEVEL]
     if granularity == "global":
         return {k: level for k in keys}
     if center is not None:
         base = center_at(center, level)
-        return {k: min(max_ratio, max(0.0, base[k] + OFFSET * params[k] / SHAPE_RANGE)) for k in keys}
+        return {k: min(max_ratio, max(0.0, base[k] + offset * params[k] / SHAPE_RANGE)) for k in keys}
     return {k: min(max_ratio, level * 2.0 ** params[k]) for k in keys}
 
 
 def params_for(ratios: dict[str, float], level: float, granularity: str,
-               center: Center | None = None) -> dict[str, float]:
+               center: Center | None = None, offset: float = OFFSET) -> dict[str, float]:
     """The sampler's parameters of given per-key ratios around ``level`` (the reference plans);
     shapes outside [-2, 2] are clipped, so the parameters approximate such a plan (the trial itself
     prunes the exact plan its record holds)."""
@@ -69,7 +70,7 @@ def params_for(ratios: dict[str, float], level: float, granularity: str,
     clip = lambda v: max(-SHAPE_RANGE, min(SHAPE_RANGE, v))  # noqa: E731
     if center is not None:
         base = center_at(center, level)
-        return {LEVEL: level, **{k: clip((r - base[k]) * SHAPE_RANGE / OFFSET) for k, r in ratios.items()}}
+        return {LEVEL: level, **{k: clip((r - base[k]) * SHAPE_RANGE / offset) for k, r in ratios.items()}}
 
     def shape(r: float) -> float:
         if level <= 0 or r <= 0:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from search.config import ENV
+from search.config import ENV, ConfigError, build_config, fingerprint, first_difference, load_config
 from search.trial._allocation import (SensitivityMap, additive_saving, bisect, costaware_plan, isotonic,
                                       threshold_plan)
 from search.trial._space import center_at, params_for, ratios
@@ -67,6 +67,26 @@ def test_the_centred_space_puts_shape_zero_on_the_map_plan():
     assert moved == pytest.approx({"a": 0.0, "b": 0.9})  # clipped to [0, max_ratio]
     back = params_for({"a": 0.2, "b": 0.7}, 0.5, "unit", center)
     assert ratios(back, ["a", "b"], "unit", 0.9, center) == pytest.approx({"a": 0.2, "b": 0.7})
+
+
+def test_a_wider_offset_reaches_a_plan_the_default_cannot():
+    """search.center_offset: a key the centre spares (ratio 0) reaches 0.6 with an offset of 0.6,
+    and a reference placed with that offset is the plan it names; with the default 0.25 its
+    parameters clip, and the plan they give prunes that key by 0.25 at most."""
+    center = [(0.0, {"head": 0.0, "body": 0.0}), (0.5, {"head": 0.0, "body": 0.8})]
+    wanted = {"head": 0.6, "body": 0.3}
+    wide = params_for(wanted, 0.5, "unit", center, 0.6)
+    assert ratios(wide, ["head", "body"], "unit", 0.9, center, 0.6) == pytest.approx(wanted)
+    narrow = ratios(params_for(wanted, 0.5, "unit", center), ["head", "body"], "unit", 0.9, center)
+    assert narrow["head"] == pytest.approx(0.25) and narrow["body"] == pytest.approx(0.55)
+    with pytest.raises(ConfigError, match="center_offset"):
+        load_config("lenet5", overrides={"search.center_offset": 0})
+    # a study made before the setting resumes at the default, and refuses another offset (the space moved)
+    made = lambda offset: fingerprint(build_config(  # noqa: E731
+        merged(TINY_LENET, model="lenet5", search={"center_offset": offset}), where="t", overrides={"budget": "smoke"}))
+    before = {k: v for k, v in made(0.25).items() if k != "search.center_offset"}
+    assert first_difference(before, made(0.25)) is None
+    assert first_difference(before, made(0.5)).startswith("search.center_offset")
 
 
 MAP_CONFIG = merged(TINY_LENET, search={"references": ["uniform", "sensitivity"], "center": "sensitivity",
@@ -212,7 +232,6 @@ def test_a_short_budget_gets_a_short_map():
     """The map's images follow its share of the trials' fine-tune work: the rung images on LeNet5's
     ``default``, the floor on ResNet50's 40-step ``cpu``; more share, more images; never more than the
     split or the rung images."""
-    from search.config import load_config
     from search.trial import map_images
     from search.trial._sensitivity import MAP_MIN_IMAGES
 
