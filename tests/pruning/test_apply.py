@@ -10,10 +10,10 @@ from models import create_model, list_models
 from pruning import IMPORTANCES, apply_plan, export_onnx, measure, prunable_units, verify_standalone
 
 
-def tiered(names) -> list:
+def tiered(names, slow=("resnet50", "densenet121")) -> list:
     """The models as test parameters, the two deep ones (ResNet50, DenseNet121: seconds each to trace
     and prune) in the slow tier."""
-    return [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "densenet121") else n for n in names]
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
 def _setup(name: str):
@@ -32,7 +32,8 @@ def _conv_widths(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-@pytest.mark.parametrize("name", tiered(list_models()))
+# MobileNetV2 too in the slow tier here: three surgeries and an export of its 52 convolutions, 13 s
+@pytest.mark.parametrize("name", tiered(list_models(), slow=("resnet50", "densenet121", "mobilenet_v2")))
 def test_random_plans_prune_and_shrink(name, tmp_path):
     """... and the pruned model exports to an ONNX file that runs alone and gives the same logits."""
     model, x, units = _setup(name)
