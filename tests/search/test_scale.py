@@ -310,9 +310,14 @@ class RayNodes:
         ports = _free_ports(16)
         self.address = f"127.0.0.1:{ports[0]}"
         self.groups: list[int] = []
-        self._start(["--head", f"--port={ports[0]}", "--num-cpus=0", "--include-dashboard=false",
-                     f"--temp-dir={self.temp}"], ports[1:6])
-        self.workers = [self._start([f"--address={self.address}", "--num-cpus=1"], ports[i:i + 5]) for i in (6, 11)]
+        try:  # a node that fails to start leaves none of the others running (the fixture never yields)
+            self._start(["--head", f"--port={ports[0]}", "--num-cpus=0", "--include-dashboard=false",
+                         f"--temp-dir={self.temp}"], ports[1:6])
+            self.workers = [self._start([f"--address={self.address}", "--num-cpus=1"], ports[i:i + 5])
+                            for i in (6, 11)]
+        except BaseException:
+            self.stop()
+            raise
 
     def _start(self, args: list[str], ports: list[int]) -> int:
         """Start one node; its raylet's pid."""
