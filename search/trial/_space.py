@@ -9,9 +9,9 @@ At ``global`` granularity the level is the plan.
 
 With a sensitivity map (``search.center: sensitivity``) the centre moves: shape 0 at a level is the
 map's cost-aware allocation of that level's size (:func:`search.trial._sensitivity.center_table`),
-and a shape moves its key's ratio *additively*, by up to ``search.center_offset`` either way (a key the
-map spares has ratio 0 at the centre, which no factor would move; 0.25 by default). The sampler starts from the best allocation
-known without a fine-tune and refines around it.
+and a shape moves its key's ratio *additively*, by up to ``search.center_offset`` either way (0.25 by
+default; a key the map spares has ratio 0 at the centre, which no factor would move). The sampler
+starts from the best allocation known without a fine-tune and refines around it.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import optuna
 
 from search.config import LEVEL
 SHAPE_RANGE = 2.0  # a key's ratio is the level times 2**shape: from a quarter to four times the level
-OFFSET = 0.25      # around a map's centre, the most a shape moves a key's ratio either way (search.center_offset's default)
+OFFSET = 0.25      # search.center_offset's default: around a map's centre, the most a shape moves a ratio
 
 Center = list  # [(level, {key: ratio}), ...] at increasing levels: the cost-aware plan of each level
 
