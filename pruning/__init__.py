@@ -19,7 +19,7 @@ from pruning._errors import CheckpointError, DatasetError, PlanError, PruningErr
 from pruning._export import (ExportError, INPUT, OUTPUT, Verification, export_onnx, external_data_path, onnx_latency, ort_session,
                              uses_external_data, verify_onnx, verify_standalone)
 from pruning._io import atomic_write, atomic_write_text, current_umask
-from pruning._measure import Measurement, SpeedUp, interleaved_speedup, measure
+from pruning._measure import Measurement, SpeedUp, interleaved_speedup, measure, size_mb
 from pruning._train import (TrainConfig, TrainHooks, TrainResult, TrainState, autocast, correct, eval_batch_size, evaluate,
                             finetune, prepare, precision_for, resolve_precision, train)
 from pruning._units import (GRANULARITIES, Unit, channels_to_keep, expand_plan, find_classifier, plan_keys,
@@ -40,7 +40,8 @@ __all__ = [
     "eval_batch_size", "evaluate", "expand_plan", "export_onnx", "external_data_path", "find_classifier", "finetune", "from_plain",
     "global_ranking_plans", "image_spec_of", "interleaved_speedup", "library_versions", "load_checkpoint",
     "load_dataset", "load_pruned", "measure", "onnx_latency", "plan_keys", "prepare", "prunable_safely",
-    "prunable_units", "precision_for", "read_meta", "recalibrate_bn", "resolve_precision", "save_pruned", "synthetic_splits",
+    "prunable_units", "precision_for", "read_meta", "recalibrate_bn", "resolve_precision", "save_pruned", "size_mb",
+    "synthetic_splits",
     "to_plain", "train", "train_batches", "tree_stages", "uses_external_data", "validate_plan", "verify_onnx",
     "verify_standalone", "with_metrics",
 ]

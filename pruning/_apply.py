@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from pruning import _concat_mapping
 from pruning._errors import PlanError
 from pruning._units import DEFAULT_MAX_RATIO, Unit, build_graph, channels_to_keep, kept_layers, validate_plan
 
@@ -117,13 +118,14 @@ def _prune_step(graph, model, units, before, target, step, steps, scorer, calibr
     if calibration is not None:
         _accumulate_gradients(model, calibration)
     selections = []
-    for unit in units:  # score every unit first, so the result does not depend on unit order
-        root = model.get_submodule(unit.root)
-        current = graph.get_pruner_of_module(root).get_out_channels(root)
-        goal = before[unit.name] - round((before[unit.name] - target[unit.name]) * step / steps)
-        if current > goal:
-            selections.append((unit.name, root, _select(graph, model, unit, current - goal, scorer,
-                                                        groups.get(unit.name))))
+    with _concat_mapping.held(graph):  # every unit scored first (nothing pruned yet), so unit order does not matter
+        for unit in units:
+            root = model.get_submodule(unit.root)
+            current = graph.get_pruner_of_module(root).get_out_channels(root)
+            goal = before[unit.name] - round((before[unit.name] - target[unit.name]) * step / steps)
+            if current > goal:
+                selections.append((unit.name, root, _select(graph, model, unit, current - goal, scorer,
+                                                            groups.get(unit.name))))
     for name, root, idxs in selections:
         pruner = graph.get_pruner_of_module(root)
         group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs)

@@ -131,12 +131,13 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, *,
     names = {m: n for n, m in model.named_modules()}
     order = {m: i for i, m in enumerate(names)}
     found = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-        layers = sorted({dep.layer for dep, _ in group.items
-                         if graph.is_out_channel_pruning_fn(dep.pruning_fn)
-                         and isinstance(dep.layer, (nn.Conv2d, nn.Linear))}, key=order.__getitem__)
-        if layers:
-            found.append((group, layers))
+    with _concat_mapping.held(graph):
+        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+            layers = sorted({dep.layer for dep, _ in group.items
+                             if graph.is_out_channel_pruning_fn(dep.pruning_fn)
+                             and isinstance(dep.layer, (nn.Conv2d, nn.Linear))}, key=order.__getitem__)
+            if layers:
+                found.append((group, layers))
     found.sort(key=lambda item: order[item[1][0]])
     stage_of = getattr(model, STAGES_ATTR) if hasattr(model, STAGES_ATTR) else tree_stages(model)
     unit_names = _names([[names[m] for m in layers if not _is_depthwise(m)] or [names[layers[0]]]

@@ -1,6 +1,7 @@
 """pruning/_concat_mapping.py: Torch-Pruning's concatenation mappings in linear time, the same ones."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import re
@@ -70,7 +71,32 @@ def test_a_densenet_surgery_is_the_librarys(monkeypatch):
     assert ours == theirs and len(ours) > 50
 
 
+def test_held_mappings_are_derived_once_and_prune_the_same_channels(monkeypatch):
+    """Inside ``held`` the graph's mappings are derived once, not once per group; units, groups and a
+    multi-step surgery (scored under ``held``, pruned outside it) are what re-deriving them every time gives."""
+    torch.manual_seed(0)
+    features = torchvision.models.densenet121(num_classes=10).features[:6]  # a dense block and a transition
+    model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    x, calls, library = torch.zeros(1, 3, 32, 32), [], _concat_mapping.LIBRARY_UPDATE
+    monkeypatch.setattr(_concat_mapping, "LIBRARY_UPDATE", lambda graph: calls.append(graph) or library(graph))
+
+    def run():
+        calls.clear()
+        units = prunable_units(model, x)  # one trace, then a group per unit
+        listed = len(calls)
+        plan = {u.name: 0.5 if i % 3 else 0.0 for i, u in enumerate(units)}
+        history = apply_plan(model, plan, example_input=x, steps=2, importance="l2")[1].history
+        return units, history, listed
+
+    held_units, held_history, held_calls = run()
+    monkeypatch.setattr(_concat_mapping, "held", lambda graph: contextlib.nullcontext())
+    units, history, every_time = run()
+    assert held_units == units and held_history == history and len(history) > 10
+    assert held_calls == 2 and every_time > len(units)  # derived at the trace and on entering held: not per group
+
+
 def test_it_replaces_the_librarys_only_for_the_pinned_version():
     pinned = re.search(r'"torch-pruning==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
     assert pinned == _concat_mapping.LIBRARY_VERSION
     assert index_mapping.update_concat_index_mapping is _concat_mapping.update_concat_index_mapping
+    assert index_mapping.update_index_mapping is _concat_mapping.update_index_mapping
