@@ -26,11 +26,8 @@ from search.config import RunOptions, load_config, quiet_libraries
 from search.trial import build_context, build_model, load_data, map_grid, map_images, prepare_map
 
 
-def one_map(model: str, budget: str) -> tuple[float, int, int]:
+def one_map(model: str, cfg, opts: RunOptions, data) -> tuple[float, int, int]:
     """(seconds, cells, images a cell scores) of one map computed from nothing."""
-    cfg = load_config(model, overrides={"budget": budget})
-    opts = RunOptions(progress=False, write_report=False)
-    data = load_data(cfg, opts)
     net = build_model(cfg, data)
     # the context reads a baseline's figures; the map never does (it scores the model itself)
     meta = CheckpointMeta(model=model, num_classes=data.num_classes, in_channels=data.in_channels,
@@ -57,7 +54,10 @@ def main() -> None:
     print(f"# cpu: {_common.cpu_model()}")
     print(f"{'model':<14} {'cells':>5} {'images':>6} {'map s':>24} {'s per cell':>24}")
     for model in args.models:
-        runs = [one_map(model, args.budget) for _ in range(args.repeats)]
+        cfg = load_config(model, overrides={"budget": args.budget})
+        opts = RunOptions(progress=False, write_report=False)
+        data = load_data(cfg, opts)  # once per model: the repeats time the map, not the loading
+        runs = [one_map(model, cfg, opts, data) for _ in range(args.repeats)]
         seconds = [s for s, _, _ in runs]
         cells, images = runs[0][1], runs[0][2]
         print(f"{model:<14} {cells:>5} {images:>6} {_common.spread(seconds):>24} "
