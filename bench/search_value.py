@@ -8,7 +8,9 @@ the reference's size, with the paired bootstrap interval of the gain.
 Per seed (one ``search.run`` each, the first one's baseline copied into the others): at every
 reference, the best searched trial of no larger size (the most accurate on the search's validation
 images) and its gain (validation, points; on the images the search never read where the budget holds
-some out, as the report) with the paired 95 % interval — "win" when the interval is above 0, "loss" below, "noise" across; the
+some out, as the report) with the paired 95 % interval — "win" when the interval is above 0, "loss" below, "noise" across —
+and what the reference itself lost against the unpruned model on those images (where that holds 0, no plan of its
+size can win beyond the noise without beating the unpruned model: the wins are counted among the others too); the
 recovered headline (its kind, % smaller, test drop); hypervolume of the searched trials alone and of
 the references alone (reference point: the baseline's size, accuracy 0); the map's seconds, the
 trials' fine-tune seconds and steps, and the whole run's wall time. Then the medians over seeds.
@@ -40,7 +42,7 @@ def analyse(out: Path, model: str, budget: str) -> dict:
     args = study_parser("bench", "", "").parse_args(["--model", model, "--budget", budget, "--out", str(out)])
     found = open_existing(*resolve(args))
     study = found.study
-    pairs = study_pairs(found.cfg, found.out, study, found.data, found.holdout)  # the report's images
+    pairs = study_pairs(found.cfg, found.out, study, found.data, found.holdout, start=found.start.model)  # the report's
     gaps = reference_gaps(study, pairs)
     done = completed(study)
     base = found.baseline
@@ -58,7 +60,8 @@ def analyse(out: Path, model: str, budget: str) -> dict:
             continue
         low, high = g["gain_low"], g["gain_high"]
         rows.append({"ref": f"{g['reference']} {g['ratio']:g}", "size_mb": g["size_mb"], "gain": g["gain_pts"],
-                     "low": low, "high": high, "verdict": "win" if low > 0 else "loss" if high < 0 else "noise"})
+                     "low": low, "high": high, "verdict": "win" if low > 0 else "loss" if high < 0 else "noise",
+                     "ref_loss": g["reference_loss"], "ref_loss_low": g["loss_low"], "ref_loss_high": g["loss_high"]})
     return {"folder": str(out), "gaps": rows, "judged": pairs.where(), "headline_kind": head.get("kind"),
             "headline_pct": head.get("pruned_pct"), "headline_drop": head.get("accuracy_drop"),
             "headline_trial": head.get("trial"), "hv_searched": hypervolume(searched, base.size_mb),
@@ -99,12 +102,21 @@ def _print(seed, r: dict) -> None:
           f"references {r['hv_references']:.5f}; map {_num(r['map_s'], 0)} s{_share(r)}; fine-tune {r['finetune_s']:.0f} s / "
           f"{r['finetune_steps']} steps ({r['stopped']} of {r['trials']} trials stopped at a rung); "
           f"wall {_num(r.get('wall_s'), 0)} s", flush=True)
+    roomy = [g for g in r["gaps"] if g["gain"] is not None and g["ref_loss_low"] > 0]
+    print(f"    won at {sum(g['verdict'] == 'win' for g in roomy)} of the {len(roomy)} references that lost beyond "
+          f"the noise against the unpruned model", flush=True)
     for g in r["gaps"]:
         if g["gain"] is not None:
             print(f"    {g['ref']:<16} {g['size_mb']:.4f} MB  gain {g['gain']:+6.2f} ({g['low']:+.2f} to {g['high']:+.2f}) "
-                  f"{g['verdict']}")
+                  f"{g['verdict']:<5}  the reference lost {g['ref_loss']:+.2f} ({g['ref_loss_low']:+.2f} to "
+                  f"{g['ref_loss_high']:+.2f}) against the unpruned model{_room(g)}")
         else:
             print(f"    {g['ref']:<16} no searched trial as small")
+
+
+def _room(g: dict) -> str:
+    """A reference that lost nothing beyond the noise leaves a plan of its size nothing to win beyond it."""
+    return ": no loss beyond the noise, no room to win" if g["ref_loss_low"] <= 0 else ""
 
 
 def _num(v, digits: int = 2) -> str:

@@ -95,7 +95,7 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
         table.loc[table["trial"] == best["trial"], "headline"] = True
         best = table[table["trial"] == best["trial"]].iloc[0]
         widths = channel_widths(start.model, load_checkpoint(out / best["checkpoint"], expect_model=cfg.model).model)
-    paired = study_pairs(cfg, out, study, data, holdout) if noise else None
+    paired = study_pairs(cfg, out, study, data, holdout, start=start.model) if noise else None
     failed = {int(k[1:]): v["error"] for k, v in int8.items() if "error" in v}
     return Results(table=table, headline=best, references=reference_gaps(study, paired), int8_failed=failed,
                    warning=undertrained(study, recovered, baseline, cfg.report.undertrained_margin),
@@ -109,15 +109,16 @@ def collect(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, bas
 
 
 def study_pairs(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset, holdout: Dataset | None = None,
-                ) -> Paired:
+                start: nn.Module | None = None) -> Paired:
     """Per-image validation hits of the study's fine-tuned trials, loaded on demand, in the one
     precision the study scores every figure in: on ``holdout``'s validation images (the ones the search
-    never read) when the budget holds some out, else on the search's own."""
+    never read) when the budget holds some out, else on the search's own; and ``start``'s, the model the
+    study pruned from, when it is given (what each reference lost)."""
     precision = precision_of(study, cfg.finetune.precision, data.device)
     checkpoints = {t.number: (r.checkpoint, r.checkpoint_sha256) for t, r in completed(study) if r.checkpoint}
     images = holdout if holdout is not None else data
-    return Paired(trial_hits(out, cfg.model, checkpoints, images, precision), images=images.count("val"),
-                  held_out=holdout is not None)
+    return Paired(trial_hits(out, cfg.model, checkpoints, images, precision, start), images=images.count("val"),
+                  held_out=holdout is not None, with_start=start is not None)
 
 
 def study_map(study: optuna.Study) -> SensitivityMap | None:
@@ -218,14 +219,15 @@ def headline(table: pd.DataFrame, baseline: BaselineFigures, max_drop: float) ->
 
 
 GAP_COLUMNS = ["reference", "ratio", "trial", "size_mb", "reference_val_accuracy", "searched_trial", "searched_size_mb",
-               "searched_val_accuracy", "gain_pts", "gain_low", "gain_high"]
+               "searched_val_accuracy", "gain_pts", "gain_low", "gain_high", "reference_loss", "loss_low", "loss_high"]
 
 
 def reference_gaps(study: optuna.Study, paired: Paired | None = None) -> pd.DataFrame:
     """Each reference point (uniform, global ranking, sensitivity) beside the best searched candidate
     of no larger size (chosen on the search's validation accuracy, after the same fine-tune): what the
     search bought. With ``paired``, the two accuracies and the gain are scored on its images (those the
-    search never read, where the budget holds some out), the gain with its paired bootstrap interval."""
+    search never read, where the budget holds some out), the gain with its paired bootstrap interval, and
+    what the reference lost against the start model there when ``paired`` has it (its room to be beaten)."""
     done = completed(study)
     searched = [(t, r) for t, r in done if r.reference is None]
     rows = []
@@ -233,6 +235,7 @@ def reference_gaps(study: optuna.Study, paired: Paired | None = None) -> pd.Data
         rivals = [(s, sr) for s, sr in searched if sr.size_mb <= r.size_mb]
         best = max(rivals, key=lambda p: p[1].val_accuracy, default=None)
         gain = paired.gain(best[0].number, t.number) if best and paired else None
+        loss = paired.loss(t.number) if paired else None
         if gain:  # both scored on the pairs' images
             ref_acc, best_acc, points = paired.accuracy(t.number), paired.accuracy(best[0].number), gain.points
         else:
@@ -243,7 +246,9 @@ def reference_gaps(study: optuna.Study, paired: Paired | None = None) -> pd.Data
                      "searched_trial": best[0].number if best else None,
                      "searched_size_mb": best[1].size_mb if best else None,
                      "searched_val_accuracy": best_acc, "gain_pts": points,
-                     "gain_low": gain.low if gain else None, "gain_high": gain.high if gain else None})
+                     "gain_low": gain.low if gain else None, "gain_high": gain.high if gain else None,
+                     "reference_loss": loss.points if loss else None, "loss_low": loss.low if loss else None,
+                     "loss_high": loss.high if loss else None})
     return pd.DataFrame(rows, columns=GAP_COLUMNS)
 
 

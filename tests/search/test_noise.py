@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pruning import BaselineFigures
-from search.results._noise import Paired, paired_gain
+from search.results._noise import START, Paired, paired_gain
 from search.results import reference_gaps
 from search.results._verdict import headline_gain, verdict
 
@@ -66,6 +66,31 @@ def test_references_are_compared_with_their_rivals_on_the_pairs_images():
     # without the pairs, the search's own figures
     plain = reference_gaps(study).iloc[0]
     assert plain["gain_pts"] == pytest.approx(3.0) and plain["reference_val_accuracy"] == pytest.approx(0.88)
+
+
+def test_each_reference_shows_what_it_lost_against_the_unpruned_model_its_room_to_be_beaten():
+    """A reference that keeps the unpruned model's accuracy within the noise cannot be beaten beyond it by a plan
+    of its size unless that plan beats the unpruned model: the report shows the reference's own loss, paired."""
+    from search.results._render import _references
+    study = _study([("uniform 0.3", 0.7, 0.905), ("uniform 0.7", 0.3, 0.85), (None, 0.65, 0.91), (None, 0.25, 0.88)])
+    held = {START: _hits(2000, list(range(180))),                                # the unpruned model: 0.91
+            0: _hits(2000, list(range(2, 184))), 1: _hits(2000, list(range(300))),  # lost 0.1 and 6.0 pts
+            2: _hits(2000, list(range(182))), 3: _hits(2000, list(range(240)))}
+    gaps = reference_gaps(study, Paired(held.__getitem__, images=2000, held_out=True, with_start=True))
+    mild, deep = gaps.set_index("ratio").loc[0.3], gaps.set_index("ratio").loc[0.7]
+    assert mild["reference_loss"] == pytest.approx(0.1) and mild["loss_low"] < 0  # 4 images down, 2 up: noise
+    assert mild["gain_low"] < 0 < mild["gain_high"]  # so the search's gain is too, and could be little more
+    assert deep["reference_loss"] == pytest.approx(6.0) and deep["loss_low"] > 0
+    assert deep["gain_pts"] == pytest.approx(3.0) and deep["gain_low"] > 0
+    table = "\n".join(_references(gaps, "on the 2,000 validation images the search never read"))
+    assert "reference's loss (pts, 95 %)" in table and "only by beating the unpruned model" in table
+    row = next(line for line in table.splitlines() if line.startswith("| uniform | 0.3 |"))
+    assert "+0.10 (" in row and "no loss beyond the noise" in row
+    assert "no loss beyond the noise" not in next(line for line in table.splitlines() if line.startswith("| uniform | 0.7 |"))
+    # without the unpruned model's hits: no such column, the table as before
+    plain = reference_gaps(study, Paired(held.__getitem__, images=2000, held_out=True))
+    assert plain["reference_loss"].isna().all()
+    assert "reference's loss" not in "\n".join(_references(plain))
 
 
 def test_the_verdict_states_the_headlines_gain_on_the_held_out_images():
