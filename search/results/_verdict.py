@@ -38,7 +38,9 @@ def verdict(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, 
 def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | None, paired=None) -> dict | None:
     """The headline against the most accurate other reference of no larger size, after the same
     search fine-tune: {"reference", "trial", "size_mb", "gain_pts"}, with "low", "high" (the paired
-    95 % interval) and "inside_noise" when ``paired`` is given; None when there is no such one."""
+    95 % interval) and "inside_noise" when ``paired`` is given, and "reference_loss", "loss_low", "loss_high"
+    (what that reference lost against the unpruned model, paired) when it has the unpruned model's hits;
+    None when there is no such one."""
     if headline is None:
         return None
     number, size = int(headline["trial"]), float(headline["size_mb"])
@@ -52,6 +54,9 @@ def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | 
     if paired is not None:
         g = paired.gain(number, n)
         gain.update(gain_pts=g.points, low=g.low, high=g.high, inside_noise=g.inside_noise, where=paired.where())
+        loss = paired.loss(n)
+        if loss is not None:
+            gain.update(reference_loss=loss.points, loss_low=loss.low, loss_high=loss.high)
     return gain
 
 
@@ -90,9 +95,15 @@ def _gain(gain: dict | None) -> str:
         noise = (f" (paired 95 % interval {gain['low']:+.2f} to {gain['high']:+.2f}"
                  + (": inside the noise)" if gain["inside_noise"] else ")"))
     where = f" {gain['where']}" if "where" in gain else ""
+    room = ""
+    if "reference_loss" in gain:
+        room = (f" That reference lost {gain['reference_loss']:+.2f} pts ({gain['loss_low']:+.2f} to "
+                f"{gain['loss_high']:+.2f}) against the unpruned model"
+                + (": no loss beyond the noise, so no plan of its size could win by more than the noise."
+                   if gain["loss_low"] <= 0 else "."))
     return (f"Gain over the best reference no larger ({gain['reference']}, trial {gain['trial']}, "
             f"{gain['size_mb']:.4f} MB): {gain['gain_pts']:+.2f} pts validation accuracy after the same "
-            f"fine-tune{where}{noise}.")
+            f"fine-tune{where}{noise}.{room}")
 
 
 def _nearest(candidates: list[tuple[int, TrialRecord]], bar: float) -> str:

@@ -106,6 +106,16 @@ def test_the_verdict_states_the_headlines_gain_on_the_held_out_images():
     lines = verdict(completed(study), head, base, 1.0, paired)
     assert "+1.00 pts validation accuracy after the same fine-tune on the 2,000 validation images the search " \
            "never read" in lines[1]
+    assert "lost" not in lines[1]  # no unpruned model's hits: nothing said of the reference's own loss
+    # with them: the reference (200 wrong) lost 0.10 pt against an unpruned model with 198 wrong, inside the noise
+    held[START] = _hits(2000, list(range(198)))
+    line = verdict(completed(study), head, base, 1.0, Paired(held.__getitem__, images=2000, held_out=True,
+                                                             with_start=True))[1]
+    assert "That reference lost +0.10 pts" in line and "no loss beyond the noise" in line
+    held[START] = _hits(2000, list(range(100)))  # now it lost 5.0 pts: room for the search's gain
+    line = verdict(completed(study), head, base, 1.0, Paired(held.__getitem__, images=2000, held_out=True,
+                                                             with_start=True))[1]
+    assert "That reference lost +5.00 pts" in line and "no loss beyond" not in line
 
 
 def test_the_under_trained_warning_reads_the_holdout_where_the_points_were_judged_there():
