@@ -9,8 +9,8 @@ Per seed (one ``search.run`` each, the first one's baseline copied into the othe
 reference, the best searched trial of no larger size (the most accurate on the search's validation
 images) and its gain (validation, points; on the images the search never read where the budget holds
 some out, as the report) with the paired 95 % interval — "win" when the interval is above 0, "loss" below, "noise" across —
-and what the reference itself lost against the unpruned model on those images (where that holds 0, no plan of its
-size can win beyond the noise without beating the unpruned model: the wins are counted among the others too); the
+and what the reference itself lost against the baseline on those images (where that holds 0, no plan of its
+size can win beyond the noise without beating the baseline: the wins are counted among the others too); the
 recovered headline (its kind, % smaller, test drop); hypervolume of the searched trials alone and of
 the references alone (reference point: the baseline's size, accuracy 0); the map's seconds, the
 trials' fine-tune seconds and steps, and the whole run's wall time. Then the medians over seeds.
@@ -104,12 +104,12 @@ def _print(seed, r: dict) -> None:
           f"wall {_num(r.get('wall_s'), 0)} s", flush=True)
     roomy = [g for g in r["gaps"] if g["gain"] is not None and g["ref_loss_low"] > 0]
     print(f"    won at {sum(g['verdict'] == 'win' for g in roomy)} of the {len(roomy)} references that lost beyond "
-          f"the noise against the unpruned model", flush=True)
+          f"the noise against the baseline", flush=True)
     for g in r["gaps"]:
         if g["gain"] is not None:
             print(f"    {g['ref']:<16} {g['size_mb']:.4f} MB  gain {g['gain']:+6.2f} ({g['low']:+.2f} to {g['high']:+.2f}) "
                   f"{g['verdict']:<5}  the reference lost {g['ref_loss']:+.2f} ({g['ref_loss_low']:+.2f} to "
-                  f"{g['ref_loss_high']:+.2f}) against the unpruned model{_room(g)}")
+                  f"{g['ref_loss_high']:+.2f}) against the baseline{_room(g)}")
         else:
             print(f"    {g['ref']:<16} no searched trial as small")
 

@@ -323,9 +323,10 @@ def _references(gaps: pd.DataFrame, judged: str | None = None) -> list[str]:
              "search's validation images), on validation accuracy"
              + (f" {judged}" if judged else "") + ". The gain's interval is a paired bootstrap over the same "
              "images (95 %); one that holds 0 is inside the noise."
-             + (" The last column is what the reference itself lost against the unpruned model on those images, "
-                "paired: where that holds 0 too, the reference already keeps the model's accuracy, and a plan of "
-                "its size can beat it beyond the noise only by beating the unpruned model." if room else ""), "",
+             + (" The last column is what the reference itself lost against the baseline (the model the study "
+                "pruned from) on those images, paired: where that holds 0 too, the reference already keeps the "
+                "baseline's accuracy, and a plan of its size can beat it beyond the noise only by beating the "
+                "baseline." if room else ""), "",
              "| reference | ratio | size MB | reference val acc | searched trial | searched size MB | "
              "searched val acc | gain (pts) | 95 % interval |" + (" reference's loss (pts, 95 %) |" if room else ""),
              "|---|---|---|---|---|---|---|---|---|" + ("---|" if room else "")]
@@ -346,7 +347,7 @@ def _references(gaps: pd.DataFrame, judged: str | None = None) -> list[str]:
 
 
 def _loss(r: pd.Series) -> str:
-    """A reference's loss against the unpruned model, with its interval; "no loss beyond the noise" when it holds 0."""
+    """A reference's loss against the baseline, with its interval; "no loss beyond the noise" when it holds 0."""
     if pd.isna(r["reference_loss"]):
         return "-"
     text = f"{r['reference_loss']:+.2f} ({r['loss_low']:+.2f} to {r['loss_high']:+.2f})"

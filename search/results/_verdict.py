@@ -39,8 +39,8 @@ def headline_gain(done: list[tuple[object, TrialRecord]], headline: pd.Series | 
     """The headline against the most accurate other reference of no larger size, after the same
     search fine-tune: {"reference", "trial", "size_mb", "gain_pts"}, with "low", "high" (the paired
     95 % interval) and "inside_noise" when ``paired`` is given, and "reference_loss", "loss_low", "loss_high"
-    (what that reference lost against the unpruned model, paired) when it has the unpruned model's hits;
-    None when there is no such one."""
+    (what that reference lost against the baseline, the model the study pruned from, paired) when it has
+    the baseline's hits; None when there is no such one."""
     if headline is None:
         return None
     number, size = int(headline["trial"]), float(headline["size_mb"])
@@ -98,7 +98,7 @@ def _gain(gain: dict | None) -> str:
     room = ""
     if "reference_loss" in gain:
         room = (f" That reference lost {gain['reference_loss']:+.2f} pts ({gain['loss_low']:+.2f} to "
-                f"{gain['loss_high']:+.2f}) against the unpruned model"
+                f"{gain['loss_high']:+.2f}) against the baseline"
                 + (": no loss beyond the noise, so no plan of its size could win by more than the noise."
                    if gain["loss_low"] <= 0 else "."))
     return (f"Gain over the best reference no larger ({gain['reference']}, trial {gain['trial']}, "
