@@ -42,7 +42,8 @@ def analyse(out: Path, model: str, budget: str) -> dict:
     args = study_parser("bench", "", "").parse_args(["--model", model, "--budget", budget, "--out", str(out)])
     found = open_existing(*resolve(args))
     study = found.study
-    pairs = study_pairs(found.cfg, found.out, study, found.data, found.holdout, start=found.start.model)  # the report's
+    # the report's images, and the baseline's hits on them (what each reference lost)
+    pairs = study_pairs(found.cfg, found.out, study, found.data, found.holdout, start=found.start.model)
     gaps = reference_gaps(study, pairs)
     done = completed(study)
     base = found.baseline

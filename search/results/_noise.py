@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-START = -1         # Paired's key for the model the study started from (trials are numbered from 0)
 RESAMPLES = 2000   # bootstrap draws: the 2.5/97.5 percentiles move by < 0.05 pt between seeds at this count
 LEVEL = 0.95       # a 95 % interval
 
@@ -61,13 +60,14 @@ class Paired:
     """Per-image correctness of trials' checkpoints on one set of validation images, computed once per
     trial (``load``: trial number -> that trial's hits). ``held_out``: the images are ones the search
     never read, so a candidate it chose for scoring well on its own images is not flattered there.
-    ``with_start``: ``load`` also gives the hits of the model the study started from, under :data:`START`."""
+    ``baseline``: a loader of the hits of the model the study pruned from, on the same images (computed once)."""
 
     load: Callable[[int], torch.Tensor]
     images: int = 0
     held_out: bool = False
-    with_start: bool = False
+    baseline: Callable[[], torch.Tensor] | None = None
     _hits: dict[int, torch.Tensor] = field(default_factory=dict)
+    _baseline_hits: torch.Tensor | None = None
 
     def where(self) -> str:
         """The images, in words: "on the 5,000 validation images the search never read"."""
@@ -88,23 +88,23 @@ class Paired:
         return paired_gain(self.hits(a), self.hits(b))
 
     def loss(self, trial: int) -> Gain | None:
-        """What trial ``trial`` lost against the model the study started from, on these images, paired
-        (the start model's accuracy minus the trial's); None without the start model. A plan of the
-        trial's size can beat it beyond the noise only where this loss is beyond the noise itself, or by
-        beating the start model."""
-        return paired_gain(self.hits(START), self.hits(trial)) if self.with_start else None
+        """What trial ``trial`` lost against the baseline, on these images, paired (the baseline's accuracy
+        minus the trial's); None without ``baseline``. A plan of the trial's size can beat it beyond the
+        noise only where this loss is beyond the noise itself, or by beating the baseline."""
+        if self.baseline is None:
+            return None
+        if self._baseline_hits is None:
+            self._baseline_hits = self.baseline()
+        return paired_gain(self._baseline_hits, self.hits(trial))
 
 
 def trial_hits(out: Path, model: str, checkpoints: dict[int, tuple[str, str | None]], data, precision: str,
-               start=None) -> Callable[[int], torch.Tensor]:
-    """A loader of trial ``n``'s validation hits from its checkpoint (artifact id, SHA-256), and of
-    ``start``'s (the model the study started from) under :data:`START` when it is given."""
+               ) -> Callable[[int], torch.Tensor]:
+    """A loader of trial ``n``'s validation hits from its checkpoint (artifact id, SHA-256)."""
     from pruning import correct, load_checkpoint
     from search.storage import trial_artifact
 
     def load(number: int) -> torch.Tensor:
-        if number == START and start is not None:
-            return correct(start, data, "val", precision=precision)
         artifact, digest = checkpoints[number]
         ckpt = load_checkpoint(trial_artifact(out, artifact, digest, number), expect_model=model)
         return correct(ckpt.model, data, "val", precision=precision)

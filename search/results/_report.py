@@ -11,7 +11,8 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from pruning import BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, evaluate, load_checkpoint
+from pruning import (BaselineFigures, Checkpoint, Dataset, atomic_write, atomic_write_text, correct, evaluate,
+                     load_checkpoint)
 from search.config import StudyConfig
 from search.results._int8 import front_int8
 from search.results._plots import plot_front, plot_projections, plot_sensitivity, pyplot
@@ -117,8 +118,9 @@ def study_pairs(cfg: StudyConfig, out: Path, study: optuna.Study, data: Dataset,
     precision = precision_of(study, cfg.finetune.precision, data.device)
     checkpoints = {t.number: (r.checkpoint, r.checkpoint_sha256) for t, r in completed(study) if r.checkpoint}
     images = holdout if holdout is not None else data
-    return Paired(trial_hits(out, cfg.model, checkpoints, images, precision, start), images=images.count("val"),
-                  held_out=holdout is not None, with_start=start is not None)
+    baseline = None if start is None else (lambda: correct(start, images, "val", precision=precision))
+    return Paired(trial_hits(out, cfg.model, checkpoints, images, precision), images=images.count("val"),
+                  held_out=holdout is not None, baseline=baseline)
 
 
 def study_map(study: optuna.Study) -> SensitivityMap | None:

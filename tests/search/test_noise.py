@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pruning import BaselineFigures
-from search.results._noise import START, Paired, paired_gain
+from search.results._noise import Paired, paired_gain
 from search.results import reference_gaps
 from search.results._verdict import headline_gain, verdict
 
@@ -73,10 +73,10 @@ def test_each_reference_shows_what_it_lost_against_the_unpruned_model_its_room_t
     of its size unless that plan beats the unpruned model: the report shows the reference's own loss, paired."""
     from search.results._render import _references
     study = _study([("uniform 0.3", 0.7, 0.905), ("uniform 0.7", 0.3, 0.85), (None, 0.65, 0.91), (None, 0.25, 0.88)])
-    held = {START: _hits(2000, list(range(180))),                                # the unpruned model: 0.91
-            0: _hits(2000, list(range(2, 184))), 1: _hits(2000, list(range(300))),  # lost 0.1 and 6.0 pts
+    baseline = _hits(2000, list(range(180)))                                     # the unpruned model: 0.91
+    held = {0: _hits(2000, list(range(2, 184))), 1: _hits(2000, list(range(300))),  # lost 0.1 and 6.0 pts
             2: _hits(2000, list(range(182))), 3: _hits(2000, list(range(240)))}
-    gaps = reference_gaps(study, Paired(held.__getitem__, images=2000, held_out=True, with_start=True))
+    gaps = reference_gaps(study, Paired(held.__getitem__, images=2000, held_out=True, baseline=lambda: baseline))
     mild, deep = gaps.set_index("ratio").loc[0.3], gaps.set_index("ratio").loc[0.7]
     assert mild["reference_loss"] == pytest.approx(0.1) and mild["loss_low"] < 0  # 4 images down, 2 up: noise
     assert mild["gain_low"] < 0 < mild["gain_high"]  # so the search's gain is too, and could be little more
@@ -109,13 +109,12 @@ def test_the_verdict_states_the_headlines_gain_on_the_held_out_images():
            "never read" in lines[1]
     assert "lost" not in lines[1]  # no unpruned model's hits: nothing said of the reference's own loss
     # with them: the reference (200 wrong) lost 0.10 pt against an unpruned model with 198 wrong, inside the noise
-    held[START] = _hits(2000, list(range(198)))
     line = verdict(completed(study), head, base, 1.0, Paired(held.__getitem__, images=2000, held_out=True,
-                                                             with_start=True))[1]
+                                                             baseline=lambda: _hits(2000, list(range(198)))))[1]
     assert "That reference lost +0.10 pts" in line and "no loss beyond the noise" in line
-    held[START] = _hits(2000, list(range(100)))  # now it lost 5.0 pts: room for the search's gain
+    # now it lost 5.0 pts: room for the search's gain
     line = verdict(completed(study), head, base, 1.0, Paired(held.__getitem__, images=2000, held_out=True,
-                                                             with_start=True))[1]
+                                                             baseline=lambda: _hits(2000, list(range(100)))))[1]
     assert "That reference lost +5.00 pts" in line and "no loss beyond" not in line
 
 
